@@ -1,0 +1,69 @@
+"""What every command shares: turning errors into one clear line and an exit code, and sending an event.
+
+Exceptions become output here and nowhere else on the client side; tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from pdagent_sd import exitcodes
+from pdagent_sd.errors import PdagentError
+
+
+def fail(program: str, error: PdagentError) -> int:
+    print(f"{program}: {error.message}", file=sys.stderr)
+    if error.hint:
+        print(f"{program}: hint: {error.hint}", file=sys.stderr)
+    return exitcodes.for_error_code(error.code)
+
+
+def run(program: str, body: Callable[[List[str]], int], argv: Optional[List[str]] = None) -> int:
+    """Run a command's body; expected failures become one line and a named exit code, never a traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("PDAGENT_DEBUG"))
+    try:
+        return body([arg for arg in args if arg != "--debug"])
+    except PdagentError as error:
+        if debug:
+            raise
+        return fail(program, error)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return exitcodes.OK
+    except Exception as error:  # noqa: BLE001 - the last line of defence: a bug, said plainly
+        if debug:
+            raise
+        print(f"{program}: internal error: {error!r} (run with --debug for the traceback)", file=sys.stderr)
+        return exitcodes.SOFTWARE
+
+
+def send_event(api: str, event: Dict[str, Any], *, socket_path: Optional[str] = None, quiet: bool = False) -> int:
+    """Hand one event to the agent; print the key the caller needs to acknowledge or resolve it later."""
+    from pdagent_sd.protocol import request
+
+    reply = request({"op": "send", "api": api, "event": event}, socket_path)
+    if not quiet:
+        dedup_key = reply.get("dedup_key")
+        print(f"Event processed. Incident Key: {dedup_key}" if dedup_key else "Event processed.")
+    return exitcodes.OK
+
+
+def parse_pairs(pairs: List[str], option: str) -> Dict[str, str]:
+    """KEY=VALUE arguments to a dict; a pair without '=' is a usage error naming the option."""
+    fields: Dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} expects KEY=VALUE (got {pair!r})")
+        fields[key] = value
+    return fields
+
+
+class UsageError(PdagentError):
+    """Wrong command-line use; exits 2 like argparse does."""
+
+    code = "bad_request"

@@ -1,0 +1,201 @@
+"""Configuration: one table of settings from which the INI parser, the environment overrides and the defaults
+(and docs/configuration.md) are all built.
+
+Order: built-in defaults, then /etc/pdagent/agent.conf, then agent.conf.d/*.conf in name order, then
+PDAGENT_<KEY> environment variables. A bad value stops the daemon with the file and key named.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from pdagent_sd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "/etc/pdagent/agent.conf"
+SECTION = "Agent"
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d|w)?\s*$")
+UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
+                "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    match = DURATION.match(text)
+    if not match:
+        raise ValueError("expected a duration such as 30, 30s, 5min, 12h or 7d")
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("expected yes or no")
+
+
+def parse_count(text: str) -> int:
+    value = int(text.strip())
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def parse_positive(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def parse_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("events_url", parse_url, "https://events.pagerduty.com",
+            "Base URL of the Events API; EU accounts use https://events.eu.pagerduty.com."),
+    Setting("allow_insecure_http", parse_bool, False,
+            "Allow a plain http:// events_url that is not on loopback (never needed in production)."),
+    Setting("ca_bundle", str, "",
+            "CA certificates file for a TLS-inspecting proxy or private CA; empty = the system store."),
+    Setting("rate_limit_per_minute", parse_count, 110,
+            "Events sent per minute per routing key, just under PagerDuty's ~120; 0 turns the throttle off."),
+    Setting("rate_limit_burst", parse_count, 20,
+            "Events a routing key may send at once before the per-minute rate applies."),
+    Setting("max_pending_events", parse_count, 1000000,
+            "Pending events the queue holds; past it a send is refused with queue_full (never dropped)."),
+    Setting("max_attempts", parse_count, 0,
+            "Attempts before a retryable event is given up as failed; 0 = retry for as long as it takes."),
+    Setting("keep_delivered", parse_duration, 7 * 86400.0, "How long delivered events stay in the queue."),
+    Setting("keep_failed", parse_duration, 30 * 86400.0, "How long failed events stay in the queue."),
+    Setting("idle_exit_sec", parse_duration, 60.0,
+            "A socket-activated daemon exits after this long with an empty queue and no client; 0 = never."),
+    Setting("backoff_min_sec", parse_positive, 1.0, "Smallest delay before a retry."),
+    Setting("backoff_max_sec", parse_positive, 300.0, "Largest delay before a retry (exponential, full jitter)."),
+    Setting("connect_timeout_sec", parse_positive, 5.0, "Time allowed to connect to the Events API."),
+    Setting("request_timeout_sec", parse_positive, 15.0, "Time allowed for the Events API to answer."),
+    Setting("delivery_workers", parse_count, 8, "Routing keys delivered in parallel."),
+    Setting("max_connections", parse_count, 256, "Client connections served at once; more wait."),
+    Setting("client_timeout_sec", parse_positive, 30.0, "A client connection idle this long is closed."),
+    Setting("watchdog", parse_bool, True, "Send WATCHDOG=1 when systemd asks for it (WatchdogSec=)."),
+)
+SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    events_url: str
+    allow_insecure_http: bool
+    ca_bundle: str
+    rate_limit_per_minute: int
+    rate_limit_burst: int
+    max_pending_events: int
+    max_attempts: int
+    keep_delivered: float
+    keep_failed: float
+    idle_exit_sec: float
+    backoff_min_sec: float
+    backoff_max_sec: float
+    connect_timeout_sec: float
+    request_timeout_sec: float
+    delivery_workers: int
+    max_connections: int
+    client_timeout_sec: float
+    watchdog: bool
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def config_files(main: str) -> List[str]:
+    files = [main] if os.path.exists(main) else []
+    return files + sorted(glob.glob(os.path.join(main + ".d", "*.conf")))
+
+
+def _parse(setting: Setting, raw: str, where: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad value {raw!r} for {setting.name}: {exc}") from None
+
+
+def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Build the Config from defaults, the files and the environment; raise ConfigError naming file and key."""
+    env = os.environ if environ is None else environ
+    main = path or env.get("PDAGENT_CONFIG") or DEFAULT_CONFIG
+    values: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+    for filename in config_files(main):
+        values.update(_read_file(filename))
+    for setting in SETTINGS:
+        raw = env.get("PDAGENT_" + setting.name.upper())
+        if raw is not None:
+            values[setting.name] = _parse(setting, raw, "environment PDAGENT_" + setting.name.upper())
+    if values["backoff_min_sec"] > values["backoff_max_sec"]:
+        raise ConfigError("backoff_min_sec must not be larger than backoff_max_sec")
+    if values["delivery_workers"] < 1:
+        raise ConfigError("delivery_workers must be at least 1")
+    if not values["allow_insecure_http"] and not is_safe_url(values["events_url"]):
+        raise ConfigError(
+            f"events_url {values['events_url']} is plain http:// to a host that is not loopback",
+            hint="use https://, or set allow_insecure_http = yes if you really mean it",
+        )
+    return Config(**values)
+
+
+def is_safe_url(url: str) -> bool:
+    """https://, or http:// to this machine only (tests and local stand-ins)."""
+    if url.startswith("https://"):
+        return True
+    host = re.sub(r"^http://", "", url).split("/", 1)[0]
+    host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return host in ("localhost", "[::1]") or host.startswith("127.")
+
+
+def _read_file(filename: str) -> Dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(filename, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        raise ConfigError(f"{filename}: cannot read: {exc}") from None
+    values: Dict[str, Any] = {}
+    for section in parser.sections():
+        if section != SECTION:
+            logger.warning("%s: ignoring unknown section [%s]", filename, section)
+            continue
+        for key, raw in parser.items(section):
+            setting = SETTINGS_BY_NAME.get(key)
+            if setting is None:
+                logger.warning("%s: ignoring unknown key %s in [%s]", filename, key, SECTION)
+                continue
+            values[key] = _parse(setting, raw, f"{filename} [{SECTION}]")
+    return values
+
+
+def render_markdown() -> str:
+    """The reference table for docs/configuration.md, so the docs cannot drift from the code."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        lines.append(f"| `{setting.name}` | `{setting.default}` | {setting.help} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""One HTTP attempt to the Events API and its classification; retry timing belongs to the scheduler.
+
+The requests.Session lives here: keep-alive, a timeout on every request, proxies from the environment
+(HTTPS_PROXY in a unit drop-in), certificates always verified, and requests' exceptions turned into ours.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+import requests
+
+from pdagent_sd import __version__
+from pdagent_sd.events import Api
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_TEXT = 2000
+
+
+class Outcome(str, Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # try again after a backoff
+    FAILED = "failed"  # PagerDuty will never accept this event as it is: dead letter
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    http_status: Optional[int] = None
+    error: str = ""
+    retry_after: Optional[float] = None  # seconds the API asked us to wait
+    throttled: bool = False  # the API said slow down: the whole routing key backs off
+
+
+def classify(api: Api, status: int, text: str, retry_after_header: Optional[str],
+             now: Optional[float] = None) -> Result:
+    """The delivery rules table of DESIGN.md, for one HTTP answer."""
+    if 200 <= status < 300:
+        return Result(Outcome.DELIVERED, status)
+    error = error_text(text)
+    if status in (429, 408) or (api is Api.V1 and status == 403):
+        return Result(Outcome.RETRY, status, error or "throttled", parse_retry_after(retry_after_header, now),
+                      throttled=True)
+    if status >= 500:
+        return Result(Outcome.RETRY, status, error, parse_retry_after(retry_after_header, now))
+    return Result(Outcome.FAILED, status, error or f"HTTP {status}")
+
+
+def error_text(text: str) -> str:
+    """PagerDuty's own words about a refused event: its message and its list of errors."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text.strip()[:MAX_ERROR_TEXT]
+    if not isinstance(answer, dict):
+        return text.strip()[:MAX_ERROR_TEXT]
+    parts = [str(answer.get("message", ""))] + [str(error) for error in answer.get("errors") or []]
+    return "; ".join(part for part in parts if part)[:MAX_ERROR_TEXT]
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Deliverer:
+    """One keep-alive session to the Events API; a worker thread owns one."""
+
+    def __init__(self, events_url: str, *, connect_timeout: float = 5.0, read_timeout: float = 15.0,
+                 ca_bundle: str = "", session: Optional[requests.Session] = None) -> None:
+        self.events_url = events_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = session or requests.Session()
+        self.session.headers.update({"Content-Type": "application/json",
+                                     "User-Agent": f"pdagent-sd/{__version__}"})
+        if ca_bundle:
+            self.session.verify = ca_bundle
+
+    def attempt(self, api: Api, body: str) -> Result:
+        url = self.events_url + api.path
+        try:
+            response = self.session.post(url, data=body.encode(), timeout=self.timeout)
+        except requests.exceptions.SSLError as exc:
+            return Result(Outcome.RETRY, None, f"TLS error talking to {url}: {_reason(exc)}")
+        except requests.exceptions.ProxyError as exc:
+            return Result(Outcome.RETRY, None, f"proxy error: {_reason(exc)}")
+        except requests.exceptions.Timeout:
+            return Result(Outcome.RETRY, None, f"timed out talking to {url}")
+        except requests.exceptions.ConnectionError as exc:
+            return Result(Outcome.RETRY, None, f"cannot connect to {url}: {_reason(exc)}")
+        except requests.exceptions.RequestException as exc:
+            return Result(Outcome.RETRY, None, f"request to {url} failed: {_reason(exc)}")
+        return classify(api, response.status_code, response.text, response.headers.get("Retry-After"))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _reason(exc: Any) -> str:
+    """The innermost cause of a requests exception, without urllib3's object reprs."""
+    while exc.args and isinstance(exc.args[0], Exception):
+        exc = exc.args[0]
+    reason = getattr(exc, "reason", None)
+    text = str(reason if reason is not None else exc)
+    errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return errno_text.group(1) if errno_text else text

@@ -1,0 +1,24 @@
+"""Exit codes shared by every command (sysexits.h values, which monitoring tools know)."""
+
+OK = 0
+USAGE = 2
+DATAERR = 65  # the event was rejected as invalid
+UNAVAILABLE = 69  # the agent cannot be reached
+SOFTWARE = 70  # a bug: reported with a traceback only under --debug
+TEMPFAIL = 75  # temporary refusal: queue full, storage error
+NOPERM = 77  # the operation needs root or group pdagent
+CONFIG = 78  # a configuration file is wrong
+
+
+def for_error_code(code: str) -> int:
+    """The exit code for an error reported with a wire protocol code."""
+    return {
+        "invalid_event": DATAERR,
+        "bad_request": USAGE,
+        "not_found": DATAERR,
+        "forbidden": NOPERM,
+        "queue_full": TEMPFAIL,
+        "storage_error": TEMPFAIL,
+        "unreachable": UNAVAILABLE,
+        "config_error": CONFIG,
+    }.get(code, SOFTWARE)

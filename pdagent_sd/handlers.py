@@ -1,0 +1,187 @@
+"""What each wire operation does, and who may do it. The daemon calls `handle` once per request line."""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+from pdagent_sd import __version__
+from pdagent_sd.errors import BadRequest, Forbidden
+from pdagent_sd.events import mask, validate
+from pdagent_sd.journal import Kind, report
+from pdagent_sd.metrics import render as render_metrics
+from pdagent_sd.protocol import Message
+from pdagent_sd.scheduler import Scheduler
+from pdagent_sd.store import State, Store
+
+logger = logging.getLogger(__name__)
+
+ADMIN_GROUP = "pdagent"
+MAX_LIST_LIMIT = 10000
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    admin: bool
+
+
+def peer_of(conn: socket.socket, service_uid: int) -> Peer:
+    """Who is on the other end (SO_PEERCRED): root, the service's own user and group pdagent are admins."""
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return Peer(pid, uid, gid, uid in (0, service_uid) or _in_admin_group(pid, gid))
+
+
+def _in_admin_group(pid: int, gid: int) -> bool:
+    try:
+        admin_gid = grp.getgrnam(ADMIN_GROUP).gr_gid
+    except KeyError:
+        return False
+    if gid == admin_gid:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return str(admin_gid) in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
+class Handlers:
+    def __init__(self, store: Store, scheduler: Scheduler, *, started: float,
+                 default_source: Callable[[], str]) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.started = started
+        self.default_source = default_source
+
+    def handle(self, message: Message, peer: Peer) -> Message:
+        op = message["op"]
+        if op in ("show", "retry", "drop") and not peer.admin:
+            raise Forbidden(f"'{op}' needs root, the service's user or membership of group {ADMIN_GROUP}",
+                            hint=f"use sudo, or join group {ADMIN_GROUP}")
+        return getattr(self, "op_" + op)(message, peer)
+
+    def op_send(self, message: Message, peer: Peer) -> Message:
+        event = message.get("event")
+        source = self.default_source() if isinstance(event, dict) and _needs_source(event) else ""
+        event = validate(message.get("api", "v2"), event, default_source=source)
+        event_id = self.store.enqueue(event)
+        self.scheduler.wake(event.routing_key)
+        report(Kind.ACCEPTED, f"accepted event {event_id} ({event.api.value} {event.action.value}) from uid {peer.uid}",
+               event_id=event_id, dedup_key=event.dedup_key, routing_key=event.routing_key,
+               action=event.action.value, api=event.api.value)
+        return {"ok": True, "id": event_id, "dedup_key": event.dedup_key}
+
+    def op_status(self, message: Message, peer: Peer) -> Message:
+        return {"ok": True, **self.status(message.get("routing_key"), reveal=peer.admin)}
+
+    def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
+        now = time.time()
+        keys = []
+        totals = {"pending": 0, "delivered": 0, "failed": 0}
+        for key, counts in sorted(self.store.counts_by_key().items()):
+            if routing_key is not None and key != routing_key:
+                continue
+            oldest = counts.pop("oldest_pending")
+            entry = {"routing_key": key if reveal else mask(key), **counts,
+                     "oldest_pending_age": round(now - oldest, 3) if oldest else None,
+                     **self.scheduler.key_status(key)}
+            for state in totals:
+                totals[state] += counts[state]
+            keys.append(entry)
+        warnings = [f"the queue database was found damaged and moved aside to "
+                    f"{os.path.join(self.store.state_dir, name)}; events in it were not delivered"
+                    for name in self.store.corrupt_files()]
+        return {"keys": keys, "totals": totals, "last_delivery": self.store.last_delivery(),
+                "throttled_keys": self.scheduler.held_keys(), "warnings": warnings,
+                "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3)}}
+
+    def op_list(self, message: Message, peer: Peer) -> Message:
+        state = _state(message.get("state"))
+        limit = message.get("limit", 100)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
+            raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        rows = self.store.list_events(state, _optional_str(message, "routing_key"), limit)
+        if not peer.admin:
+            for row in rows:
+                row["routing_key"] = mask(row["routing_key"])
+                del row["body"]
+        return {"ok": True, "events": rows, "redacted": not peer.admin}
+
+    def op_show(self, message: Message, peer: Peer) -> Message:
+        return {"ok": True, "event": self.store.show(_event_id(message))}
+
+    def op_retry(self, message: Message, peer: Peer) -> Message:
+        routing_key = _optional_str(message, "routing_key")
+        if (routing_key is None) == (message.get("all") is not True):
+            raise BadRequest("retry needs exactly one of routing_key or all")
+        count = self.store.retry_failed(routing_key)
+        if count:
+            report(Kind.RETRIED, f"{count} failed event(s) set up for retry by uid {peer.uid}",
+                   routing_key=routing_key)
+            if routing_key is not None:
+                self.scheduler.wake(routing_key)
+            else:
+                self.scheduler.flush()
+        return {"ok": True, "count": count}
+
+    def op_drop(self, message: Message, peer: Peer) -> Message:
+        if "id" in message:
+            count = self.store.drop(event_id=_event_id(message))
+        else:
+            routing_key = _optional_str(message, "routing_key")
+            state = _state(message.get("state"))
+            if routing_key is None or state is None:
+                raise BadRequest("drop needs an id, or a routing_key and a state")
+            count = self.store.drop(routing_key=routing_key, state=state)
+        if count:
+            report(Kind.DROPPED, f"{count} event(s) dropped by uid {peer.uid}", event_id=message.get("id"),
+                   routing_key=message.get("routing_key"))
+        return {"ok": True, "count": count}
+
+    def op_flush(self, message: Message, peer: Peer) -> Message:
+        return {"ok": True, "keys": self.scheduler.flush()}
+
+    def op_metrics(self, message: Message, peer: Peer) -> Message:
+        return {"ok": True, "text": render_metrics(self.status(None, reveal=False))}
+
+
+def _needs_source(event: Dict[str, Any]) -> bool:
+    payload = event.get("payload")
+    return isinstance(payload, dict) and not payload.get("source")
+
+
+def _state(value: Any) -> Optional[State]:
+    if value is None:
+        return None
+    try:
+        return State(value)
+    except ValueError:
+        raise BadRequest("state must be pending, failed or delivered") from None
+
+
+def _optional_str(message: Message, field: str) -> Optional[str]:
+    value = message.get(field)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string")
+    return value
+
+
+def _event_id(message: Message) -> int:
+    value = message.get("id")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest("id must be a whole number")
+    return value

@@ -1,0 +1,93 @@
+"""What pd-nagios, pd-zabbix and pd-sensu share: fitting text into the Events API's limits, building a v2
+body, and the options every integration takes.
+
+The daemon validates every event; these helpers only make sure that what a monitoring tool sends is shaped
+to pass (a long plugin output is truncated, never a reason to lose the alert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from typing import Any, Dict, Optional
+
+from pdagent_sd.events import MAX_DEDUP_KEY, MAX_SUMMARY, Action, Severity
+
+ELLIPSIS = "…"
+EXIT_STATUS_HELP = (
+    "exit status: 0 queued; 2 usage error; 65 event rejected as invalid; 69 agent unreachable;\n"
+    "75 temporary refusal (queue full, storage error), try again."
+)
+
+
+def fit(text: str, limit: int = MAX_SUMMARY) -> str:
+    """Text cut to at most `limit` characters, marked with an ellipsis when something was cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
+def fit_dedup_key(key: str) -> str:
+    """A dedup key we built, kept byte for byte when it fits, else shortened the same way every time.
+
+    Keys longer than the API's limit were rejected under the old agent too, so no open incident can carry
+    one: shortening them breaks no migration, and the digest keeps two long keys apart and a trigger and
+    its resolve together.
+    """
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    digest = hashlib.sha1(key.encode()).hexdigest()
+    return key[: MAX_DEDUP_KEY - len(digest) - 1] + "~" + digest
+
+
+def v2_event(
+    routing_key: str,
+    action: Action,
+    dedup_key: str,
+    *,
+    summary: str,
+    source: Optional[str],
+    severity: Severity,
+    component: Optional[str] = None,
+    timestamp: Optional[str] = None,
+    custom_details: Optional[Dict[str, Any]] = None,
+    client: Optional[str] = None,
+    client_url: Optional[str] = None,
+) -> Dict[str, Any]:
+    """An Events API v2 body. Only a trigger carries a payload: the API ignores it on acknowledge and
+    resolve, and leaving it out keeps those bodies small (as pd-send does)."""
+    event: Dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": action.value,
+        "dedup_key": dedup_key,
+        "client": client,
+        "client_url": client_url,
+    }
+    if action is Action.TRIGGER:
+        event["payload"] = _drop_empty({
+            "summary": fit(summary),
+            # An empty source is left out so the agent fills in this host's name.
+            "source": fit(source) if source else None,
+            "severity": severity.value,
+            "timestamp": timestamp,
+            "component": fit(component) if component else None,
+            "custom_details": custom_details,
+        })
+    return _drop_empty(event)
+
+
+def _drop_empty(mapping: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: value for key, value in mapping.items() if value not in (None, "", {})}
+
+
+def add_agent_options(parser: argparse.ArgumentParser) -> None:
+    """The options every integration shares with pd-send."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def add_routing_key_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    parser.add_argument("-k", *aliases, "--routing-key", dest="routing_key", required=True, metavar="KEY",
+                        help="integration (routing) key of the PagerDuty service: 32 letters and digits")

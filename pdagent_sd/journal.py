@@ -1,0 +1,111 @@
+"""Structured records of every event state change: journald under systemd, readable stderr lines otherwise.
+
+Each kind of record has a stable MESSAGE_ID (explained by units/pdagent.catalog for `journalctl -x`) and
+carries PDAGENT_* fields. Routing keys are masked here, so no record can hold a whole one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from enum import Enum
+from typing import Any, Optional
+
+from pdagent_sd.events import mask
+
+logger = logging.getLogger("pdagent_sd.journal")
+
+FIELD_PREFIX = "PDAGENT_"
+
+
+class Kind(str, Enum):
+    """One kind per state change; the value is its MESSAGE_ID."""
+
+    ACCEPTED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c501"
+    DELIVERED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c502"
+    DEFERRED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c503"
+    FAILED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c504"
+    RETRIED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c505"
+    DROPPED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c506"
+    THROTTLED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c507"
+    STARTED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c508"
+    STOPPED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c509"
+    CORRUPT_QUEUE = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a"
+
+
+LEVELS = {Kind.FAILED: logging.ERROR, Kind.CORRUPT_QUEUE: logging.CRITICAL, Kind.DEFERRED: logging.WARNING,
+          Kind.DROPPED: logging.WARNING}
+
+
+def report(kind: Kind, message: str, **fields: Any) -> None:
+    """Record one state change. Field names are lowercase (event_id, routing_key, ...); None is left out."""
+    extra = {"MESSAGE_ID": kind.value}
+    for name, value in fields.items():
+        if value is None or value == "":
+            continue
+        if name == "routing_key":
+            value = mask(str(value))
+        extra[FIELD_PREFIX + name.upper()] = str(value)
+    logger.log(LEVELS.get(kind, logging.INFO), message, extra=extra)
+
+
+class JournalHandler(logging.Handler):
+    """Sends MESSAGE, PRIORITY, MESSAGE_ID and the PDAGENT_* fields, and nothing else of the record."""
+
+    PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def __init__(self) -> None:
+        super().__init__()
+        from systemd import journal
+
+        self._send = journal.send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {key: value for key, value in record.__dict__.items()
+                      if key.startswith(FIELD_PREFIX) or key == "MESSAGE_ID"}
+            if record.exc_info:
+                fields["EXCEPTION_TEXT"] = logging.Formatter().formatException(record.exc_info)
+            self._send(record.getMessage(), PRIORITY=str(self.PRIORITIES.get(record.levelno, 6)),
+                       SYSLOG_IDENTIFIER="pdagentd", CODE_FILE=record.pathname, CODE_LINE=record.lineno,
+                       CODE_FUNC=record.funcName, **fields)
+        except Exception:  # noqa: BLE001 - logging must never take the daemon down
+            self.handleError(record)
+
+
+class StderrFormatter(logging.Formatter):
+    """'pdagentd: delivered event 12 [PDAGENT_EVENT_ID=12 ...]': readable, and greppable by field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line = f"pdagentd: {record.levelname.lower()}: {message}"
+        fields = " ".join(f"{key}={value}" for key, value in record.__dict__.items()
+                          if key.startswith(FIELD_PREFIX) and str(value) not in message)
+        if fields:
+            line += f" [{fields}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup(debug: bool = False, use_journal: Optional[bool] = None) -> str:
+    """Install the one handler of the process; return which back end is in use."""
+    if use_journal is None:
+        use_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler: logging.Handler
+    backend = "stderr"
+    if use_journal:
+        try:
+            handler = JournalHandler()
+            backend = "journald"
+        except ImportError:
+            handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    if backend == "stderr":
+        handler.setFormatter(StderrFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    return backend

@@ -1,0 +1,122 @@
+"""Wire protocol version 1, written once: JSON objects, one per line, over a Unix stream socket.
+
+Both sides live here: the framing the daemon uses and the small client that pd-send, pd-queue and the
+integrations share. Only the standard library is imported: this module is on the hot path of every alert.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Dict, Optional
+
+from pdagent_sd.errors import AgentUnreachable, BadRequest, PdagentError, from_wire
+
+VERSION = 1
+MAX_LINE = 1024 * 1024
+DEFAULT_SOCKET = "/run/pdagent/pdagent.sock"
+CLIENT_TIMEOUT_SEC = 60.0
+
+OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics")
+
+Message = Dict[str, Any]
+
+
+def socket_path(explicit: Optional[str] = None) -> str:
+    return explicit or os.environ.get("PDAGENT_SOCKET") or DEFAULT_SOCKET
+
+
+def encode(message: Message) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> Message:
+    """Parse one request line; anything that is not a JSON object with a known op is a BadRequest."""
+    if len(line) > MAX_LINE:
+        raise BadRequest(f"request line longer than {MAX_LINE} bytes")
+    try:
+        message = json.loads(line)
+    except UnicodeDecodeError:
+        raise BadRequest("request is not valid UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(f"request is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise BadRequest("request must be a JSON object")
+    op = message.get("op")
+    if op not in OPS:
+        raise BadRequest(f"unknown op {op!r}; expected one of: {', '.join(OPS)}")
+    return message
+
+
+def error_reply(error: PdagentError) -> Message:
+    reply: Message = {"ok": False, "code": error.code, "error": error.message}
+    if error.hint:
+        reply["hint"] = error.hint
+    return reply
+
+
+def _unreachable(path: str, reason: str) -> AgentUnreachable:
+    return AgentUnreachable(
+        f"cannot reach the PagerDuty agent at {path}: {reason}",
+        hint="is the socket unit running? Check: systemctl status pdagent.socket",
+    )
+
+
+class Client:
+    """One connection to the daemon; requests go in order and each gets its reply."""
+
+    def __init__(self, path: Optional[str] = None, timeout: float = CLIENT_TIMEOUT_SEC) -> None:
+        self.path = socket_path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self.sock.close()
+            raise _unreachable(self.path, exc.strerror or str(exc)) from None
+        except OSError as exc:
+            self.sock.close()
+            raise _unreachable(self.path, exc.strerror or str(exc)) from None
+        self._buffer = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, message: Message) -> Message:
+        """Send one request; return the reply, or raise the error the daemon reported."""
+        try:
+            self.sock.sendall(encode(message))
+            line = self._read_line()
+        except socket.timeout:
+            raise _unreachable(self.path, "no reply in time") from None
+        except OSError as exc:
+            raise _unreachable(self.path, exc.strerror or str(exc)) from None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise _unreachable(self.path, "the reply was not protocol version 1") from None
+        if not reply.get("ok"):
+            raise from_wire(reply.get("code", "error"), reply.get("error", "unknown error"))
+        return reply
+
+    def _read_line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(0, "the agent closed the connection without replying")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+
+def request(message: Message, path: Optional[str] = None) -> Message:
+    """One request on a fresh connection."""
+    with Client(path) as client:
+        return client.request(message)

@@ -1,0 +1,290 @@
+"""Who sends what, when: FIFO per routing key, keys in parallel on a bounded pool of workers, exponential
+backoff with full jitter and Retry-After per key, and a token bucket per key.
+
+A key is in exactly one place at a time: idle (nothing known to send), ready (waiting for a worker),
+waiting (backing off or throttled until a time), or busy (a worker is sending its oldest event).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional, Tuple
+
+from pdagent_sd.config import Config
+from pdagent_sd.delivery import Deliverer, Outcome, Result
+from pdagent_sd.events import Api
+from pdagent_sd.journal import Kind, report
+from pdagent_sd.store import QueuedEvent, State, Store
+
+logger = logging.getLogger(__name__)
+
+BATCH_PER_TURN = 32  # events a worker sends for one key before letting other ready keys have a turn
+
+
+def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with full jitter, never below `low` (no hot loop) nor above `high`."""
+    ceiling = min(high, low * (2 ** min(failures, 30)))
+    return low + (ceiling - low) * rng()
+
+
+class TokenBucket:
+    """Just under PagerDuty's per-key rate limit, so we wait here rather than collect 429s there."""
+
+    def __init__(self, per_minute: int, burst: int, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(max(1, burst))
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def wait_time(self, now: float) -> float:
+        """0 and a token taken if one is available; otherwise how long until one is."""
+        if self.rate <= 0:
+            return 0.0
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+@dataclass
+class KeyState:
+    routing_key: str
+    bucket: TokenBucket
+    place: str = "idle"  # idle | ready | waiting | busy
+    due: float = 0.0
+    failures: int = 0
+    woken: bool = False  # a new event arrived while a worker held the key
+    throttled_until: float = 0.0
+    backoff_until: float = 0.0
+
+
+@dataclass
+class Stats:
+    last_delivery: Optional[float] = None
+    delivered: int = 0
+    attempts: int = 0
+    in_flight: int = 0
+    busy_keys: List[str] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, store: Store, config: Config, *, deliverer_factory: Optional[Callable[[], Deliverer]] = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.store = store
+        self.config = config
+        self.deliverer_factory = deliverer_factory or (lambda: Deliverer(
+            config.events_url, connect_timeout=config.connect_timeout_sec,
+            read_timeout=config.request_timeout_sec, ca_bundle=config.ca_bundle))
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.rng = rng
+        self.keys: Dict[str, KeyState] = {}
+        self.ready: Deque[str] = deque()
+        self.timers: List[Tuple[float, str]] = []
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.stats = Stats()
+        self.workers: List[threading.Thread] = []
+
+    def start(self) -> None:
+        for index in range(self.config.delivery_workers):
+            worker = threading.Thread(target=self._work, name=f"delivery-{index}", daemon=True)
+            worker.start()
+            self.workers.append(worker)
+        self.flush()
+
+    def stop(self, timeout: float) -> None:
+        """Let in-flight attempts finish (their results are recorded) for up to `timeout` seconds."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        deadline = self.clock() + timeout
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - self.clock()))
+
+    def alive(self) -> bool:
+        return all(worker.is_alive() for worker in self.workers)
+
+    def idle(self) -> bool:
+        with self.cond:
+            return not self.ready and self.stats.in_flight == 0
+
+    # --- waking keys -------------------------------------------------------------------------------------
+
+    def wake(self, routing_key: str) -> None:
+        """An event for this key was committed: make sure a worker will look at it."""
+        with self.cond:
+            self._wake_locked(routing_key)
+
+    def flush(self) -> int:
+        """Look at every key with pending events now (backoffs and throttles still hold); return how many."""
+        keys = self.store.pending_keys()
+        with self.cond:
+            for key in keys:
+                self._wake_locked(key)
+        return len(keys)
+
+    def _key(self, routing_key: str) -> KeyState:
+        state = self.keys.get(routing_key)
+        if state is None:
+            bucket = TokenBucket(self.config.rate_limit_per_minute, self.config.rate_limit_burst, self.clock())
+            state = self.keys[routing_key] = KeyState(routing_key, bucket)
+        return state
+
+    def _wake_locked(self, routing_key: str) -> None:
+        state = self._key(routing_key)
+        if state.place == "idle":
+            state.place = "ready"
+            self.ready.append(routing_key)
+            self.cond.notify()
+        elif state.place == "busy":
+            state.woken = True
+
+    def _wait_locked(self, state: KeyState, delay: float) -> None:
+        state.place = "waiting"
+        state.due = self.clock() + delay
+        heapq.heappush(self.timers, (state.due, state.routing_key))
+        self.cond.notify()  # a sleeping worker may need to wake earlier for this timer
+
+    # --- the workers ----------------------------------------------------------------------------------
+
+    def _next_key(self) -> Optional[KeyState]:
+        with self.cond:
+            while not self.stopping:
+                now = self.clock()
+                while self.timers and self.timers[0][0] <= now:
+                    due, routing_key = heapq.heappop(self.timers)
+                    state = self.keys[routing_key]
+                    if state.place == "waiting" and state.due == due:
+                        state.place = "ready"
+                        self.ready.append(routing_key)
+                if self.ready:
+                    state = self.keys[self.ready.popleft()]
+                    state.place = "busy"
+                    state.woken = False
+                    return state
+                self.cond.wait(self.timers[0][0] - now if self.timers else None)
+            return None
+
+    def _work(self) -> None:
+        deliverer = self.deliverer_factory()
+        try:
+            while True:
+                state = self._next_key()
+                if state is None:
+                    return
+                try:
+                    delay = self._serve_key(state, deliverer)
+                except Exception:  # noqa: BLE001 - one bad turn must not kill a worker
+                    logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key[:4])
+                    delay = self.config.backoff_max_sec
+                self._release(state, delay)
+        finally:
+            deliverer.close()
+
+    def _release(self, state: KeyState, delay: Optional[float]) -> None:
+        """Put a key back: waiting for `delay` seconds, ready again, or idle when nothing is left."""
+        with self.cond:
+            if delay is not None:
+                self._wait_locked(state, delay)
+            elif state.woken:
+                state.place = "ready"
+                self.ready.append(state.routing_key)
+                self.cond.notify()
+            else:
+                state.place = "idle"
+
+    def _serve_key(self, state: KeyState, deliverer: Deliverer) -> Optional[float]:
+        """Send this key's oldest events in order; return seconds to wait, or None when nothing is left."""
+        for _ in range(BATCH_PER_TURN):
+            if self.stopping:
+                return None
+            event = self.store.head(state.routing_key)
+            if event is None:
+                return None
+            wait = max(event.next_attempt - self.wall_clock(), state.backoff_until - self.clock())
+            if wait > 0:
+                return wait
+            wait = state.bucket.wait_time(self.clock())
+            if wait > 0:
+                if state.throttled_until <= self.clock():
+                    report(Kind.THROTTLED, f"routing key throttled for {wait:.1f}s (rate_limit_per_minute)",
+                           routing_key=state.routing_key, retry_in_sec=f"{wait:.1f}")
+                state.throttled_until = self.clock() + wait
+                return wait
+            delay = self._attempt(state, event, deliverer)
+            if delay is not None:
+                return delay
+        with self.cond:
+            state.woken = True  # more may be left: go to the back of the line so other keys get a turn
+        return None
+
+    def _attempt(self, state: KeyState, event: QueuedEvent, deliverer: Deliverer) -> Optional[float]:
+        with self.cond:
+            self.stats.in_flight += 1
+        try:
+            result = deliverer.attempt(Api(event.api), event.body)
+        finally:
+            with self.cond:
+                self.stats.in_flight -= 1
+                self.stats.attempts += 1
+        attempt = event.attempts + 1
+        fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
+                      action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
+        if result.outcome is Outcome.DELIVERED:
+            self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "")
+            state.failures = 0
+            with self.cond:
+                self.stats.delivered += 1
+                self.stats.last_delivery = self.wall_clock()
+            report(Kind.DELIVERED, f"delivered event {event.id} ({event.api} {event.action})", **fields)
+            return None
+        if result.outcome is Outcome.FAILED or self._out_of_attempts(attempt):
+            self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error)
+            report(Kind.FAILED, f"event {event.id} failed: {result.error}", error=result.error, **fields)
+            return None
+        return self._defer(state, event, result, fields)
+
+    def _out_of_attempts(self, attempt: int) -> bool:
+        return self.config.max_attempts > 0 and attempt >= self.config.max_attempts
+
+    def _defer(self, state: KeyState, event: QueuedEvent, result: Result, fields: Dict[str, object]) -> float:
+        state.failures += 1
+        delay = backoff_delay(state.failures, self.config.backoff_min_sec, self.config.backoff_max_sec, self.rng)
+        if result.retry_after is not None:
+            delay = max(delay if not result.throttled else 0.0, result.retry_after)
+        state.backoff_until = self.clock() + delay
+        self.store.record_attempt(event.id, State.PENDING, "deferred", result.http_status, result.error,
+                                  next_attempt=self.wall_clock() + delay)
+        report(Kind.DEFERRED, f"event {event.id} deferred {delay:.1f}s: {result.error}",
+               error=result.error, retry_in_sec=f"{delay:.1f}", **fields)
+        return delay
+
+    # --- what systemctl status and pd-queue status show --------------------------------------------------
+
+    def key_status(self, routing_key: str) -> Dict[str, Optional[float]]:
+        """Wall-clock times until which a key is throttled or backing off (None when it is not)."""
+        with self.cond:
+            state = self.keys.get(routing_key)
+            if state is None:
+                return {"throttled_until": None, "backoff_until": None}
+            now, wall = self.clock(), self.wall_clock()
+            return {
+                "throttled_until": wall + state.throttled_until - now if state.throttled_until > now else None,
+                "backoff_until": wall + state.backoff_until - now if state.backoff_until > now else None,
+            }
+
+    def held_keys(self) -> int:
+        with self.cond:
+            now = self.clock()
+            return sum(1 for state in self.keys.values()
+                       if state.throttled_until > now or state.backoff_until > now)

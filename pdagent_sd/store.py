@@ -1,0 +1,393 @@
+"""The durable queue: one SQLite file, WAL, synchronous=FULL; every change goes through one writer thread
+that commits whatever arrived together in one transaction (group commit), so the disk's fsync rate is not the
+ceiling, and nothing is acknowledged before it is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
+from pdagent_sd.events import Event
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "queue.db"
+PENDING_MARKER = "pending"
+MAX_BATCH = 512
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    routing_key TEXT NOT NULL,
+    api TEXT NOT NULL,
+    action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_state_key ON events (state, routing_key, id);
+CREATE TABLE IF NOT EXISTS attempts (
+    event_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id);
+"""
+
+
+class State(str, Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    id: int
+    routing_key: str
+    api: str
+    action: str
+    dedup_key: str
+    body: str
+    attempts: int
+    next_attempt: float
+    created: float
+
+
+# A write operation runs inside the writer's transaction and returns (result, change in pending count).
+WriteOp = Callable[[sqlite3.Connection], Tuple[Any, int]]
+
+
+class Store:
+    """Owns queue.db and the `pending` marker file (present exactly while pending events exist)."""
+
+    def __init__(self, state_dir: str, *, max_pending: int = 1000000, clock: Callable[[], float] = time.time,
+                 on_corrupt: Optional[Callable[[str, str], None]] = None) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, DB_NAME)
+        self.marker = os.path.join(state_dir, PENDING_MARKER)
+        self.max_pending = max_pending
+        self.clock = clock
+        self.on_corrupt = on_corrupt
+        self.pending_count = 0
+        self._ops: "queue.Queue[Optional[Tuple[WriteOp, Future]]]" = queue.Queue()
+        self._local = threading.local()
+        self._writer: Optional[threading.Thread] = None
+        self._write_conn: Optional[sqlite3.Connection] = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        try:
+            self._write_conn = self._connect_checked()
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(str(exc))
+            self._write_conn = self._connect_checked()
+        self.pending_count = self._write_conn.execute(
+            "SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
+        self._sync_marker()
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._ops.put(None)
+            self._writer.join(timeout=10)
+            self._writer = None
+        if self._write_conn is not None:
+            self._write_conn.close()
+            self._write_conn = None
+
+    def writer_alive(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.executescript(SCHEMA)
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        if verdict != "ok":
+            conn.close()
+            raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        os.chmod(self.path, 0o600)
+        return conn
+
+    def _move_aside(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        target = f"{self.path}.corrupt-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, target + suffix)
+        logger.critical("queue database %s is damaged (%s); moved aside to %s", self.path, reason, target)
+        if self.on_corrupt is not None:
+            self.on_corrupt(target, reason)
+
+    def corrupt_files(self) -> List[str]:
+        return sorted(name for name in os.listdir(self.state_dir)
+                      if name.startswith(DB_NAME + ".corrupt-") and not name.endswith(("-wal", "-shm")))
+
+    def reader(self) -> sqlite3.Connection:
+        """A connection for the calling thread's reads (WAL lets readers run beside the writer)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    # --- the writer ----------------------------------------------------------------------------------
+
+    def submit(self, op: WriteOp) -> "Future[Any]":
+        future: "Future[Any]" = Future()
+        self._ops.put((op, future))
+        return future
+
+    def write(self, op: WriteOp) -> Any:
+        return self.submit(op).result()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._ops.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._ops.put(None)
+                    break
+                batch.append(item)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: Sequence[Tuple[WriteOp, Future]]) -> None:
+        conn = self._write_conn
+        assert conn is not None
+        outcomes: List[Tuple[Future, Any, Optional[BaseException]]] = []
+        pending_delta = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result, delta = op(conn)
+                except PdagentError as error:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((future, None, error))
+                    continue
+                conn.execute("RELEASE op")
+                pending_delta += delta
+                self.pending_count += delta
+                outcomes.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.pending_count -= pending_delta
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error = StorageError(f"cannot write the queue at {self.path}: {exc}",
+                                 hint="check free space and the health of the disk under the state directory")
+            logger.error("queue write failed: %s", exc)
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        self._sync_marker()
+        for future, result, failure in outcomes:
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(result)
+
+    def _sync_marker(self) -> None:
+        try:
+            if self.pending_count > 0 and not os.path.exists(self.marker):
+                with open(self.marker, "w"):
+                    pass
+            elif self.pending_count <= 0 and os.path.exists(self.marker):
+                os.unlink(self.marker)
+        except OSError as exc:
+            logger.warning("cannot update %s: %s", self.marker, exc)
+
+    # --- write operations ------------------------------------------------------------------------------
+
+    def enqueue(self, event: Event) -> int:
+        """Commit one event as pending; return its id. Refused when the queue is full."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> Tuple[int, int]:
+            if self.pending_count >= self.max_pending:
+                raise QueueFull(f"the queue already holds {self.pending_count} pending events "
+                                f"(max_pending_events = {self.max_pending})",
+                                hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
+            cursor = conn.execute(
+                "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (event.routing_key, event.api.value, event.action.value, event.dedup_key, event.encoded(),
+                 now, now))
+            return cursor.lastrowid, 1
+
+        return self.write(op)
+
+    def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
+                       error: str, next_attempt: float = 0.0) -> None:
+        """Record one delivery attempt and the state it leaves the event in."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> Tuple[None, int]:
+            changed = conn.execute(
+                "UPDATE events SET state = ?, updated = ?, attempts = attempts + 1, next_attempt = ?, "
+                "last_status = ?, last_error = ? WHERE id = ? AND state = 'pending'",
+                (state.value, now, next_attempt, http_status, error or None, event_id)).rowcount
+            if not changed:
+                return None, 0  # dropped by an operator while the attempt was in flight
+            conn.execute("INSERT INTO attempts (event_id, at, outcome, http_status, error) VALUES (?, ?, ?, ?, ?)",
+                         (event_id, now, outcome, http_status, error or None))
+            return None, 0 if state is State.PENDING else -1
+
+        self.write(op)
+
+    def retry_failed(self, routing_key: Optional[str] = None) -> int:
+        """Failed → pending, keeping each event's id and so its place in its key's order."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> Tuple[int, int]:
+            sql = "UPDATE events SET state = 'pending', updated = ?, next_attempt = 0 WHERE state = 'failed'"
+            params: List[Any] = [now]
+            if routing_key is not None:
+                sql += " AND routing_key = ?"
+                params.append(routing_key)
+            count = conn.execute(sql, params).rowcount
+            return count, count
+
+        return self.write(op)
+
+    def drop(self, event_id: Optional[int] = None, routing_key: Optional[str] = None,
+             state: Optional[State] = None) -> int:
+        """Delete one event, or a key's events in one state; return how many."""
+
+        def op(conn: sqlite3.Connection) -> Tuple[int, int]:
+            where, params = _selector(event_id, routing_key, state)
+            pending = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = 'pending' AND {where}",
+                                   params).fetchone()[0]
+            conn.execute(f"DELETE FROM attempts WHERE event_id IN (SELECT id FROM events WHERE {where})", params)
+            count = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
+            return count, -pending
+
+        return self.write(op)
+
+    def purge_expired(self, keep_delivered: float, keep_failed: float) -> "Future[Any]":
+        """Retention: delete delivered and failed events older than their keep_* setting."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> Tuple[int, int]:
+            total = 0
+            for state, keep in ((State.DELIVERED, keep_delivered), (State.FAILED, keep_failed)):
+                params = (state.value, now - keep)
+                conn.execute("DELETE FROM attempts WHERE event_id IN "
+                             "(SELECT id FROM events WHERE state = ? AND updated < ?)", params)
+                total += conn.execute("DELETE FROM events WHERE state = ? AND updated < ?", params).rowcount
+            return total, 0
+
+        return self.submit(op)
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    def head(self, routing_key: str) -> Optional[QueuedEvent]:
+        """The oldest pending event of a key: the only one that may be sent next."""
+        row = self.reader().execute(
+            "SELECT id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created FROM events "
+            "WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT 1", (routing_key,)).fetchone()
+        return QueuedEvent(*row) if row else None
+
+    def pending_keys(self) -> List[str]:
+        rows = self.reader().execute(
+            "SELECT DISTINCT routing_key FROM events WHERE state = 'pending'").fetchall()
+        return [row[0] for row in rows]
+
+    def counts_by_key(self) -> Dict[str, Dict[str, Any]]:
+        """Per routing key: counts per state and the age of the oldest pending event."""
+        conn = self.reader()
+        keys: Dict[str, Dict[str, Any]] = {}
+        for key, state, count in conn.execute(
+                "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
+            entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "oldest_pending": None})
+            entry[state] = count
+        for key, oldest_id in conn.execute(
+                "SELECT routing_key, MIN(id) FROM events WHERE state = 'pending' GROUP BY routing_key"):
+            created = conn.execute("SELECT created FROM events WHERE id = ?", (oldest_id,)).fetchone()[0]
+            keys[key]["oldest_pending"] = created
+        return keys
+
+    def last_delivery(self) -> Optional[float]:
+        row = self.reader().execute("SELECT MAX(at) FROM attempts WHERE outcome = 'delivered'").fetchone()
+        return row[0] if row else None
+
+    def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int) -> List[Dict[str, Any]]:
+        where, params = _selector(None, routing_key, state)
+        return self._rows(where, params, limit)
+
+    def show(self, event_id: int) -> Dict[str, Any]:
+        """One event whole, with every attempt made to deliver it."""
+        where, params = _selector(event_id, None, None)
+        rows = self._rows(where, params, 1)
+        if not rows:
+            raise NotFound(f"no event with id {event_id}")
+        event = rows[0]
+        event["attempts_log"] = [
+            {"at": at, "outcome": outcome, "http_status": status, "error": error}
+            for at, outcome, status, error in self.reader().execute(
+                "SELECT at, outcome, http_status, error FROM attempts WHERE event_id = ? ORDER BY rowid",
+                (event_id,))]
+        return event
+
+    def _rows(self, where: str, params: List[Any], limit: int) -> List[Dict[str, Any]]:
+        rows = self.reader().execute(
+            f"SELECT {', '.join(ROW_FIELDS)} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit])
+        return [dict(zip(ROW_FIELDS, row)) for row in rows]
+
+
+ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
+              "next_attempt", "last_status", "last_error", "body")
+
+
+def _selector(event_id: Optional[int], routing_key: Optional[str],
+              state: Optional[State]) -> Tuple[str, List[Any]]:
+    clauses, params = ["1"], []  # type: List[str], List[Any]
+    if event_id is not None:
+        clauses.append("id = ?")
+        params.append(event_id)
+    if routing_key is not None:
+        clauses.append("routing_key = ?")
+        params.append(routing_key)
+    if state is not None:
+        clauses.append("state = ?")
+        params.append(state.value)
+    return " AND ".join(clauses), params
