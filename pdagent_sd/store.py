@@ -87,6 +87,7 @@ class Store:
         self.clock = clock
         self.on_corrupt = on_corrupt
         self.pending_count = 0
+        self.commits = 0  # transactions committed: fewer than writes when group commit works
         self._ops: "queue.Queue[Optional[Tuple[WriteOp, Future]]]" = queue.Queue()
         self._local = threading.local()
         self._writer: Optional[threading.Thread] = None
@@ -207,6 +208,7 @@ class Store:
                 self.pending_count += delta
                 outcomes.append((future, result, None))
             conn.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as exc:
             self.pending_count -= pending_delta
             try:

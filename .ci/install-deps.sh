@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything the whole test suite needs on a fresh Debian 12 machine, as root. Idempotent.
+set -euo pipefail
+
+APT_PACKAGES=(
+  # building systemd-python from source in the virtualenv
+  python3 python3-venv python3-dev libsystemd-dev pkg-config gcc
+  # the booted-systemd tier
+  systemd systemd-container dbus iproute2 debootstrap
+  # the agent's runtime deps from Debian (system tests and the .deb)
+  python3-systemd python3-sdnotify python3-requests
+  # integrations and proxy tests
+  nagios4 monitoring-plugins-basic tinyproxy openssl
+  # packaging
+  debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian help2man
+  rpm rpmlint fakeroot devscripts
+  # benchmarks
+  hyperfine
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

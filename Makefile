@@ -1,0 +1,42 @@
+# pdagent-sd — `make demo`, `make test`, `make bench` on a fresh Debian 12 machine as root.
+
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv test test-fast test-pythons demo bench deb rpm reliability lint clean
+
+all: test
+
+deps:
+	./.ci/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[test]' ruff mypy
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -ra -m "not system and not package and not slow" $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) bench/demo.py
+
+bench: venv
+	$(PY) bench/run_all.py
+
+deb:
+	./packaging/build-deb.sh
+
+rpm:
+	./packaging/build-rpm.sh
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache *.egg-info

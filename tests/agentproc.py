@@ -1,0 +1,148 @@
+"""The real pdagentd as a child process on a temporary socket and state directory, for integration tests
+and benchmarks. Whatever it starts it stops by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY_A = "a" * 16 + "0123456789abcdef"
+KEY_B = "b" * 16 + "0123456789abcdef"
+
+# Fast retries so tests finish in seconds; each test may override any PDAGENT_* setting.
+TEST_SETTINGS = {
+    "PDAGENT_BACKOFF_MIN_SEC": "0.05",
+    "PDAGENT_BACKOFF_MAX_SEC": "0.5",
+    "PDAGENT_RATE_LIMIT_PER_MINUTE": "0",
+    "PDAGENT_IDLE_EXIT_SEC": "0",
+}
+
+
+def base_env(**settings: str) -> Dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PDAGENT_", "LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(TEST_SETTINGS)
+    env.update(settings)
+    return env
+
+
+class Agent:
+    """One pdagentd process. `start()` returns once it answers on its socket."""
+
+    def __init__(self, workdir: str, events_url: str, python: str = sys.executable, **settings: str) -> None:
+        self.workdir = workdir
+        self.socket = os.path.join(workdir, "pdagent.sock")
+        self.state_dir = os.path.join(workdir, "state")
+        self.log_path = os.path.join(workdir, "pdagentd.log")
+        self.config = os.path.join(workdir, "agent.conf")
+        self.python = python
+        self.env = base_env(PDAGENT_EVENTS_URL=events_url, PDAGENT_SOCKET=self.socket,
+                            PDAGENT_STATE_DIR=self.state_dir, PDAGENT_CONFIG=self.config, **settings)
+        self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 10.0) -> Agent:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.python, "-m", "pdagent_sd.daemon"], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pdagentd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.request({"op": "status"})
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"pdagentd did not answer within {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> Optional[int]:
+        """Signal the daemon by PID and wait for it; SIGKILL if it does not go. Returns its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def request(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        """One raw request line and its raw reply (errors are returned, not raised)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(self.socket)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            return json.loads(read_line(sock))
+
+    def client(self, module: str, *args: str, stdin: Optional[str] = None,
+               timeout: float = 30.0) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        """Run one of the commands (pdagent_sd.cli.send, ...) against this agent."""
+        return subprocess.run([self.python, "-m", module, *args], env=self.env, input=stdin,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def pd_send(self, *args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        return self.client("pdagent_sd.cli.send", *args)
+
+    def status(self) -> Dict[str, Any]:
+        return self.request({"op": "status"})
+
+    def wait_until(self, predicate: Any, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def pending(self) -> int:
+        return int(self.status()["totals"]["pending"])
+
+
+def read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def trigger(key: str, summary: str, dedup_key: Optional[str] = None, **payload: Any) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"routing_key": key, "event_action": "trigger",
+                            "payload": {"summary": summary, "source": "test-host", "severity": "error", **payload}}
+    if dedup_key:
+        body["dedup_key"] = dedup_key
+    return body
+
+
+def action(key: str, event_action: str, dedup_key: str) -> Dict[str, Any]:
+    return {"routing_key": key, "event_action": event_action, "dedup_key": dedup_key}
+
+
+def send_many(agent: Agent, bodies: List[Dict[str, Any]], api: str = "v2") -> List[Dict[str, Any]]:
+    return [agent.request({"op": "send", "api": api, "event": body}) for body in bodies]

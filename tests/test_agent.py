@@ -1,0 +1,317 @@
+"""Integration: the real pdagentd process, a real Unix socket, a real SQLite file and the Events API stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agentproc import KEY_A, KEY_B, Agent, action, base_env, read_line, send_many, trigger
+
+pytestmark = pytest.mark.integration
+
+
+def test_trigger_acknowledge_resolve_round_trip_in_order(agent, standin):
+    sent = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "Server is on fire", "-f", "disk=/var")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("Event processed. Incident Key: ")
+    dedup_key = sent.stdout.strip().rsplit(" ", 1)[1]
+    for event_type in ("acknowledge", "resolve"):
+        result = agent.pd_send("-k", KEY_A, "-t", event_type, "-i", dedup_key)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"Event processed. Incident Key: {dedup_key}"
+    assert standin.wait_for(3, timeout=10), agent.log()
+    bodies = standin.bodies(KEY_A)
+    assert [body["event_action"] for body in bodies] == ["trigger", "acknowledge", "resolve"]
+    assert {body["dedup_key"] for body in bodies} == {dedup_key}
+    assert bodies[0]["payload"]["summary"] == "Server is on fire"
+    assert bodies[0]["payload"]["severity"] == "error"
+    assert bodies[0]["payload"]["source"]  # the agent filled in this host's name
+    assert bodies[0]["payload"]["custom_details"] == {"disk": "/var"}
+    assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 3)
+
+
+def test_v1_and_change_events_reach_their_endpoints(agent, standin):
+    v1 = agent.pd_send("--api", "v1", "-k", KEY_A, "-t", "trigger", "-d", "legacy", "-i", "v1-key",
+                       "-c", "cron", "-u", "https://cron.example/job")
+    change = agent.pd_send("--change", "-k", KEY_B, "-d", "Deployed v1.2.3",
+                           "--link", "https://ci.example/42|build 42")
+    assert v1.returncode == 0 and change.returncode == 0, v1.stderr + change.stderr
+    assert v1.stdout.strip() == "Event processed. Incident Key: v1-key"
+    assert change.stdout.strip() == "Event processed."
+    assert standin.wait_for(2, timeout=10), agent.log()
+    by_api = {record.api: record for record in standin.events}
+    assert by_api["v1"].path == "/generic/2010-04-15/create_event.json"
+    assert by_api["v1"].body == {"service_key": KEY_A, "event_type": "trigger", "incident_key": "v1-key",
+                                 "description": "legacy", "client": "cron",
+                                 "client_url": "https://cron.example/job"}
+    assert by_api["change"].path == "/v2/change/enqueue"
+    assert by_api["change"].body["payload"]["summary"] == "Deployed v1.2.3"
+    assert by_api["change"].body["links"] == [{"href": "https://ci.example/42", "text": "build 42"}]
+
+
+def test_server_errors_and_throttling_delay_only_that_key_and_keep_its_order(make_agent, standin):
+    standin.add_fault(status=500, count=2, routing_key=KEY_A)
+    standin.add_fault(status=429, count=1, routing_key=KEY_A, retry_after=1)
+    agent = make_agent()
+    send_many(agent, [trigger(KEY_A, "a1", "a1"), action(KEY_A, "acknowledge", "a1"),
+                      action(KEY_A, "resolve", "a1")])
+    send_many(agent, [trigger(KEY_B, f"b{i}", f"b{i}") for i in range(3)])
+    assert standin.wait_for(3, timeout=5, routing_key=KEY_B)
+    b_done = standin.received(KEY_B)[-1].time
+    assert standin.wait_for(3, timeout=15, routing_key=KEY_A), agent.log()
+    a_events = standin.received(KEY_A)
+    assert [e.action for e in a_events] == ["trigger", "acknowledge", "resolve"]
+    assert [e.body["dedup_key"] for e in standin.received(KEY_B)] == ["b0", "b1", "b2"]
+    assert b_done < a_events[0].time  # B went through while A was failing
+    first_a_request = min(r.time for r in standin.requests if r.routing_key == KEY_A)
+    assert a_events[0].time - first_a_request >= 1.0  # Retry-After: 1 was honoured
+    assert standin.request_count_for(KEY_A) == 6  # 2 x 500, 1 x 429, then three deliveries
+
+
+def test_invalid_event_at_pagerduty_goes_to_failed_with_its_error_text(make_agent, standin):
+    standin.add_fault(status=400, count=1, body={"status": "invalid event", "message": "Event object is invalid",
+                                                 "errors": ["'payload.summary' is too clever"]})
+    agent = make_agent()
+    reply = agent.request({"op": "send", "api": "v2", "event": trigger(KEY_A, "bad one")})
+    assert reply["ok"]
+    send_many(agent, [trigger(KEY_A, "good one")])
+    assert standin.wait_for(1, timeout=10)
+    assert standin.bodies(KEY_A)[0]["payload"]["summary"] == "good one"
+    assert agent.wait_until(lambda: agent.status()["totals"]["failed"] == 1)
+    shown = agent.request({"op": "show", "id": reply["id"]})["event"]
+    assert shown["state"] == "failed"
+    assert shown["last_status"] == 400
+    assert "too clever" in shown["last_error"]
+    assert shown["attempts_log"][0]["http_status"] == 400
+
+
+def test_kill_9_after_acknowledgement_loses_nothing_and_delivers_once(make_agent, standin):
+    standin.refuse_connections()
+    agent = make_agent()
+    replies = send_many(agent, [trigger(KEY_A, f"event {i}", f"k{i}") for i in range(5)])
+    assert all(reply["ok"] for reply in replies)
+    agent.kill9()
+    standin.accept_connections()
+    agent.start()
+    assert standin.wait_for(5, timeout=15), agent.log()
+    time.sleep(0.5)  # room for a duplicate to show up, if there were one
+    assert [body["dedup_key"] for body in standin.bodies(KEY_A)] == [f"k{i}" for i in range(5)]
+
+
+def test_bad_input_gets_error_replies_and_the_daemon_keeps_serving(agent):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.socket)
+        for line, code in ((b"this is not json\n", "bad_request"), (b"[1,2]\n", "bad_request"),
+                           (b'{"op":"explode"}\n', "bad_request"), (b"\xff\xfe\n", "bad_request"),
+                           (json.dumps({"op": "send", "api": "v2",
+                                        "event": {"routing_key": KEY_A, "event_action": "trigger"}}).encode()
+                            + b"\n", "invalid_event")):
+            sock.sendall(line)
+            reply = json.loads(read_line(sock))
+            assert reply["ok"] is False and reply["code"] == code, (line, reply)
+            assert reply["error"]
+        sock.sendall(b'{"op":"status"}\n')
+        assert json.loads(read_line(sock))["ok"] is True  # same connection still served
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.socket)
+        sock.sendall(b"x" * (1024 * 1024 + 10) + b"\n")
+        reply = json.loads(read_line(sock))
+        assert reply["code"] == "bad_request" and "longer than" in reply["error"]
+    assert agent.status()["ok"] is True
+    assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_invalid_event_names_the_field_and_exits_65(agent):
+    result = agent.pd_send("-k", KEY_A, "-t", "trigger")
+    assert result.returncode == 65
+    assert "payload.summary" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = agent.pd_send("-k", "tooshort", "-t", "trigger", "-d", "x")
+    assert result.returncode == 65 and "routing_key" in result.stderr
+    result = agent.pd_send("-k", KEY_A, "-t", "resolve")
+    assert result.returncode == 65 and "dedup_key" in result.stderr
+
+
+def test_pd_send_without_an_agent_exits_69_and_names_the_socket(tmp_path):
+    missing = str(tmp_path / "nobody-home.sock")
+    env = base_env(PDAGENT_SOCKET=missing)
+    result = subprocess.run([sys.executable, "-m", "pdagent_sd.cli.send", "-k", KEY_A, "-t", "trigger", "-d", "x"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 69
+    assert missing in result.stderr
+    assert "systemctl status pdagent.socket" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(agent):
+    assert agent.pd_send("-t", "trigger").returncode == 2
+    assert agent.pd_send("-k", KEY_A, "-t", "explode").returncode == 2
+    assert agent.pd_send("-k", KEY_A, "-d", "no type").returncode == 2
+    bad_field = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "x", "-f", "novalue")
+    assert bad_field.returncode == 2 and "KEY=VALUE" in bad_field.stderr
+
+
+def test_full_queue_refuses_with_75_and_drops_nothing(make_agent, standin):
+    standin.refuse_connections()
+    agent = make_agent(PDAGENT_MAX_PENDING_EVENTS="2")
+    assert agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "one").returncode == 0
+    assert agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "two").returncode == 0
+    refused = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "three")
+    assert refused.returncode == 75
+    assert "max_pending_events" in refused.stderr
+    assert agent.pending() == 2
+    standin.accept_connections()
+    assert standin.wait_for(2, timeout=15)
+    assert [body["payload"]["summary"] for body in standin.bodies()] == ["one", "two"]
+
+
+def test_pending_marker_exists_exactly_while_events_are_pending(make_agent, standin):
+    standin.refuse_connections()
+    agent = make_agent()
+    marker = os.path.join(agent.state_dir, "pending")
+    assert not os.path.exists(marker)
+    send_many(agent, [trigger(KEY_A, "wait for me")])
+    assert os.path.exists(marker)
+    standin.accept_connections()
+    assert standin.wait_for(1, timeout=10)
+    assert agent.wait_until(lambda: not os.path.exists(marker))
+
+
+def test_state_is_private_to_the_service(agent):
+    send_many(agent, [trigger(KEY_A, "x")])
+    assert os.stat(agent.state_dir).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(agent.state_dir, "queue.db")).st_mode & 0o777 == 0o600
+    assert os.stat(agent.socket).st_mode & 0o777 == 0o666
+
+
+def test_sigterm_keeps_pending_events_and_exits_0(make_agent, standin):
+    standin.refuse_connections()
+    agent = make_agent()
+    send_many(agent, [trigger(KEY_A, "survive a stop", "stop-1")])
+    assert agent.stop(signal.SIGTERM) == 0
+    assert "1 pending event(s) kept" in agent.log()
+    with sqlite3.connect(os.path.join(agent.state_dir, "queue.db")) as db:
+        assert db.execute("SELECT state, dedup_key FROM events").fetchall() == [("pending", "stop-1")]
+    assert not os.path.exists(agent.socket)  # it bound the socket itself, so it removes it
+    standin.accept_connections()
+    agent.start()
+    assert standin.wait_for(1, timeout=10)
+
+
+def test_per_key_token_bucket_spaces_events(make_agent, standin):
+    agent = make_agent(PDAGENT_RATE_LIMIT_PER_MINUTE="120", PDAGENT_RATE_LIMIT_BURST="2")
+    send_many(agent, [trigger(KEY_A, f"t{i}", f"t{i}") for i in range(4)] + [trigger(KEY_B, "other", "o")])
+    assert standin.wait_for(5, timeout=10)
+    times = [event.time for event in standin.received(KEY_A)]
+    assert times[3] - times[0] >= 0.9  # 2 at once, then one every 0.5 s at 120/min
+    assert standin.received(KEY_B)[0].time < times[3]  # another key is not held back
+    assert "throttled" in agent.log()
+
+
+def test_bad_config_stops_the_daemon_naming_file_and_key(tmp_path, standin):
+    agent = Agent(str(tmp_path), standin.url)
+    with open(agent.config, "w") as config:
+        config.write("[Agent]\nrate_limit_per_minute = fast\n")
+    result = subprocess.run([sys.executable, "-m", "pdagent_sd.daemon"], env=agent.env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 78
+    assert agent.config in result.stderr and "rate_limit_per_minute" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plain_http_to_a_remote_host_is_refused(tmp_path):
+    agent = Agent(str(tmp_path), "http://events.example.com")
+    result = subprocess.run([sys.executable, "-m", "pdagent_sd.daemon"], env=agent.env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 78 and "allow_insecure_http" in result.stderr
+
+
+def test_socket_activated_daemon_exits_when_idle_and_keeps_the_socket(tmp_path, standin):
+    agent = Agent(str(tmp_path), standin.url, PDAGENT_IDLE_EXIT_SEC="1")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(agent.socket)
+    listener.listen(16)
+    try:
+        def activate() -> "subprocess.Popen[bytes]":
+            # LISTEN_PID must be the daemon's own pid: set it in the shell that then execs Python.
+            return subprocess.Popen(
+                ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{sys.executable}" -m pdagent_sd.daemon'],
+                env=agent.env, pass_fds=(3,),
+                preexec_fn=lambda: os.dup2(listener.fileno(), 3), stderr=subprocess.PIPE)
+
+        daemon = activate()
+        try:
+            reply = _send_over(agent.socket, trigger(KEY_A, "activated", "act-1"))
+            assert reply["ok"], reply
+            assert standin.wait_for(1, timeout=10)
+            assert daemon.wait(timeout=10) == 0  # idle exit after delivering
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+        # systemd would start it again on the next connection; the socket itself kept listening
+        pending_client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        pending_client.connect(agent.socket)
+        pending_client.sendall(json.dumps({"op": "send", "api": "v2",
+                                           "event": trigger(KEY_A, "second", "act-2")}).encode() + b"\n")
+        daemon = activate()
+        try:
+            assert json.loads(read_line(pending_client))["ok"]
+            assert standin.wait_for(2, timeout=10)
+        finally:
+            pending_client.close()
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=15)
+        assert os.path.exists(agent.socket)  # an adopted socket is systemd's: never unlinked by the daemon
+    finally:
+        listener.close()
+
+
+def _send_over(path: str, event: dict) -> dict:  # type: ignore[type-arg]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(json.dumps({"op": "send", "api": "v2", "event": event}).encode() + b"\n")
+        return json.loads(read_line(sock))
+
+
+def test_retention_deletes_old_delivered_events_at_start(make_agent, standin):
+    agent = make_agent(PDAGENT_KEEP_DELIVERED="1s")
+    send_many(agent, [trigger(KEY_A, "old news")])
+    assert standin.wait_for(1, timeout=10)
+    assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 1)
+    agent.stop()
+    time.sleep(1.2)
+    agent.start()
+    assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 0)
+
+
+def test_concurrent_senders_share_commits(agent):
+    import threading
+
+    errors = []
+
+    def sender(index: int) -> None:
+        try:
+            replies = send_many(agent, [trigger(KEY_A, f"s{index}-{n}") for n in range(20)])
+            errors.extend(reply for reply in replies if not reply["ok"])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    ids = [row[0] for row in sqlite3.connect(os.path.join(agent.state_dir, "queue.db")).execute(
+        "SELECT id FROM events")]
+    assert len(ids) == 320 and len(set(ids)) == 320
