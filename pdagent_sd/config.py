@@ -157,8 +157,8 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
         raise ConfigError("delivery_workers must be at least 1")
     if not values["allow_insecure_http"] and not is_safe_url(values["events_url"]):
         raise ConfigError(
-            f"events_url {values['events_url']} is plain http:// to a host that is not loopback",
-            hint="use https://, or set allow_insecure_http = yes if you really mean it",
+            f"events_url {values['events_url']} is plain http:// to a host that is not loopback; "
+            "use https://, or set allow_insecure_http = yes if you really mean it",
         )
     return Config(**values)
 
@@ -198,4 +198,22 @@ def render_markdown() -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for setting in SETTINGS:
         lines.append(f"| `{setting.name}` | `{setting.default}` | {setting.help} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_ini() -> str:
+    """The shipped /etc/pdagent/agent.conf: every key, commented out at its default."""
+    lines = ["# pdagent-sd configuration. Every key is shown at its default, commented out.",
+             "# Drop-ins in /etc/pdagent/agent.conf.d/*.conf are read after this file, in name order;",
+             "# PDAGENT_<KEY> environment variables (e.g. in a unit drop-in) override both.",
+             "# Durations take s, min, h, d suffixes. See docs/configuration.md.", "", f"[{SECTION}]"]
+    for setting in SETTINGS:
+        default = setting.default
+        if isinstance(default, bool):
+            shown = "yes" if default else "no"
+        elif isinstance(default, float) and default.is_integer():
+            shown = str(int(default))
+        else:
+            shown = str(default)
+        lines += ["", f"# {setting.help}", f"#{setting.name} = {shown}"]
     return "\n".join(lines) + "\n"

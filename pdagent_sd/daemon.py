@@ -18,7 +18,8 @@ import threading
 import time
 from typing import List, Optional, Tuple
 
-from pdagent_sd import __version__, config as config_module, exitcodes, journal
+from pdagent_sd import __version__, exitcodes, journal
+from pdagent_sd import config as config_module
 from pdagent_sd.errors import BadRequest, ConfigError, PdagentError
 from pdagent_sd.handlers import Handlers, peer_of
 from pdagent_sd.journal import Kind, report
@@ -155,7 +156,10 @@ class Daemon:
             while not self.stop_requested.is_set():
                 wanted = self.connections < self.config.max_connections
                 if wanted != listening:
-                    (selector.register if wanted else selector.unregister)(self.listener, selectors.EVENT_READ)
+                    if wanted:
+                        selector.register(self.listener, selectors.EVENT_READ)
+                    else:
+                        selector.unregister(self.listener)
                     listening = wanted
                 for key, _ in selector.select(TICK_SEC):
                     if key.fileobj is self.listener:

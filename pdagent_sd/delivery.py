@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import email.utils
 import json
-import re
 import logging
+import re
 import time
 from dataclasses import dataclass
 from enum import Enum

@@ -215,11 +215,11 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            error = StorageError(f"cannot write the queue at {self.path}: {exc}",
-                                 hint="check free space and the health of the disk under the state directory")
+            refusal = StorageError(f"cannot write the queue at {self.path}: {exc}",
+                                   hint="check free space and the health of the disk under the state directory")
             logger.error("queue write failed: %s", exc)
             for _, future in batch:
-                future.set_exception(error)
+                future.set_exception(refusal)
             return
         self._sync_marker()
         for future, result, failure in outcomes:
@@ -254,7 +254,7 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
                 (event.routing_key, event.api.value, event.action.value, event.dedup_key, event.encoded(),
                  now, now))
-            return cursor.lastrowid, 1
+            return int(cursor.lastrowid or 0), 1
 
         return self.write(op)
 

@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     api = p.add_mutually_exclusive_group()
     api.add_argument("--api", choices=("v1", "v2"), default="v2", help="Events API version (default: v2)")
     api.add_argument("--change", action="store_true", help="send a change event instead of an alert")
-    p.add_argument("--socket", metavar="PATH", help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)")
+    p.add_argument("--socket", metavar="PATH",
+                   help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return p
 

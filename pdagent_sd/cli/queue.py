@@ -1,0 +1,471 @@
+"""pd-queue: see and repair the agent's queue.
+
+The seed agent's `status` and `retry`, plus `list`, `show`, `drop`, `flush` and `metrics`. Everything goes
+through the daemon's socket (the daemon is the one owner of the queue, and socket activation starts it), and
+the daemon decides who may do what from the socket's peer credentials; this command only asks and prints.
+Only the standard library and the small client are imported: `status` must answer fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+from pdagent_sd import exitcodes
+from pdagent_sd.cli.common import UsageError, run
+from pdagent_sd.errors import AgentUnreachable, Forbidden
+from pdagent_sd.protocol import Message, request
+
+PROGRAM = "pd-queue"
+DECLINED = 1  # the operator answered no at a confirmation prompt
+STATES = ("pending", "failed", "delivered")
+ADMIN_ADVICE = "use sudo, or join group pdagent (sudo usermod -aG pdagent $USER, then log in again)"
+
+DESCRIPTION = "Access the local queue of the PagerDuty agent."
+EPILOG = """\
+status, flush and metrics are open to every local user (routing keys masked); list with payloads, show,
+retry and drop need root, the agent's own user or membership of group pdagent.
+
+exit status: 0 done; 1 declined at a prompt; 2 usage error; 65 no such event; 69 agent unreachable;
+70 internal error; 75 temporary failure (storage); 77 permission denied.
+"""
+
+# The seed agent's table, column for column: scripts that read its output keep working.
+TABLE_HEADER = f"{'Service Key':<35} {'Pending':>9} {'Success':>9} {'In Error':>9}"
+
+
+# --- talking to the daemon ----------------------------------------------------------------------------------
+
+
+def _ask(args: argparse.Namespace, message: Message) -> Message:
+    """One request; a refusal becomes one line that says what to do about it."""
+    try:
+        return request(message, args.socket)
+    except Forbidden:
+        raise _refused(message["op"]) from None
+
+
+def _refused(op: str) -> Forbidden:
+    return Forbidden(f"permission denied: '{op}' is only for root, the agent's user and group pdagent; "
+                     f"{ADMIN_ADVICE}")
+
+
+# --- formatting helpers ---------------------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    """A duration as an operator reads it: 42s, 4m12s, 2h03m, 3d04h."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _when(timestamp: Optional[float], now: float) -> str:
+    """An absolute local time with how long ago (or until) it is."""
+    if not timestamp:
+        return "never"
+    delta = timestamp - now
+    relative = f"in {_age(delta)}" if delta > 0 else f"{_age(-delta)} ago"
+    return f"{_clock(timestamp)} ({relative})"
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _note(text: str) -> None:
+    """Side remarks go to stderr, so stdout stays the data a script reads."""
+    print(f"{PROGRAM}: {text}", file=sys.stderr)
+
+
+def _columns(rows: List[List[str]], right: tuple = ()) -> List[str]:  # type: ignore[type-arg]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+# --- status ----------------------------------------------------------------------------------------------------
+
+
+def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optional[float] = None) -> List[str]:
+    """The seed's table (and a Total row), then one line per key that is waiting, then the last delivery."""
+    now = time.time() if now is None else now
+    keys = reply["keys"]
+    if not keys and wanted_key:
+        keys = [{"routing_key": wanted_key, "pending": 0, "delivered": 0, "failed": 0,
+                 "oldest_pending_age": None, "throttled_until": None, "backoff_until": None}]
+    lines = [TABLE_HEADER]
+    for key in keys:
+        lines.append(f"{key['routing_key']:<35} {key['pending']:>9} {key['delivered']:>9} {key['failed']:>9}")
+    if len(keys) != 1:
+        totals = reply["totals"]
+        lines.append(f"{'Total':<35} {totals['pending']:>9} {totals['delivered']:>9} {totals['failed']:>9}")
+    details = [line for key in keys for line in _key_details(key, now)]
+    if details:
+        lines.append("")
+        lines.extend(details)
+    lines.append("")
+    lines.append(f"Last delivery: {_when(reply.get('last_delivery'), now)}")
+    return lines
+
+
+def _key_details(key: Dict[str, Any], now: float) -> List[str]:
+    """Why a key's events are still waiting: how old the oldest is, and any throttle or backoff."""
+    parts = []
+    if key.get("oldest_pending_age") is not None:
+        parts.append(f"oldest pending {_age(key['oldest_pending_age'])} old")
+    if key.get("throttled_until"):
+        parts.append(f"throttled until {_when(key['throttled_until'], now)}")
+    if key.get("backoff_until"):
+        parts.append(f"backing off until {_when(key['backoff_until'], now)}")
+    return [f"{key['routing_key']}: {'; '.join(parts)}"] if parts else []
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    message: Message = {"op": "status"}
+    if args.key:
+        message["routing_key"] = args.key
+    reply = _ask(args, message)
+    if args.json:
+        _print_json({name: value for name, value in reply.items() if name != "ok"})
+    else:
+        print("\n".join(format_status(reply, args.key)))
+    for warning in reply.get("warnings") or []:
+        _note(f"warning: {warning}")
+    if reply.get("redacted") and not args.json and reply["keys"]:
+        _note(f"routing keys are masked; to see them whole, {ADMIN_ADVICE}")
+    return exitcodes.OK
+
+
+# --- retry, flush ------------------------------------------------------------------------------------------------
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    message: Message = {"op": "retry", "all": True} if args.all_keys else {"op": "retry", "routing_key": args.key}
+    count = _ask(args, message)["count"]
+    print(f"{count} event(s) set up for retry.")
+    return exitcodes.OK
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    keys = _ask(args, {"op": "flush"})["keys"]
+    if keys:
+        print(f"Delivery pass started for {keys} routing key(s) with pending events.")
+    else:
+        print("No pending events.")
+    return exitcodes.OK
+
+
+# --- list, show ----------------------------------------------------------------------------------------------------
+
+
+def _summary(row: Dict[str, Any]) -> str:
+    """The event's one-line description, read from its body (absent when the daemon redacted it)."""
+    try:
+        body = json.loads(row.get("body") or "{}")
+    except ValueError:
+        return ""
+    payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+    return str(payload.get("summary") or body.get("description") or "")
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List[str]:
+    now = time.time() if now is None else now
+    table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "DEDUP KEY", "DETAIL"]]
+    for row in rows:
+        detail = f"error: {row['last_error']}" if row["state"] == "failed" and row.get("last_error") \
+            else _summary(row)
+        table.append([str(row["id"]), row["state"], row["routing_key"], f"{row['api']} {row['action']}",
+                      str(row["attempts"]), f"{_age(now - row['created'])} ago",
+                      str(row["last_status"] or "-"), _shorten(row["dedup_key"], 40), _shorten(detail)])
+    return _columns(table, right=(0, 4))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    message: Message = {"op": "list", "limit": args.limit}
+    if args.state:
+        message["state"] = args.state
+    if args.key:
+        message["routing_key"] = args.key
+    reply = _ask(args, message)
+    rows = reply["events"]
+    if args.json:
+        for row in rows:
+            if "body" in row:
+                row["body"] = json.loads(row["body"])
+        _print_json({"events": rows, "redacted": reply.get("redacted", False)})
+    elif rows:
+        print("\n".join(format_list(rows)))
+    else:
+        print("No events.")
+    if len(rows) == args.limit:
+        _note(f"showing the first {args.limit} events, oldest first; --limit shows more")
+    if reply.get("redacted") and not args.json:
+        _note(f"routing keys masked and payloads hidden; to see them, {ADMIN_ADVICE}")
+    return exitcodes.OK
+
+
+def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str]:
+    now = time.time() if now is None else now
+    lines = [
+        f"Event {event['id']}: {event['api']} {event['action']}, {event['state']}",
+        f"  Routing key:   {event['routing_key']}",
+        f"  Dedup key:     {event['dedup_key']}",
+        f"  Queued:        {_when(event['created'], now)}",
+        f"  Updated:       {_when(event['updated'], now)}",
+        f"  Attempts:      {event['attempts']}",
+    ]
+    if event["state"] == "pending" and event.get("next_attempt", 0) > now:
+        lines.append(f"  Next attempt:  {_when(event['next_attempt'], now)}")
+    if event.get("last_status") is not None or event.get("last_error"):
+        lines.append(f"  Last answer:   {_answer(event.get('last_status'), event.get('last_error'))}")
+    log = event.get("attempts_log") or []
+    lines.append("")
+    lines.append("Attempts:" if log else "Attempts: none yet")
+    for attempt in log:
+        lines.append(f"  {_clock(attempt['at'])}  {attempt['outcome']:<9}  "
+                     f"{_answer(attempt.get('http_status'), attempt.get('error'))}")
+    lines.append("")
+    lines.append("Body:")
+    try:
+        body = json.dumps(json.loads(event["body"]), indent=2, ensure_ascii=False)
+    except (KeyError, ValueError):
+        body = str(event.get("body", ""))
+    lines.extend("  " + line for line in body.splitlines())
+    return lines
+
+
+def _answer(status: Optional[int], error: Optional[str]) -> str:
+    """What the Events API said: HTTP status and PagerDuty's own error text (or ours, for a network error)."""
+    head = f"HTTP {status}" if status else "no HTTP answer"
+    return f"{head}: {error}" if error else head
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    event = _ask(args, {"op": "show", "id": args.id})["event"]
+    if args.json:
+        event["body"] = json.loads(event["body"])
+        _print_json(event)
+    else:
+        print("\n".join(format_event(event)))
+    return exitcodes.OK
+
+
+# --- drop -------------------------------------------------------------------------------------------------------------
+
+
+def _confirm(question: str) -> bool:
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.key is None):
+        raise UsageError("drop needs exactly one of: an event ID, or -k KEY with --state")
+    if args.id is not None:
+        if args.state:
+            raise UsageError("--state goes with -k KEY, not with an event ID")
+        message: Message = {"op": "drop", "id": args.id}
+        question = _drop_one_question(args) if _interactive() and not args.yes else ""
+    else:
+        if not args.state:
+            raise UsageError("drop -k KEY needs --state (pending, failed or delivered)")
+        message = {"op": "drop", "routing_key": args.key, "state": args.state}
+        question = _drop_many_question(args) if _interactive() and not args.yes else ""
+    if question and not _confirm(question):
+        print("Nothing dropped.")
+        return DECLINED
+    count = _ask(args, message)["count"]
+    print(f"{count} event(s) dropped.")
+    return exitcodes.OK
+
+
+def _drop_one_question(args: argparse.Namespace) -> str:
+    event = _ask(args, {"op": "show", "id": args.id})["event"]  # refuses a non-admin before any question
+    summary = _summary(event)
+    described = f" \"{_shorten(summary)}\"" if summary else ""
+    return f"Drop event {event['id']} ({event['api']} {event['action']}, {event['state']}){described}?"
+
+
+def _drop_many_question(args: argparse.Namespace) -> str:
+    # Ask nothing of someone the daemon will refuse anyway: `list` tells whether we are an admin.
+    if _ask(args, {"op": "list", "routing_key": args.key, "state": args.state, "limit": 1}).get("redacted"):
+        raise _refused("drop")
+    keys = _ask(args, {"op": "status", "routing_key": args.key})["keys"]
+    count = keys[0][args.state] if keys else 0
+    return f"Drop {count} {args.state} event(s) of routing key {args.key}? This cannot be undone."
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    try:
+        text = _ask(args, {"op": "metrics"})["text"]
+    except AgentUnreachable:
+        if args.output:  # say so in the file too: an alert on pdagent_up == 0 needs no staleness rule
+            from pdagent_sd.metrics import render_unreachable
+
+            write_atomically(args.output, render_unreachable())
+        raise
+    if args.output:
+        write_atomically(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return exitcodes.OK
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write beside the target, then rename: a collector never reads half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".pdagent-metrics.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            os.fchmod(handle.fileno(), 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: given after the subcommand it overrides, absent it leaves the top-level value alone.
+    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of unexpected errors")
+
+    p = argparse.ArgumentParser(prog=PROGRAM, description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", metavar="PATH", help="agent socket (default: $PDAGENT_SOCKET or "
+                                                   "/run/pdagent/pdagent.sock)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", metavar="{status,retry,list,show,drop,flush,metrics}")
+    sub.required = True
+
+    def command(name: str, help_text: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=description, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    s = command("status", "print out status of local event queue.",
+                "Print out status of local event queue: per service key, the events pending, delivered "
+                "(Success) and failed (In Error), then why pending events wait (age, throttle, backoff). "
+                "Open to every local user; routing keys are masked unless you are root or in group pdagent.")
+    s.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
+                   help="print status of events in given Service API Key")
+    s.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    s.set_defaults(func=cmd_status)
+
+    r = command("retry", "set up 'dead' PagerDuty events for retry.",
+                "Set up 'dead' (failed) PagerDuty events for retry. Retried events keep their place in "
+                "their key's order. Needs root or group pdagent.")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
+                       help="retry events in given Service API Key (not to be used with -a)")
+    which.add_argument("-a", "--all-keys", action="store_true",
+                       help="retry events in all Service API Keys (not to be used with -k)")
+    r.set_defaults(func=cmd_retry)
+
+    ls = command("list", "list queued events, oldest first.",
+                 "List queued events, oldest first. Open to every local user, but routing keys are masked "
+                 "and payloads hidden unless you are root or in group pdagent.")
+    ls.add_argument("--state", choices=STATES, help="only events in this state (default: all)")
+    ls.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
+                    help="only events for this routing key")
+    ls.add_argument("--limit", type=_positive, default=100, metavar="N",
+                    help="at most N events (default: 100, at most 10000)")
+    ls.add_argument("--json", action="store_true", help="print the events as JSON")
+    ls.set_defaults(func=cmd_list)
+
+    sh = command("show", "show one event and every attempt to deliver it.",
+                 "Show one event whole: its body, state, and every delivery attempt with its time, HTTP "
+                 "status and PagerDuty's error text. Needs root or group pdagent.")
+    sh.add_argument("id", type=int, metavar="ID", help="event id (from pd-queue list or the journal)")
+    sh.add_argument("--json", action="store_true", help="print the event as JSON")
+    sh.set_defaults(func=cmd_show)
+
+    d = command("drop", "delete an event, or a key's events in one state.",
+                "Delete one event by id, or every event of a routing key in one state (pd-queue drop -k KEY "
+                "--state failed). Asks for confirmation when run on a terminal. Needs root or group pdagent.",
+                "Dropped events are gone for good; `pd-queue retry` is the way to send failed events again.")
+    d.add_argument("id", type=int, nargs="?", metavar="ID", help="event id")
+    d.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
+                   help="drop this routing key's events (with --state)")
+    d.add_argument("--state", choices=STATES, help="which of the key's events to drop")
+    d.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    d.set_defaults(func=cmd_drop)
+
+    f = command("flush", "deliver what is due now.",
+                "Start a delivery pass now for every routing key with pending events (backoffs and throttles "
+                "still hold). Open to every local user; pdagent-retry.timer runs it.")
+    f.set_defaults(func=cmd_flush)
+
+    m = command("metrics", "print OpenMetrics text for node_exporter.",
+                "Print the queue's figures as OpenMetrics text (routing keys masked), for node_exporter's "
+                "textfile collector. Open to every local user.",
+                "example: pd-queue metrics -o /var/lib/prometheus/node-exporter/pdagent.prom")
+    m.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE atomically (temporary file and rename) instead of stdout; if the "
+                        "agent cannot be reached, FILE says pdagent_up 0")
+    m.set_defaults(func=cmd_metrics)
+    return p
+
+
+def _main(argv: List[str]) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run(PROGRAM, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

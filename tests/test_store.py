@@ -1,0 +1,101 @@
+"""The SQLite queue on a real file: group commit, state transitions, the pending marker, damaged files."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from pdagent_sd.errors import QueueFull
+from pdagent_sd.events import validate
+from pdagent_sd.store import State, Store
+
+pytestmark = pytest.mark.unit
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def event(summary: str = "x"):  # type: ignore[no-untyped-def]
+    return validate("v2", {"routing_key": KEY, "event_action": "trigger",
+                           "payload": {"summary": summary, "source": "h", "severity": "info"}})
+
+
+@pytest.fixture
+def store(tmp_path):  # type: ignore[no-untyped-def]
+    store = Store(str(tmp_path / "state"), max_pending=1000)
+    store.open()
+    yield store
+    store.close()
+
+
+def test_concurrent_enqueues_share_transactions(store) -> None:  # type: ignore[no-untyped-def]
+    barrier = threading.Barrier(32)
+
+    def sender() -> None:
+        barrier.wait()
+        for _ in range(10):
+            store.enqueue(event())
+
+    threads = [threading.Thread(target=sender) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.pending_count == 320
+    assert store.commits < 320  # group commit: several sends per fsync
+
+
+def test_marker_follows_pending_count(store) -> None:  # type: ignore[no-untyped-def]
+    assert not os.path.exists(store.marker)
+    first = store.enqueue(event())
+    assert os.path.exists(store.marker)
+    store.record_attempt(first, State.DELIVERED, "delivered", 202, "")
+    assert not os.path.exists(store.marker)
+
+
+def test_head_is_fifo_and_retry_keeps_the_place(store) -> None:  # type: ignore[no-untyped-def]
+    first, second = store.enqueue(event("one")), store.enqueue(event("two"))
+    assert store.head(KEY).id == first
+    store.record_attempt(first, State.FAILED, "failed", 400, "bad")
+    assert store.head(KEY).id == second
+    assert store.retry_failed(KEY) == 1
+    assert store.head(KEY).id == first
+    assert store.pending_count == 2
+
+
+def test_queue_full_refuses_and_keeps_what_it_has(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(str(tmp_path), max_pending=2)
+    store.open()
+    try:
+        store.enqueue(event())
+        store.enqueue(event())
+        with pytest.raises(QueueFull):
+            store.enqueue(event())
+        assert store.pending_count == 2
+    finally:
+        store.close()
+
+
+def test_drop_by_id_and_by_key_and_state(store) -> None:  # type: ignore[no-untyped-def]
+    ids = [store.enqueue(event()) for _ in range(3)]
+    store.record_attempt(ids[0], State.FAILED, "failed", 400, "bad")
+    assert store.drop(routing_key=KEY, state=State.FAILED) == 1
+    assert store.drop(event_id=ids[1]) == 1
+    assert store.pending_count == 1
+
+
+def test_damaged_queue_is_moved_aside_and_a_new_one_started(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "queue.db").write_bytes(b"this is not an SQLite database" * 100)
+    seen = []
+    store = Store(str(state), on_corrupt=lambda target, reason: seen.append(target))
+    store.open()
+    try:
+        assert len(seen) == 1 and os.path.exists(seen[0])
+        assert store.corrupt_files() == [os.path.basename(seen[0])]
+        store.enqueue(event())
+        assert store.pending_count == 1
+    finally:
+        store.close()
