@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from pdagent_sd.events import MAX_DEDUP_KEY, MAX_SUMMARY, Action, Severity
 
@@ -18,6 +18,12 @@ EXIT_STATUS_HELP = (
     "exit status: 0 queued; 2 usage error; 65 event rejected as invalid; 69 agent unreachable;\n"
     "75 temporary refusal (queue full, storage error), try again."
 )
+
+
+def clean_args(argv: List[str]) -> List[str]:
+    """Arguments as valid Unicode. Plugin output in a legacy encoding reaches Python as lone surrogates,
+    which cannot be sent as UTF-8; each bad byte becomes U+FFFD instead of costing the alert."""
+    return [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
 
 
 def fit(text: str, limit: int = MAX_SUMMARY) -> str:
