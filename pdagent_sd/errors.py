@@ -5,7 +5,9 @@ This module imports nothing from the package, so any module (and the tiny client
 
 from __future__ import annotations
 
-from typing import Optional
+TYPE_CHECKING = False  # typing is not imported at run time: this module is on the hot path
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 class PdagentError(Exception):

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional
 
 from pdagent_sd import exitcodes
 from pdagent_sd.errors import PdagentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional
 
 
 def fail(program: str, error: PdagentError) -> int:

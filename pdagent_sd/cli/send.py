@@ -1,16 +1,20 @@
 """pd-send: queue one trigger, acknowledge, resolve or change event with the local agent.
 
 The seed agent's flags and output, sending Events API v2 by default. The daemon validates the event and
-returns the dedup key; this command only builds the body and reports the answer.
+returns the dedup key; this command only builds the body and reports the answer. It runs for every alert,
+so it imports only what it needs (no argparse unless asked for help, no requests, no systemd).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any, Dict, List, Optional
 
+from pdagent_sd.cli.args import Args, Command, Option, usage_error
 from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
 
 DESCRIPTION = "Queue up a trigger, acknowledge or resolve event to PagerDuty."
 EPILOG = """\
@@ -28,40 +32,33 @@ examples:
   pd-send -k $KEY --change -d "Deployed v1.2.3" --link "https://ci.example/42|build 42"
 """
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pd-send", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("-k", "--service-key", "--routing-key", dest="key", required=True, metavar="SERVICE_KEY",
-                   help="integration (routing) key of the PagerDuty service")
-    p.add_argument("-t", "--event-type", choices=("trigger", "acknowledge", "resolve"),
-                   help="event type (required unless --change)")
-    p.add_argument("-d", "--description", help="short description: the incident's summary")
-    p.add_argument("-i", "--incident-key", help="dedup key; required to acknowledge or resolve")
-    p.add_argument("-c", "--client", help="name of the monitoring client")
-    p.add_argument("-u", "--client-url", help="URL of the monitoring client")
-    p.add_argument("-f", "--field", action="append", default=[], metavar="KEY=VALUE",
-                   help="add a custom detail (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.add_argument("--severity", default="error", choices=("critical", "error", "warning", "info"),
-                   help="severity of a v2 trigger (default: error)")
-    p.add_argument("--source", help="affected host or system (default: this host's FQDN, set by the agent)")
-    p.add_argument("--component", help="affected component")
-    p.add_argument("--group", help="logical group of components")
-    p.add_argument("--class", dest="class_", metavar="CLASS", help="class or type of the event")
-    p.add_argument("--timestamp", help="when the problem was detected (ISO 8601)")
-    p.add_argument("--link", action="append", default=[], metavar="HREF[|TEXT]", help="attach a link (repeatable)")
-    p.add_argument("--image", action="append", default=[], metavar="SRC[|HREF[|ALT]]",
-                   help="attach an image; SRC must be https:// (repeatable)")
-    api = p.add_mutually_exclusive_group()
-    api.add_argument("--api", choices=("v1", "v2"), default="v2", help="Events API version (default: v2)")
-    api.add_argument("--change", action="store_true", help="send a change event instead of an alert")
-    p.add_argument("--socket", metavar="PATH",
-                   help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    return p
+COMMAND = Command("pd-send", DESCRIPTION, EPILOG, (
+    Option(("-k", "--service-key", "--routing-key"), "key", required=True, metavar="SERVICE_KEY",
+           help="integration (routing) key of the PagerDuty service"),
+    Option(("-t", "--event-type"), "event_type", choices=("trigger", "acknowledge", "resolve"),
+           help="event type (required unless --change)"),
+    Option(("-d", "--description"), "description", help="short description: the incident's summary"),
+    Option(("-i", "--incident-key"), "incident_key", help="dedup key; required to acknowledge or resolve"),
+    Option(("-c", "--client"), "client", help="name of the monitoring client"),
+    Option(("-u", "--client-url"), "client_url", help="URL of the monitoring client"),
+    Option(("-f", "--field"), "field", kind="append", metavar="KEY=VALUE", help="add a custom detail (repeatable)"),
+    Option(("-q", "--quiet"), "quiet", kind="flag", help="print nothing on success"),
+    Option(("--severity",), "severity", default="error", choices=("critical", "error", "warning", "info"),
+           help="severity of a v2 trigger (default: error)"),
+    Option(("--source",), "source", help="affected host or system (default: this host's FQDN, set by the agent)"),
+    Option(("--component",), "component", help="affected component"),
+    Option(("--group",), "group", help="logical group of components"),
+    Option(("--class",), "class_", metavar="CLASS", help="class or type of the event"),
+    Option(("--timestamp",), "timestamp", help="when the problem was detected (ISO 8601)"),
+    Option(("--link",), "link", kind="append", metavar="HREF[|TEXT]", help="attach a link (repeatable)"),
+    Option(("--image",), "image", kind="append", metavar="SRC[|HREF[|ALT]]",
+           help="attach an image; SRC must be https:// (repeatable)"),
+    Option(("--api",), "api", choices=("v1", "v2"), help="Events API version (default: v2)"),
+    Option(("--change",), "change", kind="flag", help="send a change event instead of an alert"),
+    Option(("--socket",), "socket", metavar="PATH",
+           help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)"),
+    Option(("--debug",), "debug", kind="flag", help="show tracebacks of unexpected errors"),
+))
 
 
 def _links(values: List[str]) -> List[Dict[str, str]]:
@@ -86,7 +83,7 @@ def _drop_empty(mapping: Dict[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in mapping.items() if value not in (None, "", [], {})}
 
 
-def build_event(args: argparse.Namespace) -> Dict[str, Any]:
+def build_event(args: Args) -> Dict[str, Any]:
     details = parse_pairs(args.field, "-f/--field")
     if args.change:
         return _drop_empty({
@@ -95,8 +92,6 @@ def build_event(args: argparse.Namespace) -> Dict[str, Any]:
                                     "timestamp": args.timestamp, "custom_details": details}),
             "links": _links(args.link),
         })
-    if not args.event_type:
-        raise UsageError("-t/--event-type is required (trigger, acknowledge or resolve) unless --change")
     if args.api == "v1":
         return _drop_empty({
             "service_key": args.key, "event_type": args.event_type, "incident_key": args.incident_key,
@@ -120,9 +115,17 @@ def build_event(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _main(argv: List[str]) -> int:
-    args = parser().parse_args(argv)
-    api = "change" if args.change else args.api
-    return send_event(api, build_event(args), socket_path=args.socket, quiet=args.quiet)
+    args = COMMAND.parse(argv)
+    if args.change and args.api:
+        return usage_error(COMMAND, "--change and --api cannot be used together")
+    if not args.change and not args.event_type:
+        return usage_error(COMMAND, "-t/--event-type is required (trigger, acknowledge or resolve) unless --change")
+    try:
+        event = build_event(args)
+    except UsageError as error:
+        return usage_error(COMMAND, error.message)
+    api = "change" if args.change else (args.api or "v2")
+    return send_event(api, event, socket_path=args.socket, quiet=args.quiet)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
