@@ -1,16 +1,17 @@
-"""Integration: Debian's real nagios4 notifying through the shipped pagerduty.cfg, pd-nagios and the real pdagentd.
+"""Integration: Debian's real nagios4 and Icinga 2 notifying through the shipped config files, pd-nagios and
+the real pdagentd.
 
-The test starts its own Nagios on a temporary configuration: a host and a service checked with check_dummy,
-whose exit state each check reads from a file the test rewrites, checked every second. Notifications go to the
-contact and commands of integrations/nagios/pagerduty.cfg as shipped, with only the path of pd-nagios, its
---socket and the integration key filled in. The events must arrive at the Events API stand-in with the old
-agent's dedup keys: trigger, acknowledge (sent through Nagios's external command file) and resolve.
+Each test starts its own monitoring daemon on a temporary configuration: a host and a service checked with
+check_dummy, whose exit state each check reads from a file the test rewrites, checked every second.
+Notifications go to the contact/user and commands of integrations/nagios/pagerduty.cfg or
+integrations/icinga2/pagerduty.conf as shipped, with only the path of pd-nagios, its --socket and the
+integration key filled in. The events must arrive at the Events API stand-in with the old agent's dedup keys.
 
-Nagios runs its notification commands as the user `nagios` (it drops root itself), and that user cannot read
-the test runner's interpreter or checkout (a pyenv or .venv under /root, a clone in a private directory). So
-pd-nagios runs the way the .deb runs it, under Debian's /usr/bin/python3, from a copy of the package source in
-a world-readable temporary directory. It needs nothing outside the standard library, so no virtualenv and no
-build step (which would need pip, setuptools and wheel offline) are involved.
+Both daemons run their notification commands as the user `nagios` (they drop root themselves), and that user
+cannot read the test runner's interpreter or checkout (a pyenv or .venv under /root, a clone in a private
+directory). So pd-nagios runs the way the .deb runs it, under Debian's /usr/bin/python3, from a copy of the
+package source in a world-readable temporary directory. It needs nothing outside the standard library, so no
+virtualenv and no build step (which would need pip, setuptools and wheel offline) are involved.
 """
 
 from __future__ import annotations
@@ -32,27 +33,31 @@ from agentproc import ROOT, Agent
 pytestmark = pytest.mark.integration
 
 NAGIOS = "/usr/sbin/nagios4"
+ICINGA2 = "/usr/sbin/icinga2"
 CHECK_DUMMY = "/usr/lib/nagios/plugins/check_dummy"
 SYSTEM_PYTHON = "/usr/bin/python3"
-SHIPPED_CFG = os.path.join(ROOT, "integrations", "nagios", "pagerduty.cfg")
+NAGIOS_CFG = os.path.join(ROOT, "integrations", "nagios", "pagerduty.cfg")
+ICINGA2_CONF = os.path.join(ROOT, "integrations", "icinga2", "pagerduty.conf")
 KEY = "4e4a9c1f0b2d4c6e8a1b3c5d7e9f0a1b"
 HOST = "web01"
 SERVICE = "Disk Space"
+SERVICE_OUTPUT = "free space: / 812 MB"
 SERVICE_KEY = f"event_source=service;host_name={HOST};service_desc={SERVICE}"
 HOST_KEY = f"event_source=host;host_name={HOST}"
 WAIT_SEC = 60.0
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
-def _require(path: str) -> None:
+def _require(path: str, packages: str) -> None:
     if not os.access(path, os.X_OK):
-        pytest.skip(f"{path} is missing: install nagios4 and monitoring-plugins-basic (.ci/install-deps.sh does)")
+        pytest.skip(f"{path} is missing: install {packages}")
 
 
 class Workspace:
-    """A temporary directory every user may traverse: Nagios's files, the pd-nagios copy, the agent socket."""
+    """A temporary directory every user may traverse: the monitor's files, the pd-nagios copy, the agent socket."""
 
     def __init__(self) -> None:
-        self.root = tempfile.mkdtemp(prefix="pdagent-nagios-")
+        self.root = tempfile.mkdtemp(prefix="pdagent-monitor-")
         os.chmod(self.root, 0o755)
 
     def path(self, *parts: str) -> str:
@@ -65,8 +70,23 @@ class Workspace:
         os.chmod(path, mode)
         return path
 
+    def private_dirs(self, *names: str) -> None:
+        """Directories the monitoring daemon writes after dropping root."""
+        user, group = run_as()
+        for name in names:
+            os.makedirs(self.path(name), exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(self.path(name), pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_as() -> Tuple[str, str]:
+    """As root, both daemons drop to the Debian packages' user; otherwise they run as whoever runs the test."""
+    if os.geteuid() == 0:
+        return "nagios", "nagios"
+    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
 
 
 def install_pd_nagios(ws: Workspace) -> str:
@@ -83,20 +103,70 @@ def install_pd_nagios(ws: Workspace) -> str:
                                  f"pdagent_sd.integrations.nagios \"$@\"\n", mode=0o755)
 
 
-def shipped_config(pd_nagios: str, socket_path: str) -> str:
-    text = open(SHIPPED_CFG, encoding="utf-8").read()
-    assert text.count("/usr/bin/pd-nagios") == 2 and text.count("YOUR-INTEGRATION-KEY-HERE") == 1
-    return (text.replace("/usr/bin/pd-nagios", f"{pd_nagios} --socket {socket_path}")
-            .replace("YOUR-INTEGRATION-KEY-HERE", KEY))
-
-
-def nagios_config(ws: Workspace, pd_nagios: str, socket_path: str) -> str:
-    """nagios.cfg and its objects, everything inside the workspace; returns the path of nagios.cfg."""
+def write_checks(ws: Workspace) -> str:
+    """check_dummy with the state the test wrote (how a check "fails" and "recovers"); returns its path."""
     ws.write("service.state", "2\n")
     ws.write("host.state", "0\n")
-    # check_dummy with the state the test wrote: how the check "fails" and "recovers".
-    check = ws.write("check_state", f"#!/bin/sh\nexec {CHECK_DUMMY} \"$(cat \"$1\")\" \"$2\"\n", mode=0o755)
-    ws.write("pagerduty.cfg", shipped_config(pd_nagios, socket_path))
+    return ws.write("check_state", f"#!/bin/sh\nexec {CHECK_DUMMY} \"$(cat \"$1\")\" \"$2\"\n", mode=0o755)
+
+
+def shipped(path: str, pd_nagios: str, socket_path: str) -> str:
+    """A shipped config file with only pd-nagios's path and socket and the integration key filled in."""
+    text = open(path, encoding="utf-8").read()
+    assert text.count("/usr/bin/pd-nagios") == 2 and text.count("YOUR-INTEGRATION-KEY-HERE") == 1
+    if path == ICINGA2_CONF:  # a command array: the socket option is one more element
+        filled = text.replace('"/usr/bin/pd-nagios"', f'"{pd_nagios}", "--socket", "{socket_path}"')
+    else:
+        filled = text.replace("/usr/bin/pd-nagios", f"{pd_nagios} --socket {socket_path}")
+    return filled.replace("YOUR-INTEGRATION-KEY-HERE", KEY)
+
+
+class Monitor:
+    """One monitoring daemon in the foreground, in its own process group with all its helpers."""
+
+    def __init__(self, argv: List[str], verify: List[str], logs: List[str]) -> None:
+        self.argv = argv
+        self.verify = verify
+        self.logs = logs  # its console output first
+        self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+
+    def start(self) -> Monitor:
+        checked = subprocess.run(self.verify, capture_output=True, text=True, timeout=60, env=CLEAN_ENV)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        with open(self.logs[0], "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=CLEAN_ENV,
+                                         start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:  # its workers share the group we created for it; none may outlive the test
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def log(self) -> str:
+        parts = []
+        for path in self.logs:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    parts.append(handle.read()[-6000:])
+            except OSError:
+                pass
+        return "\n".join(parts)
+
+
+def nagios(ws: Workspace, pd_nagios: str, socket_path: str) -> Monitor:
+    check = write_checks(ws)
+    ws.write("pagerduty.cfg", shipped(NAGIOS_CFG, pd_nagios, socket_path))
     days = "".join(f"  {day} 00:00-24:00\n" for day in
                    ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"))
     ws.write("objects.cfg", f"""\
@@ -123,7 +193,7 @@ define host {{
 define service {{
   host_name {HOST}
   service_description {SERVICE}
-  check_command check-state!{ws.path('service.state')}!free space: / 812 MB
+  check_command check-state!{ws.path('service.state')}!{SERVICE_OUTPUT}
   max_check_attempts 1
   check_interval 1
   retry_interval 1
@@ -133,8 +203,8 @@ define service {{
   contacts pagerduty
 }}
 """)
-    os.makedirs(ws.path("nagios", "checkresults"))
-    user, group = nagios_identity()
+    ws.private_dirs("nagios", "nagios/checkresults")
+    user, group = run_as()
     settings = {
         "log_file": ws.path("nagios", "nagios.log"),
         "cfg_file": [ws.path("objects.cfg"), ws.path("pagerduty.cfg")],
@@ -154,89 +224,79 @@ define service {{
         "nagios_user": user,
         "nagios_group": group,
         "interval_length": "1",  # check intervals in seconds, so the test takes seconds
+        "cached_host_check_horizon": "0",  # else a host state is trusted for 15 s
         "enable_notifications": "1",
         "enable_flap_detection": "0",
-        "cached_host_check_horizon": "0",  # else a host state is trusted for 15 s
         "illegal_macro_output_chars": "`~$&|'\"<>",  # Debian's default: output is safe inside quotes
     }
     lines = []
     for name, value in settings.items():
         lines += [f"{name}={item}" for item in (value if isinstance(value, list) else [value])]
     cfg = ws.write("nagios.cfg", "\n".join(lines) + "\n")
-    if os.geteuid() == 0:
-        uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
-        for directory, _, files in os.walk(ws.path("nagios")):
-            os.chown(directory, uid, gid)
-            for name in files:
-                os.chown(os.path.join(directory, name), uid, gid)
-    return cfg
+    return Monitor([NAGIOS, cfg], [NAGIOS, "-v", cfg], [ws.path("nagios.out"), ws.path("nagios", "nagios.log")])
 
 
-def nagios_identity() -> Tuple[str, str]:
-    """As root, Nagios drops to the Debian package's user; otherwise it runs as whoever runs the test."""
-    if os.geteuid() == 0:
-        return "nagios", "nagios"
-    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+def nagios_external_command(ws: Workspace, command: str) -> None:
+    """One line into Nagios's command pipe, as the CGIs or an operator's script write it."""
+    pipe = ws.path("nagios", "nagios.cmd")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(pipe) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(pipe, "w", encoding="utf-8") as handle:
+        handle.write(f"[{int(time.time())}] {command}\n")
 
 
-class Nagios:
-    """One nagios4 process in the foreground, in its own process group with its workers."""
-
-    def __init__(self, cfg: str, log_path: str) -> None:
-        self.cfg = cfg
-        self.log_path = log_path
-        self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
-
-    def start(self) -> Nagios:
-        verify = subprocess.run([NAGIOS, "-v", self.cfg], capture_output=True, text=True, timeout=60)
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([NAGIOS, self.cfg], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-        return self
-
-    def external_command(self, command: str) -> None:
-        """One line into Nagios's command pipe, as `nagios4-cgi` or an operator's script would write it."""
-        pipe = os.path.join(os.path.dirname(self.log_path), "nagios.cmd")
-        deadline = time.monotonic() + 10
-        while not os.path.exists(pipe) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with open(pipe, "w", encoding="utf-8") as handle:
-            handle.write(f"[{int(time.time())}] {command}\n")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        try:  # its worker processes share the group we created for it; none may outlive the test
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def log(self) -> str:
-        log_file = os.path.join(os.path.dirname(self.log_path), "nagios.log")
-        parts = []
-        for path in (self.log_path, log_file):
-            try:
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    parts.append(handle.read()[-6000:])
-            except OSError:
-                pass
-        return "\n".join(parts)
+def icinga2(ws: Workspace, pd_nagios: str, socket_path: str) -> Monitor:
+    check = write_checks(ws)
+    ws.write("pagerduty.conf", shipped(ICINGA2_CONF, pd_nagios, socket_path))
+    days = ", ".join(f'{day} = "00:00-24:00"' for day in
+                     ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"))
+    ws.write("icinga2.conf", f"""\
+include <itl>
+object CheckerComponent "checker" {{ }}
+object NotificationComponent "notification" {{ }}
+object TimePeriod "24x7" {{
+  ranges = {{ {days} }}
+}}
+object CheckCommand "check-state" {{
+  command = [ "{check}", "$state_file$", "$state_text$" ]
+}}
+object Host "{HOST}" {{
+  check_command = "check-state"
+  vars.state_file = "{ws.path('host.state')}"
+  vars.state_text = "host check"
+  address = "127.0.0.1"
+  check_interval = 1s
+  retry_interval = 1s
+  max_check_attempts = 1
+  vars.enable_pagerduty = true
+}}
+object Service "{SERVICE}" {{
+  host_name = "{HOST}"
+  check_command = "check-state"
+  vars.state_file = "{ws.path('service.state')}"
+  vars.state_text = "{SERVICE_OUTPUT}"
+  check_interval = 1s
+  retry_interval = 1s
+  max_check_attempts = 1
+  vars.enable_pagerduty = true
+}}
+include "{ws.path('pagerduty.conf')}"
+""")
+    ws.private_dirs("icinga2", "icinga2/cache", "icinga2/data", "icinga2/log", "icinga2/spool", "icinga2/run")
+    user, group = run_as()
+    defines = [f"-D{name}={ws.path('icinga2', directory)}" for name, directory in
+               (("CacheDir", "cache"), ("DataDir", "data"), ("LogDir", "log"), ("SpoolDir", "spool"),
+                ("InitRunDir", "run"))] + [f"-DRunAsUser={user}", f"-DRunAsGroup={group}"]
+    conf = ws.path("icinga2.conf")
+    return Monitor([ICINGA2, "daemon", "-c", conf, *defines], [ICINGA2, "daemon", "-C", "-c", conf, *defines],
+                   [ws.path("icinga2.out")])
 
 
 @pytest.fixture
 def workspace() -> Iterator[Workspace]:
-    _require(NAGIOS)
-    _require(CHECK_DUMMY)
-    _require(SYSTEM_PYTHON)
+    _require(CHECK_DUMMY, "monitoring-plugins-basic")
+    _require(SYSTEM_PYTHON, "python3")
     ws = Workspace()
     try:
         yield ws
@@ -244,61 +304,101 @@ def workspace() -> Iterator[Workspace]:
         ws.remove()
 
 
-def wait_for_event(standin: Any, match: Callable[[Dict[str, Any]], bool], why: Callable[[], str]
-                   ) -> Dict[str, Any]:
+@pytest.fixture
+def agent_socket(workspace: Workspace, standin: Any) -> Iterator[Agent]:
+    """The real pdagentd, its socket where the monitor's user can reach it; stopped by PID afterwards."""
+    os.makedirs(workspace.path("agent"))
+    os.chmod(workspace.path("agent"), 0o755)
+    agent = Agent(workspace.path("agent"), standin.url)
+    try:
+        yield agent.start()
+    finally:
+        agent.stop()
+
+
+def wait_for_event(standin: Any, action: str, dedup_key: str, why: Callable[[], str]) -> Dict[str, Any]:
     deadline = time.monotonic() + WAIT_SEC
     while time.monotonic() < deadline:
         for body in standin.bodies(KEY):
-            if match(body):
+            if body["event_action"] == action and body["dedup_key"] == dedup_key:
                 return body
         time.sleep(0.1)
-    raise AssertionError(f"no matching event within {WAIT_SEC}s; received {standin.bodies(KEY)}\n{why()}")
+    raise AssertionError(f"no {action} for {dedup_key} within {WAIT_SEC}s; got {standin.bodies(KEY)}\n{why()}")
 
 
-def is_event(action: str, dedup_key: str) -> Callable[[Dict[str, Any]], bool]:
-    return lambda body: body["event_action"] == action and body["dedup_key"] == dedup_key
+def received(standin: Any) -> List[Tuple[str, str]]:
+    return [(body["event_action"], body["dedup_key"]) for body in standin.bodies(KEY)]
 
 
-def test_nagios_problem_acknowledgement_and_recovery_reach_pagerduty(workspace: Workspace, standin: Any) -> None:
-    ws = workspace
-    os.makedirs(ws.path("agent"))
-    os.chmod(ws.path("agent"), 0o755)
-    agent = Agent(ws.path("agent"), standin.url)
-    nagios = Nagios(nagios_config(ws, install_pd_nagios(ws), agent.socket), ws.path("nagios", "stdout.log"))
+def test_nagios_problem_acknowledgement_and_recovery_reach_pagerduty(
+        workspace: Workspace, agent_socket: Agent, standin: Any) -> None:
+    _require(NAGIOS, "nagios4")
+    ws, agent = workspace, agent_socket
+    monitor = nagios(ws, install_pd_nagios(ws), agent.socket)
     try:
-        agent.start()
-        nagios.start()
+        monitor.start()
 
         def why() -> str:
-            return f"--- nagios\n{nagios.log()}\n--- pdagentd\n{agent.log()}"
+            return f"--- nagios\n{monitor.log()}\n--- pdagentd\n{agent.log()}"
 
-        trigger = wait_for_event(standin, is_event("trigger", SERVICE_KEY), why)
+        trigger = wait_for_event(standin, "trigger", SERVICE_KEY, why)
         assert trigger["payload"]["severity"] == "critical"
         assert trigger["payload"]["source"] == HOST
-        assert trigger["payload"]["summary"] == f"{SERVICE} on {HOST} is CRITICAL: CRITICAL: free space: / 812 MB"
+        assert trigger["payload"]["summary"] == f"{SERVICE} on {HOST} is CRITICAL: CRITICAL: {SERVICE_OUTPUT}"
         details = trigger["payload"]["custom_details"]
         assert (details["SERVICESTATE"], details["HOSTADDRESS"], details["pd_nagios_object"]) == (
             "CRITICAL", "127.0.0.1", "service")
 
         # An operator acknowledges in Nagios (sticky, notify, not persistent).
-        nagios.external_command(f"ACKNOWLEDGE_SVC_PROBLEM;{HOST};{SERVICE};2;1;0;tester;on it")
-        ack = wait_for_event(standin, is_event("acknowledge", SERVICE_KEY), why)
+        nagios_external_command(ws, f"ACKNOWLEDGE_SVC_PROBLEM;{HOST};{SERVICE};2;1;0;tester;on it")
+        ack = wait_for_event(standin, "acknowledge", SERVICE_KEY, why)
         assert ack == {"routing_key": KEY, "event_action": "acknowledge", "dedup_key": SERVICE_KEY}
 
         ws.write("service.state", "0\n")
-        wait_for_event(standin, is_event("resolve", SERVICE_KEY), why)
+        wait_for_event(standin, "resolve", SERVICE_KEY, why)
 
         ws.write("host.state", "2\n")
-        host_trigger = wait_for_event(standin, is_event("trigger", HOST_KEY), why)
+        host_trigger = wait_for_event(standin, "trigger", HOST_KEY, why)
         assert host_trigger["payload"]["severity"] == "critical"
         assert host_trigger["payload"]["summary"] == f"{HOST} is DOWN: CRITICAL: host check"
 
         ws.write("host.state", "0\n")
-        wait_for_event(standin, is_event("resolve", HOST_KEY), why)
+        wait_for_event(standin, "resolve", HOST_KEY, why)
 
-        actions: List[Tuple[str, str]] = [(body["event_action"], body["dedup_key"]) for body in standin.bodies(KEY)]
-        assert actions == [("trigger", SERVICE_KEY), ("acknowledge", SERVICE_KEY), ("resolve", SERVICE_KEY),
-                           ("trigger", HOST_KEY), ("resolve", HOST_KEY)], why()
+        assert received(standin) == [("trigger", SERVICE_KEY), ("acknowledge", SERVICE_KEY),
+                                     ("resolve", SERVICE_KEY), ("trigger", HOST_KEY), ("resolve", HOST_KEY)], why()
     finally:
-        nagios.stop()
-        agent.stop()
+        monitor.stop()
+
+
+def test_icinga2_problem_and_recovery_reach_pagerduty(
+        workspace: Workspace, agent_socket: Agent, standin: Any) -> None:
+    _require(ICINGA2, "icinga2-bin")
+    ws, agent = workspace, agent_socket
+    monitor = icinga2(ws, install_pd_nagios(ws), agent.socket)
+    try:
+        monitor.start()
+
+        def why() -> str:
+            return f"--- icinga2\n{monitor.log()}\n--- pdagentd\n{agent.log()}"
+
+        trigger = wait_for_event(standin, "trigger", SERVICE_KEY, why)
+        assert trigger["payload"]["severity"] == "critical"
+        assert trigger["payload"]["summary"] == f"{SERVICE} on {HOST} is CRITICAL: CRITICAL: {SERVICE_OUTPUT}"
+        assert trigger["client"].startswith("Icinga 2 on ")
+
+        ws.write("service.state", "0\n")
+        wait_for_event(standin, "resolve", SERVICE_KEY, why)
+
+        ws.write("host.state", "2\n")
+        host_trigger = wait_for_event(standin, "trigger", HOST_KEY, why)
+        assert host_trigger["payload"]["severity"] == "critical"
+        assert host_trigger["payload"]["summary"] == f"{HOST} is DOWN: CRITICAL: host check"
+
+        ws.write("host.state", "0\n")
+        wait_for_event(standin, "resolve", HOST_KEY, why)
+
+        assert received(standin) == [("trigger", SERVICE_KEY), ("resolve", SERVICE_KEY),
+                                     ("trigger", HOST_KEY), ("resolve", HOST_KEY)], why()
+    finally:
+        monitor.stop()
