@@ -32,7 +32,8 @@ ACTION_OF_SUBJECT = {
     "resolved": Action.RESOLVE,
 }
 
-# Zabbix's own PagerDuty media type maps its six severities the same way.
+# Zabbix's six levels onto PagerDuty's four: only Disaster is critical (it pages loudest), High and Average
+# are errors, Warning is a warning, and the two informational levels are info.
 SEVERITY_OF_ZABBIX = {
     "not classified": Severity.INFO,
     "information": Severity.INFO,
