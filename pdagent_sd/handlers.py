@@ -6,6 +6,7 @@ import grp
 import logging
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
@@ -33,16 +34,20 @@ class Peer:
     admin: bool
 
 
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; Python has no name for it yet
+MAX_GROUPS_BYTES = 1024  # the most Python's getsockopt() will read: 256 groups
+
+
 def peer_of(conn: socket.socket, service_uid: int) -> Peer:
     """Who is on the other end (SO_PEERCRED): root, the service's own user and group pdagent are admins."""
-    import struct
-
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
-    return Peer(pid, uid, gid, uid in (0, service_uid) or _in_admin_group(pid, gid))
+    return Peer(pid, uid, gid, uid in (0, service_uid) or _in_admin_group(conn, gid))
 
 
-def _in_admin_group(pid: int, gid: int) -> bool:
+def _in_admin_group(conn: socket.socket, gid: int) -> bool:
+    """Group membership from the kernel (SO_PEERGROUPS): /proc is hidden from the hardened service
+    (ProtectProc=invisible), and reading it by pid could be fooled by pid reuse."""
     try:
         admin_gid = grp.getgrnam(ADMIN_GROUP).gr_gid
     except KeyError:
@@ -50,13 +55,10 @@ def _in_admin_group(pid: int, gid: int) -> bool:
     if gid == admin_gid:
         return True
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Groups:"):
-                    return str(admin_gid) in line.split()[1:]
-    except OSError:
-        pass
-    return False
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, MAX_GROUPS_BYTES)
+    except OSError:  # ERANGE: a peer in more than 256 groups must use its primary group or sudo
+        return False
+    return admin_gid in struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
 
 
 class Handlers:
@@ -86,7 +88,9 @@ class Handlers:
         return {"ok": True, "id": event_id, "dedup_key": event.dedup_key}
 
     def op_status(self, message: Message, peer: Peer) -> Message:
-        return {"ok": True, **self.status(message.get("routing_key"), reveal=peer.admin)}
+        # redacted tells the client that keys are masked, so it can say how to see them whole
+        return {"ok": True, "redacted": not peer.admin,
+                **self.status(_optional_str(message, "routing_key"), reveal=peer.admin)}
 
     def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
         now = time.time()
@@ -102,11 +106,11 @@ class Handlers:
             for state in totals:
                 totals[state] += counts[state]
             keys.append(entry)
-        warnings = [f"the queue database was found damaged and moved aside to "
-                    f"{os.path.join(self.store.state_dir, name)}; events in it were not delivered"
-                    for name in self.store.corrupt_files()]
+        damaged = [os.path.join(self.store.state_dir, name) for name in self.store.corrupt_files()]
+        warnings = [f"the queue database was found damaged and moved aside to {path}; "
+                    f"events in it were not delivered" for path in damaged]
         return {"keys": keys, "totals": totals, "last_delivery": self.store.last_delivery(),
-                "throttled_keys": self.scheduler.held_keys(), "warnings": warnings,
+                "throttled_keys": self.scheduler.held_keys(), "warnings": warnings, "damaged_files": damaged,
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3)}}
 
     def op_list(self, message: Message, peer: Peer) -> Message:

@@ -264,10 +264,6 @@ except PdagentError as error:
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "pdagent_sd/handlers.py reads the peer's supplementary groups from /proc/<pid>/status, which the unit's "
-    "ProtectProc=invisible hides (other users' processes); getsockopt(SOL_SOCKET, SO_PEERGROUPS=59) gives "
-    "them race-free and needs no /proc. Remove this mark once handlers.py does that."))
 def test_group_pdagent_is_admin_under_the_hardened_unit(agent_machine: BootedSystemd, events_api: StandIn) -> None:
     """SO_PEERCRED-based admin checks still work with the unit's sandbox (ProtectProc=invisible, no PrivateUsers)."""
     machine = agent_machine
