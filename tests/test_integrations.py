@@ -540,6 +540,24 @@ def test_sensu_output_in_a_legacy_encoding_is_not_lost() -> None:
 
 
 @unit
+def test_sensu_event_too_big_for_the_api_keeps_its_details_with_long_texts_cut() -> None:
+    event = dict(SENSU1_EVENT, check=dict(SENSU1_EVENT["check"], output="é" * 300_000))
+    _, body = run_sensu(encoded(event))
+    details = body["payload"]["custom_details"]
+    assert details == dict(event, check=dict(event["check"], output="é" * 4095 + "…"))
+    assert body["payload"]["summary"] == "web01/check_disk : " + "é" * 1004 + "…"
+
+
+@unit
+def test_sensu_event_too_big_even_with_texts_cut_gives_way_to_a_note() -> None:
+    event = dict(SENSU1_EVENT, history=[str(n) for n in range(100_000)])
+    size = len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
+    _, body = run_sensu(encoded(event))
+    assert body["payload"]["custom_details"] == {
+        "details_omitted": f"the details were {size} bytes; at most 409600 fit in an event"}
+
+
+@unit
 @pytest.mark.parametrize("stdin, message", [
     (b"", "standard input is not a Sensu event: not JSON"),
     (b"{\"client\": ", "standard input is not a Sensu event: not JSON"),
@@ -593,3 +611,12 @@ def test_sensu_from_a_terminal_less_pipe_with_bad_json_exits_65(agent: Any) -> N
     run = agent.client("pdagent_sd.integrations.sensu", "-k", KEY, stdin="not json")
     assert run.returncode == 65
     assert run.stderr.startswith("pd-sensu: standard input is not a Sensu event: not JSON")
+
+
+@integration
+def test_an_oversized_sensu_event_still_reaches_the_api(agent: Any, standin: Any) -> None:
+    event = dict(SENSU_GO_EVENT, check=dict(SENSU_GO_EVENT["check"], output="x" * 600_000))
+    run = agent.client("pdagent_sd.integrations.sensu", "-k", KEY, stdin=json.dumps(event))
+    assert (run.returncode, run.stderr) == (0, "")
+    assert standin.wait_for(1, timeout=15)
+    assert standin.bodies(KEY)[0]["payload"]["custom_details"]["check"]["output"] == "x" * 4095 + "…"

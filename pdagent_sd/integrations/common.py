@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from typing import Any, Dict, List, Optional
 
 from pdagent_sd.events import MAX_DEDUP_KEY, MAX_SUMMARY, Action, Severity
 
 ELLIPSIS = "…"
+# Room for the details inside the API's 512 KiB body, with plenty left for everything else.
+MAX_DETAILS_BYTES = 400 * 1024
+LONG_TEXT = 4096  # characters a text inside oversized details keeps
 EXIT_STATUS_HELP = (
     "exit status: 0 queued; 2 usage error; 65 event rejected as invalid; 69 agent unreachable;\n"
     "75 temporary refusal (queue full, storage error), try again."
@@ -44,6 +48,35 @@ def fit_dedup_key(key: str) -> str:
         return key
     digest = hashlib.sha1(key.encode()).hexdigest()
     return key[: MAX_DEDUP_KEY - len(digest) - 1] + "~" + digest
+
+
+def fit_details(details: Dict[str, Any], limit: int = MAX_DETAILS_BYTES) -> Dict[str, Any]:
+    """Custom details that keep the body within the API's size limit, rather than have the alert rejected.
+
+    Only a Sensu event on stdin can be this large (arguments are capped by the kernel). First every long text
+    inside is cut; if that is not enough, the details give way to a note saying how large they were."""
+    size = _encoded_size(details)
+    if size <= limit:
+        return details
+    shortened = _shorten_texts(details)
+    if _encoded_size(shortened) <= limit:
+        return shortened
+    return {"details_omitted": f"the details were {size} bytes; at most {limit} fit in an event"}
+
+
+def _encoded_size(value: Any) -> int:
+    """Bytes in the body as the agent encodes and sends it."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _shorten_texts(value: Any) -> Any:
+    if isinstance(value, str):
+        return fit(value, LONG_TEXT)
+    if isinstance(value, dict):
+        return {key: _shorten_texts(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shorten_texts(item) for item in value]
+    return value
 
 
 def v2_event(
@@ -77,7 +110,7 @@ def v2_event(
             "severity": severity.value,
             "timestamp": timestamp,
             "component": fit(component) if component else None,
-            "custom_details": custom_details,
+            "custom_details": fit_details(custom_details) if custom_details else None,
         })
     return _drop_empty(event)
 
