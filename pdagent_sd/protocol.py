@@ -8,14 +8,13 @@ from __future__ import annotations
 
 # _socket, not socket: the socket module pulls in enum and selectors, a third of pd-send's start-up time.
 import _socket
-import json
 import os
 
 from pdagent_sd.errors import AgentUnreachable, BadRequest, PdagentError, from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Any, Optional
 
 Message = dict  # one JSON object; a plain alias, because typing costs start-up time on the hot path
 
@@ -31,8 +30,63 @@ def socket_path(explicit: Optional[str] = None) -> str:
     return explicit or os.environ.get("PDAGENT_SOCKET") or DEFAULT_SOCKET
 
 
+class _ScanContext:
+    """What the C JSON scanner reads from json.JSONDecoder; standard JSON, nothing custom."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float
+    memo: dict = {}
+
+
+def _unserializable(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} cannot be sent as JSON")
+
+
+# The json package imports re (and with it enum): a third of pd-send's start-up. Its C accelerator, _json,
+# needs neither, so the hot path uses it directly and json is imported only to explain a parse error.
+_scan: Any = None
+_encode: Any = None
+try:
+    import _json
+
+    _scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+    _encode = _json.make_encoder(None, _unserializable, _json.encode_basestring, None, ":", ",",
+                                 False, False, False)
+except (ImportError, AttributeError, TypeError):  # an interpreter without CPython's accelerator
+    pass
+
+
+def dumps(value: object) -> str:
+    """Compact JSON, UTF-8 kept as is, NaN refused: what json.dumps(separators=(",", ":")) gives."""
+    if _encode is None:
+        import json
+
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return "".join(_encode(value, 0))
+
+
+def loads(text: str) -> object:
+    """Parse one JSON document; on bad input, raise json's own ValueError with its position."""
+    if _scan is not None:
+        start = len(text) - len(text.lstrip())
+        try:
+            value, end = _scan(text, start)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if not text[end:].strip():
+                return value
+    import json
+
+    return json.loads(text)
+
+
 def encode(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return dumps(message).encode() + b"\n"
 
 
 def decode_request(line: bytes) -> Message:
@@ -40,10 +94,10 @@ def decode_request(line: bytes) -> Message:
     if len(line) > MAX_LINE:
         raise BadRequest(f"request line longer than {MAX_LINE} bytes")
     try:
-        message = json.loads(line)
+        message = loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request is not valid UTF-8") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(f"request is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise BadRequest("request must be a JSON object")
@@ -103,9 +157,11 @@ class Client:
         except OSError as exc:
             raise _unreachable(self.path, exc.strerror or str(exc)) from None
         try:
-            reply = json.loads(line)
+            reply = loads(line.decode("utf-8"))
         except ValueError:
             raise _unreachable(self.path, "the reply was not protocol version 1") from None
+        if not isinstance(reply, dict):
+            raise _unreachable(self.path, "the reply was not a JSON object")
         if not reply.get("ok"):
             raise from_wire(reply.get("code", "error"), reply.get("error", "unknown error"))
         return reply

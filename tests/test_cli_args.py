@@ -54,3 +54,25 @@ def test_v2_trigger_body() -> None:
                     "timestamp": "2026-11-26T10:00:00Z", "component": "postgres", "group": "db", "class": "disk",
                     "custom_details": {"mount": "/var"}},
     }
+
+
+@pytest.mark.parametrize("value", [
+    {"ok": True, "id": 3, "dedup_key": "é/ü\n\t\"q\"", "nested": [1, 2.5, None, False, {"a": []}], "big": 2 ** 70},
+    {"summary": "\u2603 snow \U0001f600", "empty": "", "list": [[], {}]},
+])
+def test_wire_json_matches_the_json_module(value) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from pdagent_sd.protocol import dumps, loads
+
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert loads(dumps(value)) == value
+    assert loads("  " + json.dumps(value, indent=2) + "\n") == value
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a":1} trailing', "[1,]", "nan", '{"a":NaN}x', "\"unterminated"])
+def test_wire_json_refuses_what_json_refuses(text: str) -> None:
+    from pdagent_sd.protocol import loads
+
+    with pytest.raises(ValueError):
+        loads(text)
