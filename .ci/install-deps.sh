@@ -10,7 +10,7 @@ APT_PACKAGES=(
   # the agent's runtime deps from Debian (system tests and the .deb)
   python3-systemd python3-sdnotify python3-requests
   # integrations and proxy tests
-  nagios4 monitoring-plugins-basic tinyproxy openssl
+  nagios4 icinga2-bin monitoring-plugins-basic tinyproxy openssl
   # packaging
   debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian help2man
   rpm rpmlint fakeroot devscripts

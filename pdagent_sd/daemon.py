@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = "/var/lib/pdagent"
 TICK_SEC = 1.0
 RETENTION_EVERY_SEC = 3600.0
+STATUS_EVERY_SEC = 2.0
 STOP_GRACE_SEC = 5.0
 
 
@@ -151,7 +152,7 @@ class Daemon:
         selector.register(wake_read, selectors.EVENT_READ)
         listening = False
         watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
-        next_watchdog = next_retention = time.monotonic()
+        next_watchdog = next_retention = next_status = time.monotonic()
         try:
             while not self.stop_requested.is_set():
                 wanted = self.connections < self.config.max_connections
@@ -173,7 +174,9 @@ class Daemon:
                 if now >= next_retention:
                     next_retention = now + RETENTION_EVERY_SEC
                     self._purge_expired()
-                self._update_status()
+                if now >= next_status:
+                    next_status = now + STATUS_EVERY_SEC
+                    self._update_status()
                 if self._idle_long_enough(now):
                     logger.info("idle for %ss with an empty queue: exiting (systemd keeps the socket)",
                                 self.config.idle_exit_sec)
@@ -202,7 +205,11 @@ class Daemon:
         return now - self.last_activity >= self.config.idle_exit_sec
 
     def _update_status(self) -> None:
-        status = self.handlers.status(None, reveal=False)
+        try:
+            status = self.handlers.status(None, reveal=False)
+        except Exception:  # noqa: BLE001 - a status line is not worth the daemon
+            logger.exception("cannot compute the status line")
+            return
         totals = status["totals"]
         last = status["last_delivery"]
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"

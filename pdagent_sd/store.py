@@ -241,7 +241,11 @@ class Store:
     # --- write operations ------------------------------------------------------------------------------
 
     def enqueue(self, event: Event) -> int:
-        """Commit one event as pending; return its id. Refused when the queue is full."""
+        """Commit one event as pending; return its id once it is on disk. Refused when the queue is full."""
+        return int(self.enqueue_async(event).result())
+
+    def enqueue_async(self, event: Event) -> "Future[int]":
+        """Queue the write and return at once; the future resolves to the id after the commit."""
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
@@ -256,7 +260,7 @@ class Store:
                  now, now))
             return int(cursor.lastrowid or 0), 1
 
-        return self.write(op)
+        return self.submit(op)
 
     def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
                        error: str, next_attempt: float = 0.0) -> None:
@@ -335,17 +339,21 @@ class Store:
         return [row[0] for row in rows]
 
     def counts_by_key(self) -> Dict[str, Dict[str, Any]]:
-        """Per routing key: counts per state and the age of the oldest pending event."""
+        """Per routing key: counts per state and the age of the oldest pending event, from one snapshot."""
         conn = self.reader()
         keys: Dict[str, Dict[str, Any]] = {}
-        for key, state, count in conn.execute(
-                "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
-            entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "oldest_pending": None})
-            entry[state] = count
-        for key, oldest_id in conn.execute(
-                "SELECT routing_key, MIN(id) FROM events WHERE state = 'pending' GROUP BY routing_key"):
-            created = conn.execute("SELECT created FROM events WHERE id = ?", (oldest_id,)).fetchone()[0]
-            keys[key]["oldest_pending"] = created
+        conn.execute("BEGIN")  # one read transaction: both queries see the same commit
+        try:
+            for key, state, count in conn.execute(
+                    "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
+                entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "oldest_pending": None})
+                entry[state] = count
+            for key, created in conn.execute(
+                    "SELECT heads.routing_key, events.created FROM (SELECT routing_key, MIN(id) AS id FROM events "
+                    "WHERE state = 'pending' GROUP BY routing_key) AS heads JOIN events ON events.id = heads.id"):
+                keys[key]["oldest_pending"] = created
+        finally:
+            conn.execute("COMMIT")
         return keys
 
     def last_delivery(self) -> Optional[float]:
