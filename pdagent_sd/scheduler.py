@@ -13,8 +13,9 @@ import random
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
@@ -204,31 +205,42 @@ class Scheduler:
                 state.place = "idle"
 
     def _serve_key(self, state: KeyState, deliverer: Deliverer) -> Optional[float]:
-        """Send this key's oldest events in order; return seconds to wait, or None when nothing is left."""
-        for _ in range(BATCH_PER_TURN):
-            if self.stopping:
-                return None
-            event = self.store.head(state.routing_key)
-            if event is None:
-                return None
-            wait = max(event.next_attempt - self.wall_clock(), state.backoff_until - self.clock())
-            if wait > 0:
-                return wait
-            wait = state.bucket.wait_time(self.clock())
-            if wait > 0:
-                if state.throttled_until <= self.clock():
-                    report(Kind.THROTTLED, f"routing key throttled for {wait:.1f}s (rate_limit_per_minute)",
-                           routing_key=state.routing_key, retry_in_sec=f"{wait:.1f}")
-                state.throttled_until = self.clock() + wait
-                return wait
-            delay = self._attempt(state, event, deliverer)
-            if delay is not None:
-                return delay
-        with self.cond:
-            state.woken = True  # more may be left: go to the back of the line so other keys get a turn
+        """Send this key's oldest events in order; return seconds to wait, or None when nothing is left.
+
+        Results are committed in the background while the next event goes out, and all of them are on disk
+        before the key is released. The writer commits in order, so after a crash the pending events of a
+        key are always a suffix of what was sent, and re-sending them keeps the order.
+        """
+        events = self.store.oldest_pending(state.routing_key, BATCH_PER_TURN)
+        commits: List["Future[Any]"] = []
+        try:
+            for event in events:
+                if self.stopping:
+                    return None
+                wait = max(event.next_attempt - self.wall_clock(), state.backoff_until - self.clock())
+                if wait > 0:
+                    return wait
+                wait = state.bucket.wait_time(self.clock())
+                if wait > 0:
+                    if state.throttled_until <= self.clock():
+                        report(Kind.THROTTLED, f"routing key throttled for {wait:.1f}s (rate_limit_per_minute)",
+                               routing_key=state.routing_key, retry_in_sec=f"{wait:.1f}")
+                    state.throttled_until = self.clock() + wait
+                    return wait
+                delay, commit = self._attempt(state, event, deliverer)
+                commits.append(commit)
+                if delay is not None:
+                    return delay
+        finally:
+            for commit in commits:
+                commit.result()
+        if len(events) == BATCH_PER_TURN:
+            with self.cond:
+                state.woken = True  # more may be left: go to the back of the line so other keys get a turn
         return None
 
-    def _attempt(self, state: KeyState, event: QueuedEvent, deliverer: Deliverer) -> Optional[float]:
+    def _attempt(self, state: KeyState, event: QueuedEvent,
+                 deliverer: Deliverer) -> Tuple[Optional[float], "Future[Any]"]:
         with self.cond:
             self.stats.in_flight += 1
         try:
@@ -241,33 +253,34 @@ class Scheduler:
         fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
                       action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
-            self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "")
+            commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "")
             state.failures = 0
             with self.cond:
                 self.stats.delivered += 1
                 self.stats.last_delivery = self.wall_clock()
             report(Kind.DELIVERED, f"delivered event {event.id} ({event.api} {event.action})", **fields)
-            return None
+            return None, commit
         if result.outcome is Outcome.FAILED or self._out_of_attempts(attempt):
-            self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error)
+            commit = self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error)
             report(Kind.FAILED, f"event {event.id} failed: {result.error}", error=result.error, **fields)
-            return None
+            return None, commit
         return self._defer(state, event, result, fields)
 
     def _out_of_attempts(self, attempt: int) -> bool:
         return self.config.max_attempts > 0 and attempt >= self.config.max_attempts
 
-    def _defer(self, state: KeyState, event: QueuedEvent, result: Result, fields: Dict[str, object]) -> float:
+    def _defer(self, state: KeyState, event: QueuedEvent, result: Result,
+               fields: Dict[str, object]) -> Tuple[float, "Future[Any]"]:
         state.failures += 1
         delay = backoff_delay(state.failures, self.config.backoff_min_sec, self.config.backoff_max_sec, self.rng)
         if result.retry_after is not None:
             delay = max(delay if not result.throttled else 0.0, result.retry_after)
         state.backoff_until = self.clock() + delay
-        self.store.record_attempt(event.id, State.PENDING, "deferred", result.http_status, result.error,
-                                  next_attempt=self.wall_clock() + delay)
+        commit = self.store.record_attempt(event.id, State.PENDING, "deferred", result.http_status, result.error,
+                                           next_attempt=self.wall_clock() + delay)
         report(Kind.DEFERRED, f"event {event.id} deferred {delay:.1f}s: {result.error}",
                error=result.error, retry_in_sec=f"{delay:.1f}", **fields)
-        return delay
+        return delay, commit
 
     # --- what systemctl status and pd-queue status show --------------------------------------------------
 

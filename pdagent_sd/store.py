@@ -263,8 +263,8 @@ class Store:
         return self.submit(op)
 
     def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
-                       error: str, next_attempt: float = 0.0) -> None:
-        """Record one delivery attempt and the state it leaves the event in."""
+                       error: str, next_attempt: float = 0.0) -> "Future[Any]":
+        """Record one delivery attempt and the state it leaves the event in; the future resolves on commit."""
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> Tuple[None, int]:
@@ -278,7 +278,7 @@ class Store:
                          (event_id, now, outcome, http_status, error or None))
             return None, 0 if state is State.PENDING else -1
 
-        self.write(op)
+        return self.submit(op)
 
     def retry_failed(self, routing_key: Optional[str] = None) -> int:
         """Failed → pending, keeping each event's id and so its place in its key's order."""
@@ -326,12 +326,17 @@ class Store:
 
     # --- reads -----------------------------------------------------------------------------------------
 
+    def oldest_pending(self, routing_key: str, limit: int) -> List[QueuedEvent]:
+        """A key's oldest pending events, in the order they must be sent."""
+        rows = self.reader().execute(
+            "SELECT id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created FROM events "
+            "WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT ?", (routing_key, limit))
+        return [QueuedEvent(*row) for row in rows]
+
     def head(self, routing_key: str) -> Optional[QueuedEvent]:
         """The oldest pending event of a key: the only one that may be sent next."""
-        row = self.reader().execute(
-            "SELECT id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created FROM events "
-            "WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT 1", (routing_key,)).fetchone()
-        return QueuedEvent(*row) if row else None
+        events = self.oldest_pending(routing_key, 1)
+        return events[0] if events else None
 
     def pending_keys(self) -> List[str]:
         rows = self.reader().execute(

@@ -50,14 +50,14 @@ def test_marker_follows_pending_count(store) -> None:  # type: ignore[no-untyped
     assert not os.path.exists(store.marker)
     first = store.enqueue(event())
     assert os.path.exists(store.marker)
-    store.record_attempt(first, State.DELIVERED, "delivered", 202, "")
+    store.record_attempt(first, State.DELIVERED, "delivered", 202, "").result()
     assert not os.path.exists(store.marker)
 
 
 def test_head_is_fifo_and_retry_keeps_the_place(store) -> None:  # type: ignore[no-untyped-def]
     first, second = store.enqueue(event("one")), store.enqueue(event("two"))
     assert store.head(KEY).id == first
-    store.record_attempt(first, State.FAILED, "failed", 400, "bad")
+    store.record_attempt(first, State.FAILED, "failed", 400, "bad").result()
     assert store.head(KEY).id == second
     assert store.retry_failed(KEY) == 1
     assert store.head(KEY).id == first
@@ -79,7 +79,7 @@ def test_queue_full_refuses_and_keeps_what_it_has(tmp_path) -> None:  # type: ig
 
 def test_drop_by_id_and_by_key_and_state(store) -> None:  # type: ignore[no-untyped-def]
     ids = [store.enqueue(event()) for _ in range(3)]
-    store.record_attempt(ids[0], State.FAILED, "failed", 400, "bad")
+    store.record_attempt(ids[0], State.FAILED, "failed", 400, "bad").result()
     assert store.drop(routing_key=KEY, state=State.FAILED) == 1
     assert store.drop(event_id=ids[1]) == 1
     assert store.pending_count == 1
