@@ -81,7 +81,8 @@ class StderrFormatter(logging.Formatter):
         message = record.getMessage()
         line = f"pdagentd: {record.levelname.lower()}: {message}"
         fields = " ".join(f"{key}={value}" for key, value in record.__dict__.items()
-                          if key.startswith(FIELD_PREFIX) and str(value) not in message)
+                          if key.startswith(FIELD_PREFIX)
+                          and not (key == FIELD_PREFIX + "ERROR" and str(value) in message))
         if fields:
             line += f" [{fields}]"
         if record.exc_info:
