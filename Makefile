@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv test test-fast test-pythons demo bench deb rpm reliability lint clean
+.PHONY: all deps venv test test-fast test-pythons demo demo-local bench deb rpm reliability clean
 
 all: test
 
@@ -27,7 +27,10 @@ test-fast: venv
 	$(PY) -m pytest -ra -m "not system and not package and not slow" $(PYTEST_ARGS)
 
 demo: venv
-	$(PY) bench/demo.py
+	./packaging/demo.sh
+
+demo-local: venv
+	$(PY) tests/demo_local.py
 
 bench: venv
 	$(PY) bench/run_all.py
