@@ -41,6 +41,15 @@ for tool in dpkg-buildpackage dh pybuild help2man; do
     }
 done
 
+tree_version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+deb_version=$(dpkg-parsechangelog -l "$top/packaging/deb/debian/changelog" -S Version)
+case $deb_version in
+    "$tree_version"|"$tree_version"[-+~]*) ;;
+    *) echo "build-deb: debian/changelog says $deb_version, pyproject.toml says $tree_version:" \
+            "add a changelog entry" >&2
+       exit 1 ;;
+esac
+
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/pdagent-sd-deb.XXXXXX")
@@ -51,13 +60,14 @@ else
 fi
 src=$work/pdagent-sd
 
-# The project as it is in the work tree, without VCS data, build outputs and caches.
+# The project as it is in the work tree, without VCS data, build outputs and caches. (tar exits 1 when a
+# file changes while it reads, e.g. an editor saving: that is not a reason to fail the build.)
 mkdir "$src"
-tar -C "$top" -c \
+{ tar -C "$top" -c --warning=no-file-changed \
     --exclude=./.git --exclude=./dist --exclude=./build --exclude=./.venv \
     --exclude=__pycache__ --exclude='*.egg-info' --exclude=.pytest_cache --exclude=.mypy_cache \
     --exclude=.ruff_cache --exclude=.hypothesis --exclude=./packaging/deb \
-    . | tar -C "$src" -x
+    . || [ $? = 1 ]; } | tar -C "$src" -x
 cp -R "$top/packaging/deb/debian" "$src/debian"
 
 if [ -n "$version" ]; then

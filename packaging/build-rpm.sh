@@ -65,11 +65,12 @@ fi
 mkdir -p "$work"/{SOURCES,SPECS,BUILD,RPMS,SRPMS} "$work/src/pdagent-sd-$tree_version"
 
 # Source0: the project as it is in the work tree, without VCS data, build outputs, caches and the debian/ dir.
-tar -C "$top" -c \
+# (tar exits 1 when a file changes while it reads: not a reason to fail the build.)
+{ tar -C "$top" -c --warning=no-file-changed \
     --exclude=./.git --exclude=./dist --exclude=./build --exclude=./.venv \
     --exclude=__pycache__ --exclude='*.egg-info' --exclude=.pytest_cache --exclude=.mypy_cache \
     --exclude=.ruff_cache --exclude=.hypothesis --exclude=./packaging/deb \
-    . | tar -C "$work/src/pdagent-sd-$tree_version" -x
+    . || [ $? = 1 ]; } | tar -C "$work/src/pdagent-sd-$tree_version" -x
 tar -C "$work/src" -czf "$work/SOURCES/pdagent-sd-$tree_version.tar.gz" "pdagent-sd-$tree_version"
 cp "$top/units/pdagent.sysusers" "$work/SOURCES/pdagent.sysusers"
 cp "$spec" "$work/SPECS/"

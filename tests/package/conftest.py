@@ -28,6 +28,7 @@ for path in (PACKAGE_DIR, TESTS_DIR):
 
 from debbuild import TIMINGS, BuiltDeb, build_deb, timed  # noqa: E402
 from debcontainer import DebianContainer, cached_rootfs, skip_reason  # noqa: E402
+
 from standin import StandIn  # noqa: E402
 
 DROP_IN_PATH = "/etc/systemd/system/pdagent.service.d/50-package-test.conf"

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-
 from debbuild import BuiltDeb, timed
 from debcontainer import DebianContainer, wait_until
+
 from standin import StandIn
 
 pytestmark = pytest.mark.package
