@@ -5,6 +5,7 @@ The daemon validates every event here before it is queued; the clients build bod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -87,34 +88,44 @@ class Event:
     routing_key: str
     action: Action
     dedup_key: str
+    text: str = ""  # the body as it is queued and POSTed, compact JSON
 
     def encoded(self) -> str:
-        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
+        return self.text or json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
 
 
 def new_dedup_key() -> str:
     return uuid.uuid4().hex
 
 
-def validate(api_name: Any, body: Any, *, default_source: str = "") -> Event:
-    """Check one event against its API's rules; return it normalised, or raise InvalidEvent naming the field."""
+def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool = False) -> Event:
+    """Check one event against its API's rules; return it normalised, or raise InvalidEvent naming the field.
+
+    The caller's object is left as it was, unless it says the body is `owned` (freshly parsed from the wire),
+    which spares a deep copy on the daemon's hot path.
+    """
     try:
         api = Api(api_name)
     except ValueError:
         raise InvalidEvent(f"api must be one of v2, v1, change (got {api_name!r})") from None
     if not isinstance(body, dict):
         raise InvalidEvent("event must be a JSON object")
-    body = json.loads(json.dumps(body))  # a private deep copy: the caller's object is never changed
+    if not owned:
+        body = json.loads(json.dumps(body))
     if api is Api.V2:
         event = _validate_v2(body, default_source)
     elif api is Api.V1:
         event = _validate_v1(body)
     else:
         event = _validate_change(body, default_source)
-    size = len(event.encoded().encode())
+    try:
+        text = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidEvent("event contains a number JSON cannot carry (NaN or Infinity)") from None
+    size = len(text.encode())
     if size > MAX_BODY_BYTES:
         raise InvalidEvent(f"event is {size} bytes; the Events API accepts at most {MAX_BODY_BYTES}")
-    return event
+    return dataclasses.replace(event, text=text)
 
 
 def _validate_v2(body: Dict[str, Any], default_source: str) -> Event:

@@ -72,6 +72,7 @@ class QueuedEvent:
 
 
 # A write operation runs inside the writer's transaction and returns (result, change in pending count).
+# It may refuse with a PdagentError only before it writes anything: the others in its batch still commit.
 WriteOp = Callable[[sqlite3.Connection], Tuple[Any, int]]
 
 
@@ -196,14 +197,11 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
-                conn.execute("SAVEPOINT op")
                 try:
                     result, delta = op(conn)
-                except PdagentError as error:
-                    conn.execute("ROLLBACK TO op")
+                except PdagentError as error:  # raised before the op writes anything (see WriteOp)
                     outcomes.append((future, None, error))
                     continue
-                conn.execute("RELEASE op")
                 pending_delta += delta
                 self.pending_count += delta
                 outcomes.append((future, result, None))
