@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from benchlib import ROOT, StandInProcess, key, line, median, percentile, start_agent, trigger, wait, workdir
 
@@ -69,37 +68,43 @@ def fsync_rate(directory: str, seconds: float) -> float:
     return count / elapsed
 
 
+def _enqueue_client(socket_path: str, index: int, count: int, go: Any, done: Any) -> None:
+    from pdagent_sd.protocol import Client
+
+    with Client(socket_path) as conn:
+        go.wait()
+        for n in range(count):
+            conn.request({"op": "send", "api": "v2", "event": trigger(key(index), "enqueue", f"e{index}-{n}")})
+    done.put(index)
+
+
 def bench_enqueue(url: str) -> float:
-    print("durable enqueue throughput (32 concurrent clients, synchronous=FULL)")
+    print("durable enqueue throughput (32 concurrent client processes, synchronous=FULL)")
+    import multiprocessing
+
     with workdir() as path:
         # Deliveries are held back (a refusing API and a long backoff) so only the enqueue path is measured.
         agent = start_agent(path, "http://127.0.0.1:9", PDAGENT_BACKOFF_MIN_SEC="600",
                             PDAGENT_BACKOFF_MAX_SEC="600")
         try:
             disk = fsync_rate(agent.state_dir, 2.0 if QUICK else 4.0)
-            per_client = 50 if QUICK else 200
-            errors: List[object] = []
-
-            def client(index: int) -> None:
-                from pdagent_sd.protocol import Client
-
-                try:
-                    with Client(agent.socket) as conn:
-                        for n in range(per_client):
-                            conn.request({"op": "send", "api": "v2",
-                                          "event": trigger(key(index), "enqueue", f"e{index}-{n}")})
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+            per_client = 100 if QUICK else 400
+            context = multiprocessing.get_context("fork")
+            go, done = context.Event(), context.Queue()
+            clients = [context.Process(target=_enqueue_client, args=(agent.socket, i, per_client, go, done))
+                       for i in range(32)]
+            for client in clients:
+                client.start()
+            time.sleep(0.5)  # every client connected and waiting
             start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            go.set()
+            for _ in clients:
+                done.get(timeout=300)
             elapsed = time.perf_counter() - start
-            if errors:
-                raise RuntimeError(errors[0])
+            for client in clients:
+                client.join()
+            if any(client.exitcode for client in clients):
+                raise RuntimeError("an enqueue client failed")
             rate = 32 * per_client / elapsed
             ratio = rate / disk
             line("disk fsync rate (4 KiB write + fsync, same dir)", f"{disk:.0f} /s")
