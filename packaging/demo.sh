@@ -135,7 +135,6 @@ inside systemctl is-system-running || true
 
 heading "Install the package with apt (its dependencies come from Debian)"
 inside apt-get update -qq
-say "…"
 printf '   %sroot@pdagent-test:~# apt-get install -y ./%s%s\n' "$bold" "${deb##*/}" "$plain"
 quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 "/root/${deb##*/}" \
     >"$work/apt.txt" 2>&1 || { cat "$work/apt.txt"; exit 1; }
