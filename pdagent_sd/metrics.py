@@ -1,36 +1,84 @@
-"""OpenMetrics text for node_exporter's textfile collector, from the daemon's status (keys masked)."""
+"""OpenMetrics text for node_exporter's textfile collector, from the daemon's status (keys masked).
+
+Only gauges, no timestamps, no `_created` samples and no `info` type: the same text must parse both as
+OpenMetrics and as the older Prometheus text format that node_exporter's textfile collector reads (for which
+`# EOF` is just a comment). Masked keys can collide (same first and last four characters); their figures are
+merged, because a duplicated series would make the collector reject the whole file.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
+
+STATES = ("pending", "delivered", "failed")
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class _Document:
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def family(self, name: str, help_text: str, samples: List[str]) -> None:
+        self.lines.append(f"# TYPE {name} gauge")
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.extend(samples)
+
+    def text(self) -> str:
+        return "\n".join(self.lines + ["# EOF"]) + "\n"
+
+
+def _merge_masked(keys: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per masked key: summed counts, the oldest age, and whether any of the keys is held."""
+    merged: Dict[str, Dict[str, Any]] = {}
+    for key in keys:
+        entry = merged.setdefault(key["routing_key"], {**{state: 0 for state in STATES},
+                                                       "oldest_pending_age": None, "held": False})
+        for state in STATES:
+            entry[state] += key[state]
+        age = key.get("oldest_pending_age")
+        if age is not None and (entry["oldest_pending_age"] is None or age > entry["oldest_pending_age"]):
+            entry["oldest_pending_age"] = age
+        entry["held"] = entry["held"] or bool(key.get("throttled_until") or key.get("backoff_until"))
+    return merged
+
+
 def render(status: Dict[str, Any]) -> str:
-    lines: List[str] = []
+    keys = _merge_masked(status["keys"])
+    labels = {key: f'routing_key="{_label(key)}"' for key in keys}
+    doc = _Document()
+    doc.family("pdagent_up", "1 when the agent answered; 0 (written by pd-queue metrics -o) when it did not.",
+               ["pdagent_up 1"])
+    doc.family("pdagent_events", "Events in the queue by routing key (masked) and state.",
+               [f'pdagent_events{{{labels[key]},state="{state}"}} {entry[state]}'
+                for key, entry in keys.items() for state in STATES])
+    doc.family("pdagent_oldest_pending_age_seconds", "Age of the oldest pending event by routing key (masked).",
+               [f"pdagent_oldest_pending_age_seconds{{{labels[key]}}} {_number(entry['oldest_pending_age'])}"
+                for key, entry in keys.items() if entry["oldest_pending_age"] is not None])
+    doc.family("pdagent_key_held", "1 while a routing key (masked) is throttled or backing off.",
+               [f"pdagent_key_held{{{labels[key]}}} {int(entry['held'])}" for key, entry in keys.items()])
+    totals = status.get("totals") or {state: sum(entry[state] for entry in keys.values()) for state in STATES}
+    doc.family("pdagent_queue_events", "Events in the queue by state, all routing keys together.",
+               [f'pdagent_queue_events{{state="{state}"}} {totals[state]}' for state in STATES])
+    doc.family("pdagent_throttled_keys", "Routing keys throttled or backing off now.",
+               [f"pdagent_throttled_keys {int(status.get('throttled_keys') or 0)}"])
+    last: Optional[float] = status.get("last_delivery")
+    doc.family("pdagent_last_delivery_timestamp_seconds", "When an event was last delivered (Unix time).",
+               [f"pdagent_last_delivery_timestamp_seconds {_number(last)}"] if last else [])
+    doc.family("pdagent_damaged_queue_files", "Damaged queue databases moved aside and not delivered from.",
+               [f"pdagent_damaged_queue_files {len(status.get('damaged_files') or [])}"])
+    return doc.text()
 
-    def family(name: str, kind: str, help_text: str, samples: List[str]) -> None:
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"# HELP {name} {help_text}")
-        lines.extend(samples)
 
-    keys = status["keys"]
-    family("pdagent_events", "gauge", "Events in the queue by routing key (masked) and state.",
-           [f'pdagent_events{{routing_key="{_label(key["routing_key"])}",state="{state}"}} {key[state]}'
-            for key in keys for state in ("pending", "delivered", "failed")])
-    family("pdagent_oldest_pending_age_seconds", "gauge", "Age of the oldest pending event by routing key.",
-           [f'pdagent_oldest_pending_age_seconds{{routing_key="{_label(key["routing_key"])}"}} '
-            f'{key["oldest_pending_age"]}' for key in keys if key["oldest_pending_age"] is not None])
-    family("pdagent_key_held", "gauge", "1 while a routing key is throttled or backing off.",
-           [f'pdagent_key_held{{routing_key="{_label(key["routing_key"])}"}} '
-            f'{int(bool(key["throttled_until"] or key["backoff_until"]))}' for key in keys])
-    family("pdagent_throttled_keys", "gauge", "Routing keys throttled or backing off now.",
-           [f"pdagent_throttled_keys {status['throttled_keys']}"])
-    last = status.get("last_delivery")
-    family("pdagent_last_delivery_timestamp_seconds", "gauge", "When an event was last delivered.",
-           [f"pdagent_last_delivery_timestamp_seconds {last}"] if last else [])
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
+def render_unreachable() -> str:
+    """What `pd-queue metrics -o FILE` writes when the agent could not be asked at all."""
+    doc = _Document()
+    doc.family("pdagent_up", "1 when the agent answered; 0 (written by pd-queue metrics -o) when it did not.",
+               ["pdagent_up 0"])
+    return doc.text()
