@@ -122,7 +122,8 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
         lines.append("")
         lines.extend(details)
     lines.append("")
-    lines.append(f"Last delivery: {_when(reply.get('last_delivery'), now)}")
+    last = reply.get("last_delivery")
+    lines.append(f"Last delivery: {_when(last, now) if last else 'none on record'}")
     return lines
 
 
@@ -391,8 +392,7 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def command(name: str, help_text: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help_text, description=description, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(name, parents=[common], help=help_text, description=description, epilog=epilog)
 
     s = command("status", "print out status of local event queue.",
                 "Print out status of local event queue: per service key, the events pending, delivered "
