@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -92,8 +93,14 @@ class Deliverer:
         self.session = session or requests.Session()
         self.session.headers.update({"Content-Type": "application/json",
                                      "User-Agent": f"pdagent-sd/{__version__}"})
-        if ca_bundle:
-            self.session.verify = ca_bundle
+        # requests re-reads the proxy and CA environment (and ~/.netrc) on every request when trust_env is
+        # set: a third of its time here. The unit's environment cannot change under a running daemon, so it
+        # is read once, with the same precedence requests applies.
+        self.session.trust_env = False
+        self.session.proxies = requests.utils.get_environ_proxies(self.events_url)
+        verify = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if verify:
+            self.session.verify = verify
 
     def attempt(self, api: Api, body: str) -> Result:
         url = self.events_url + api.path
