@@ -70,8 +70,9 @@ def post_bytes(path: str, body: bytes, extra: str = "") -> bytes:
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
-def standin_threads() -> List[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("stand-in")]
+def standin_threads(api: StandIn) -> List[threading.Thread]:
+    """This stand-in's threads (other tiers may keep a session-wide stand-in running meanwhile)."""
+    return [t for t in threading.enumerate() if t.name.startswith("stand-in") and t.name.endswith(f"-{api.port}")]
 
 
 # --- validation rules, as pure functions ------------------------------------------------------------------
@@ -333,7 +334,7 @@ def test_delay_makes_clients_time_out_and_never_delays_stop(session: Any) -> Non
         begun = time.monotonic()
     finally:
         api.stop()
-    assert time.monotonic() - begun < 2 and standin_threads() == []
+    assert time.monotonic() - begun < 2 and standin_threads(api) == []
 
 
 @pytest.mark.integration
@@ -430,7 +431,7 @@ def test_stop_closes_the_port_and_joins_every_thread(session: Any) -> None:
     try:
         api.stop()
         api.stop()  # twice is harmless
-        assert standin_threads() == []
+        assert standin_threads(api) == []
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", api.port), timeout=5).close()
     finally:
