@@ -11,7 +11,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from pdagent_sd.errors import InvalidEvent
 
@@ -19,9 +19,13 @@ MAX_BODY_BYTES = 512 * 1024
 MAX_SUMMARY = 1024
 MAX_DEDUP_KEY = 255
 ROUTING_KEY_LENGTH = 32
+# ASCII digits only (\d alone also takes "٢٠٢٤"), matched with fullmatch ($ alone lets a trailing newline in).
 ISO_8601 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?", re.ASCII
 )
+# Objects and lists nested deeper than this are refused. Real events nest a few levels; without a limit the
+# depth that gets through depends on the interpreter's recursion limit (and C stack) at the moment of encoding.
+MAX_DEPTH = 100
 
 
 class Api(str, Enum):
@@ -110,6 +114,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
         raise InvalidEvent(f"api must be one of v2, v1, change (got {api_name!r})") from None
     if not isinstance(body, dict):
         raise InvalidEvent("event must be a JSON object")
+    check_depth(body)
     if not owned:
         body = json.loads(json.dumps(body))
     if api is Api.V2:
@@ -122,10 +127,27 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
         text = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
         raise InvalidEvent("event contains a number JSON cannot carry (NaN or Infinity)") from None
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry into a string
+        raise InvalidEvent("event contains text that is not valid Unicode (an unpaired surrogate such as "
+                           "\\ud800)") from None
     if size > MAX_BODY_BYTES:
         raise InvalidEvent(f"event is {size} bytes; the Events API accepts at most {MAX_BODY_BYTES}")
     return dataclasses.replace(event, text=text)
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse objects and lists nested more than `limit` deep; iterative, so any depth can be checked."""
+    if not isinstance(value, (dict, list)):
+        return
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterable[Any] = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            raise InvalidEvent(f"event is nested more than {limit} levels deep")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _validate_v2(body: Dict[str, Any], default_source: str) -> Event:
@@ -243,7 +265,7 @@ def _object(body: Dict[str, Any], field: str, required: bool = False) -> Dict[st
 
 def _timestamp(payload: Dict[str, Any], prefix: str) -> None:
     value = payload.get("timestamp")
-    if value is not None and (not isinstance(value, str) or not ISO_8601.match(value)):
+    if value is not None and (not isinstance(value, str) or not ISO_8601.fullmatch(value)):
         raise InvalidEvent(f"{prefix}timestamp must be an ISO 8601 date and time (got {value!r})")
 
 
