@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 from pdagent_sd.cli.common import UsageError, run, send_event
 from pdagent_sd.errors import InvalidEvent
-from pdagent_sd.events import Action, Severity
+from pdagent_sd.events import MAX_DEPTH, Action, Severity, check_depth
 from pdagent_sd.integrations.common import (
     EXIT_STATUS_HELP,
     add_agent_options,
@@ -27,6 +28,7 @@ from pdagent_sd.integrations.common import (
 
 # Check status is a plugin exit code, as in Nagios.
 SEVERITY_OF_STATUS = {0: Severity.INFO, 1: Severity.WARNING, 2: Severity.CRITICAL}
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 ACTION_OF_SENSU_ACTION = {"create": Action.TRIGGER, "resolve": Action.RESOLVE, "flapping": Action.TRIGGER}
 
 DESCRIPTION = "Queue an event for a Sensu check result (read as JSON on standard input) to PagerDuty."
@@ -63,9 +65,31 @@ def parse_event(text: str) -> Dict[str, Any]:
         event = json.loads(text)
     except ValueError as exc:
         raise InvalidEvent(f"standard input is not a Sensu event: not JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidEvent("standard input is not a Sensu event: JSON nested too deeply") from None
     if not isinstance(event, dict) or not isinstance(event.get("check"), dict):
         raise InvalidEvent("standard input is not a Sensu event: no \"check\" object")
+    check_depth(event, MAX_DEPTH - 2)  # it becomes payload.custom_details, two levels down
+    if "\\u" in text:
+        _replace_lone_surrogates(event)
     return event
+
+
+def _replace_lone_surrogates(root: Any) -> None:
+    """JSON's \\ud800-style escapes can put unpaired surrogates into strings, which cannot be sent as UTF-8;
+    each becomes U+FFFD, as undecodable bytes on standard input do, rather than cost the alert."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        if isinstance(node, dict):
+            node.clear()
+        for key, value in items:
+            if isinstance(value, str):
+                value = LONE_SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+            node[LONE_SURROGATE.sub("\ufffd", key) if isinstance(key, str) else key] = value
 
 
 def _object(value: Any) -> Dict[str, Any]:
@@ -108,9 +132,12 @@ def action_for(event: Dict[str, Any]) -> Action:
 
 def timestamp(event: Dict[str, Any]) -> Optional[str]:
     executed = event["check"].get("executed")
-    if not isinstance(executed, (int, float)) or isinstance(executed, bool) or executed <= 0:
+    if not isinstance(executed, (int, float)) or isinstance(executed, bool) or not executed > 0:
         return None
-    return datetime.fromtimestamp(executed, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(executed, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # past year 9999 or time_t: not a time, just leave it out
+        return None
 
 
 def build_event(routing_key: str, event: Dict[str, Any], *,
