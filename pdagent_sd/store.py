@@ -351,10 +351,11 @@ class Store:
                     "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
                 entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "oldest_pending": None})
                 entry[state] = count
-            for key, created in conn.execute(
-                    "SELECT heads.routing_key, events.created FROM (SELECT routing_key, MIN(id) AS id FROM events "
-                    "WHERE state = 'pending' GROUP BY routing_key) AS heads JOIN events ON events.id = heads.id"):
-                keys[key]["oldest_pending"] = created
+            for key, entry in keys.items():
+                if entry["pending"]:  # one index seek per key, not a scan of every pending row
+                    entry["oldest_pending"] = conn.execute(
+                        "SELECT created FROM events WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT 1",
+                        (key,)).fetchone()[0]
         finally:
             conn.execute("COMMIT")
         return keys
