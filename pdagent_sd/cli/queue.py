@@ -12,9 +12,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from pdagent_sd import exitcodes
 from pdagent_sd.cli.common import UsageError, run
@@ -92,7 +91,7 @@ def _note(text: str) -> None:
     print(f"{PROGRAM}: {text}", file=sys.stderr)
 
 
-def _columns(rows: List[List[str]], right: tuple = ()) -> List[str]:  # type: ignore[type-arg]
+def _columns(rows: List[List[str]], right: Tuple[int, ...] = ()) -> List[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -347,6 +346,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def write_atomically(path: str, text: str) -> None:
     """Write beside the target, then rename: a collector never reads half a file."""
+    import tempfile  # only here: not worth its import time on every status
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".pdagent-metrics.", dir=directory)
     try:
