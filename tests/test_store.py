@@ -9,7 +9,7 @@ import pytest
 
 from pdagent_sd.errors import QueueFull
 from pdagent_sd.events import validate
-from pdagent_sd.store import State, Store
+from pdagent_sd.store import PURGE_CHUNK, State, Store
 
 pytestmark = pytest.mark.unit
 
@@ -97,5 +97,23 @@ def test_damaged_queue_is_moved_aside_and_a_new_one_started(tmp_path) -> None:  
         assert store.corrupt_files() == [os.path.basename(seen[0])]
         store.enqueue(event())
         assert store.pending_count == 1
+    finally:
+        store.close()
+
+
+def test_retention_purges_in_chunks_and_keeps_the_rest(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    now = [1000000.0]
+    store = Store(str(tmp_path / "state"), clock=lambda: now[0])
+    store.open()
+    try:
+        ids = [store.enqueue(event()) for _ in range(PURGE_CHUNK * 2 + 10)]
+        for event_id in ids[:-1]:
+            store.record_attempt(event_id, State.DELIVERED, "delivered", 202, "")
+        store.record_attempt(ids[-1], State.FAILED, "failed", 400, "bad").result()
+        commits = store.commits
+        now[0] += 2 * 86400
+        assert store.purge_expired(86400, 7 * 86400).result() == len(ids) - 1
+        assert store.commits - commits == 3  # one transaction per chunk: the writer is never held long
+        assert [row["id"] for row in store.list_events(None, None, 10)] == [ids[-1]]  # failed: kept 7 days
     finally:
         store.close()
