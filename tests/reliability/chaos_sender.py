@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""A sender for the reliability tests: raw protocol requests, one connection per event (as pd-send does),
+and one JSON line on stdout per event saying what became of it.
+
+    python chaos_sender.py --socket PATH --name s0 --keys K1,K2 --count N [--threads T] [--seed S] [--stop-file F]
+
+Outcomes: ``acked`` (the reply said ok and gave an id: the daemon promised the event), ``rejected`` (an error
+reply: it was not queued), ``refused`` (connecting failed: the daemon never saw it) and ``in_doubt`` (the request
+may have reached the daemon, but no reply came back: it may or may not have been committed). Every event has its
+own tag, used as its dedup key and summary, so a retried event is a new event and nothing is ambiguous.
+
+Standard library only: it must not share anything with the daemon it is testing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+PAUSE_AFTER_REFUSAL_SEC = 0.02  # the daemon is down: do not spin while it restarts
+
+
+def body(key: str, tag: str) -> Dict[str, Any]:
+    return {"routing_key": key, "event_action": "trigger", "dedup_key": tag,
+            "payload": {"summary": tag, "source": "chaos", "severity": "info"}}
+
+
+def send_one(path: str, key: str, tag: str, timeout: float) -> Dict[str, Any]:
+    line = json.dumps({"op": "send", "api": "v2", "event": body(key, tag)}).encode() + b"\n"
+    t0 = time.monotonic()
+    record: Dict[str, Any] = {"tag": tag, "key": key, "t0": t0}
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            record.update(outcome="refused", error=type(exc).__name__)
+            return record
+        try:
+            sock.sendall(line)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError as exc:
+            record.update(outcome="in_doubt", error=type(exc).__name__)
+            return record
+        if not reply.endswith(b"\n"):
+            record.update(outcome="in_doubt", error="closed without a reply")
+            return record
+        answer = json.loads(reply)
+        if answer.get("ok") and isinstance(answer.get("id"), int):
+            record.update(outcome="acked", id=answer["id"])
+        else:
+            record.update(outcome="rejected", code=answer.get("code"), error=answer.get("error"))
+        return record
+    finally:
+        sock.close()
+        record["t1"] = time.monotonic()
+
+
+def run(path: str, name: str, keys: List[str], count: int, seed: int, timeout: float,
+        out_lock: threading.Lock, stop_file: Optional[str]) -> None:
+    rng = random.Random(seed)
+    for index in range(count):
+        if stop_file and os.path.exists(stop_file):
+            return
+        record = send_one(path, rng.choice(keys), f"{name}-{index}", timeout)
+        with out_lock:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+        if record["outcome"] in ("refused", "rejected"):
+            time.sleep(PAUSE_AFTER_REFUSAL_SEC)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--name", required=True, help="prefix of this sender's tags")
+    parser.add_argument("--keys", required=True, help="routing keys, comma-separated; each event picks one")
+    parser.add_argument("--count", type=int, required=True, help="events per thread")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--stop-file", help="stop sending (after the event in hand) once this file exists")
+    args = parser.parse_args(argv)
+    keys = args.keys.split(",")
+    lock = threading.Lock()
+    threads = [threading.Thread(target=run, args=(args.socket, f"{args.name}.{n}", keys, args.count,
+                                                  args.seed * 1000 + n, args.timeout, lock, args.stop_file))
+               for n in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
