@@ -198,8 +198,11 @@ def _optional_str(message: Message, field: str) -> Optional[str]:
     return value
 
 
+MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER; a larger Python int cannot even be bound to a query
+
+
 def _event_id(message: Message) -> int:
     value = message.get("id")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest("id must be a whole number")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_EVENT_ID:
+        raise BadRequest(f"id must be a whole number from 1 to {MAX_EVENT_ID}")
     return value

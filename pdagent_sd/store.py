@@ -208,7 +208,7 @@ class Store:
                 outcomes.append((future, result, None))
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure, or every write hangs
             self.pending_count -= pending_delta
             try:
                 conn.execute("ROLLBACK")
@@ -216,7 +216,7 @@ class Store:
                 pass
             refusal = StorageError(f"cannot write the queue at {self.path}: {exc}",
                                    hint="check free space and the health of the disk under the state directory")
-            logger.error("queue write failed: %s", exc)
+            logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
             for _, future in batch:
                 future.set_exception(refusal)
             return
