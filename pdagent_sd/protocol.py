@@ -101,10 +101,35 @@ def decode_request(line: bytes) -> Message:
         raise BadRequest(f"request is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise BadRequest("request must be a JSON object")
+    if b"\\ud" in line or b"\\uD" in line:
+        _refuse_unpaired_surrogates(message)
     op = message.get("op")
     if op not in OPS:
         raise BadRequest(f"unknown op {op!r}; expected one of: {', '.join(OPS)}")
     return message
+
+
+def _refuse_unpaired_surrogates(message: Message) -> None:
+    """A \\ud800-style escape without its pair parses into a string that is not valid Unicode: it cannot be
+    stored, logged or answered as UTF-8, so the request is refused here, before any op sees it."""
+    stack: list = [message]
+    while stack:
+        node = stack.pop()
+        for key, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            for text in (key, value):
+                if isinstance(text, str) and not _is_unicode(text):
+                    raise BadRequest("request is not valid Unicode: it has an unpaired surrogate escape "
+                                     "(\\ud800-\\udfff)")
+            if isinstance(value, (dict, list)):
+                stack.append(value)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def error_reply(error: PdagentError) -> Message:
