@@ -248,9 +248,9 @@ class Daemon:
             conn.setblocking(True)
             conn.settimeout(self.config.client_timeout_sec)
             peer = peer_of(conn, os.geteuid())
-            reader = conn.makefile("rb")
+            reader = LineReader(conn, self.config.client_timeout_sec)
             while not self.stop_requested.is_set():
-                line = reader.readline(MAX_LINE + 1)
+                line = reader.readline()
                 if not line:
                     return
                 if len(line) > MAX_LINE:
@@ -276,6 +276,41 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a bug answers this request, it must not end the daemon
             logger.exception("internal error while handling a request")
             return {"ok": False, "code": "internal_error", "error": "internal error in pdagentd; see its journal"}
+
+
+class LineReader:
+    """Request lines from one client. Each line must arrive whole within `timeout` of the moment the daemon
+    starts waiting for it: a per-recv timeout alone would let a client that sends a byte now and then hold
+    its connection (and one of max_connections) for ever."""
+
+    def __init__(self, conn: socket.socket, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self.buffer = bytearray()
+
+    def readline(self) -> bytes:
+        """The next line with its newline; at most MAX_LINE + 1 bytes of a longer one (the caller refuses it);
+        what is left at the end of the stream, or b"" when nothing is. Raises socket.timeout."""
+        deadline = time.monotonic() + self.timeout
+        scanned = 0
+        while True:
+            end = self.buffer.find(b"\n", scanned)
+            if end >= 0 or len(self.buffer) > MAX_LINE:
+                size = end + 1 if end >= 0 else MAX_LINE + 1
+                line = bytes(self.buffer[:size])
+                del self.buffer[:size]
+                return line
+            scanned = len(self.buffer)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("no complete request line in time")
+            self.conn.settimeout(remaining)
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                return line
+            self.buffer += chunk
 
 
 _FQDN: List[str] = []
