@@ -272,9 +272,12 @@ class Scheduler:
     def _defer(self, state: KeyState, event: QueuedEvent, result: Result,
                fields: Dict[str, object]) -> Tuple[float, "Future[Any]"]:
         state.failures += 1
-        delay = backoff_delay(state.failures, self.config.backoff_min_sec, self.config.backoff_max_sec, self.rng)
+        low, high = self.config.backoff_min_sec, self.config.backoff_max_sec
+        delay = backoff_delay(state.failures, low, high, self.rng)
         if result.retry_after is not None:
-            delay = max(delay if not result.throttled else 0.0, result.retry_after)
+            # Honoured, within the backoff bounds: "Retry-After: 0" or a date in the past must not turn into a
+            # hot loop, and a huge one (a confused proxy) must not hold alerts back longer than the cap.
+            delay = min(high, max(low, delay if not result.throttled else 0.0, result.retry_after))
         state.backoff_until = self.clock() + delay
         commit = self.store.record_attempt(event.id, State.PENDING, "deferred", result.http_status, result.error,
                                            next_attempt=self.wall_clock() + delay)
