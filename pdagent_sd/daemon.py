@@ -96,7 +96,7 @@ def bind_socket(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     os.chmod(path, 0o666)  # any local user may send, as with the old agent
-    sock.listen(128)
+    sock.listen(socket.SOMAXCONN)  # what systemd's Backlog= defaults to: bursts of pd-send wait, not fail
     return sock
 
 
@@ -124,6 +124,7 @@ class Daemon:
         self.lock = threading.Lock()
         self.connections = 0
         self.last_activity = time.monotonic()
+        self._wake_fd = -1  # the main loop's wake-up pipe while it runs
 
     # --- the main loop --------------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class Daemon:
 
     def _serve(self) -> None:
         wake_read, wake_write = os.pipe()
+        self._wake_fd = wake_write
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -185,7 +187,9 @@ class Daemon:
             signal.set_wakeup_fd(-1)
             selector.close()
             os.close(wake_read)
-            os.close(wake_write)
+            with self.lock:  # no connection thread may write to the fd number once it is closed
+                self._wake_fd = -1
+                os.close(wake_write)
 
     def _purge_expired(self) -> None:
         """Retention runs in the writer thread between commits; the main loop does not wait for it."""
@@ -267,6 +271,17 @@ class Daemon:
             with self.lock:
                 self.connections -= 1
                 self.last_activity = time.monotonic()
+                if self.connections == self.config.max_connections - 1:
+                    self._wake_main_loop()  # it stopped listening at the limit: waiting clients go on now
+
+    def _wake_main_loop(self) -> None:
+        """Called with self.lock held."""
+        if self._wake_fd < 0:
+            return
+        try:
+            os.write(self._wake_fd, b"\0")
+        except OSError:  # the pipe is full: the main loop wakes up anyway
+            pass
 
     def _reply(self, line: bytes, peer) -> dict:  # type: ignore[no-untyped-def,type-arg]
         try:
