@@ -9,6 +9,7 @@ from __future__ import annotations
 # _socket, not socket: the socket module pulls in enum and selectors, a third of pd-send's start-up time.
 import _socket
 import os
+import time  # already loaded by the interpreter's start-up: free
 
 from pdagent_sd.errors import AgentUnreachable, BadRequest, PdagentError, from_wire
 
@@ -154,14 +155,27 @@ class Client:
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(self.path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self.sock.close()
-            raise _unreachable(self.path, exc.strerror or str(exc)) from None
+            self._connect(timeout)
         except OSError as exc:
             self.sock.close()
             raise _unreachable(self.path, exc.strerror or str(exc)) from None
         self._buffer = b""
+
+    def _connect(self, timeout: float) -> None:
+        """Connect, waiting while the daemon's listen backlog is full. A Unix socket with a timeout is
+        non-blocking underneath, and its connect() then fails at once with EAGAIN instead of waiting like
+        a blocking one: an alert storm of pd-send would lose alerts to a busy but healthy daemon."""
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            try:
+                self.sock.connect(self.path)
+                return
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     def __enter__(self) -> "Client":
         return self
