@@ -10,9 +10,11 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import glob
+import ipaddress
 import logging
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -164,12 +166,24 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
 
 
 def is_safe_url(url: str) -> bool:
-    """https://, or http:// to this machine only (tests and local stand-ins)."""
-    if url.startswith("https://"):
+    """https://, or http:// to this machine only (tests and local stand-ins): the host must be localhost or a
+    loopback address literal, and nothing may precede it. A prefix test took http://127.0.0.1.nip.io and
+    http://127.0.0.1@evil.example, both of which send events in the clear to another machine."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme == "https":
         return True
-    host = re.sub(r"^http://", "", url).split("/", 1)[0]
-    host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return host in ("localhost", "[::1]") or host.startswith("127.")
+    if parts.scheme != "http" or "@" in parts.netloc:  # userinfo: the real host is after the @
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
 
 
 def _read_file(filename: str) -> Dict[str, Any]:
