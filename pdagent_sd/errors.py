@@ -84,6 +84,6 @@ ERRORS_BY_CODE = {
 }
 
 
-def from_wire(code: str, message: str) -> PdagentError:
-    """Rebuild the error a daemon reported, so clients handle it like any local error."""
-    return ERRORS_BY_CODE.get(code, PdagentError)(message)
+def from_wire(code: str, message: str, hint: Optional[str] = None) -> PdagentError:
+    """Rebuild the error a daemon reported, hint included, so clients handle it like any local error."""
+    return ERRORS_BY_CODE.get(code, PdagentError)(message, hint)

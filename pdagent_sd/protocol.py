@@ -202,7 +202,7 @@ class Client:
         if not isinstance(reply, dict):
             raise _unreachable(self.path, "the reply was not a JSON object")
         if not reply.get("ok"):
-            raise from_wire(reply.get("code", "error"), reply.get("error", "unknown error"))
+            raise from_wire(reply.get("code", "error"), reply.get("error", "unknown error"), reply.get("hint"))
         return reply
 
     def _read_line(self) -> bytes:

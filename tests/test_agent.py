@@ -167,6 +167,7 @@ def test_full_queue_refuses_with_75_and_drops_nothing(make_agent, standin):
     refused = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "three")
     assert refused.returncode == 75
     assert "max_pending_events" in refused.stderr
+    assert "hint: " in refused.stderr and "pd-queue status" in refused.stderr  # the daemon's hint reaches the user
     assert agent.pending() == 2
     standin.accept_connections()
     assert standin.wait_for(2, timeout=15)
