@@ -53,6 +53,26 @@ CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id);
 """
 
 
+# What SQLite says of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB. Anything else (full,
+# locked, I/O error, cannot open) is a condition of the disk or the system, not of the file.
+CORRUPTION_CODES = (11, 26)
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in CORRUPTION_CODES
+    return type(exc) is sqlite3.DatabaseError  # older Pythons raise exactly this class for those two codes
+
+
+class _Damaged(Exception):
+    """queue.db failed its check at open: it is moved aside."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class State(str, Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
@@ -98,11 +118,13 @@ class Store:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Open queue.db, checked with quick_check. A damaged one is moved aside and a new one started; any other
+        failure (disk full, locked, unreadable) raises StorageError and leaves the queue where it is."""
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         try:
             self._write_conn = self._connect_checked()
-        except sqlite3.DatabaseError as exc:
-            self._move_aside(str(exc))
+        except _Damaged as damage:
+            self._move_aside(damage.reason)
             self._write_conn = self._connect_checked()
         self.pending_count = self._write_conn.execute(
             "SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
@@ -129,22 +151,34 @@ class Store:
         return conn
 
     def _connect_checked(self) -> sqlite3.Connection:
-        conn = self._connect()
+        conn: Optional[sqlite3.Connection] = None
         try:
+            conn = self._connect()
             conn.executescript(SCHEMA)
-            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            if is_corruption(exc):
+                raise _Damaged(str(exc)) from None
+            raise StorageError(f"cannot open the queue at {self.path}: {exc}",
+                               hint="check free space, permissions and the disk under the state directory; "
+                                    "the queue is left as it is") from None
+        if problems != ["ok"]:
             conn.close()
-            raise
-        if verdict != "ok":
-            conn.close()
-            raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            lines = "\n".join(problems).splitlines()  # can be thousands: the first few say enough
+            more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+            raise _Damaged("quick_check: " + "; ".join(lines[:3]) + more)
         os.chmod(self.path, 0o600)
         return conn
 
     def _move_aside(self, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
         target = f"{self.path}.corrupt-{stamp}"
+        number = 1
+        while os.path.exists(target):  # damaged twice within a second: keep both
+            number += 1
+            target = f"{self.path}.corrupt-{stamp}.{number}"
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.path + suffix):
                 os.replace(self.path + suffix, target + suffix)

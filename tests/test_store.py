@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pdagent_sd.errors import QueueFull
+from pdagent_sd.errors import QueueFull, StorageError
 from pdagent_sd.events import validate
 from pdagent_sd.store import PURGE_CHUNK, State, Store
 
@@ -117,3 +117,14 @@ def test_retention_purges_in_chunks_and_keeps_the_rest(tmp_path) -> None:  # typ
         assert [row["id"] for row in store.list_events(None, None, 10)] == [ids[-1]]  # failed: kept 7 days
     finally:
         store.close()
+
+
+def test_a_queue_that_cannot_be_opened_is_an_error_not_damage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "state"
+    (state / "queue.db").mkdir(parents=True)  # SQLITE_CANTOPEN, like a full disk or a lock: not the file's fault
+    seen = []
+    store = Store(str(state), on_corrupt=lambda target, reason: seen.append(target))
+    with pytest.raises(StorageError, match="cannot open the queue"):
+        store.open()
+    assert not seen and store.corrupt_files() == []
+    assert (state / "queue.db").is_dir()
