@@ -248,11 +248,11 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            refusal = StorageError(f"cannot write the queue at {self.path}: {exc}",
-                                   hint="check free space and the health of the disk under the state directory")
             logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
-            for _, future in batch:
-                future.set_exception(refusal)
+            for _, future in batch:  # one exception each: they are raised in as many threads
+                future.set_exception(StorageError(
+                    f"cannot write the queue at {self.path}: {exc}",
+                    hint="check free space and the health of the disk under the state directory"))
             return
         self._sync_marker()
         for future, result, failure in outcomes:
@@ -297,16 +297,24 @@ class Store:
 
     def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
                        error: str, next_attempt: float = 0.0) -> "Future[Any]":
-        """Record one delivery attempt and the state it leaves the event in; the future resolves on commit."""
+        """Record one delivery attempt and the state it leaves the event in; the future resolves on commit.
+
+        An event is settled (delivered, failed) only while no earlier event of its key is pending, so a key's
+        pending events are always a suffix of what was sent and sending them again keeps the order: if the
+        result of one event could not be committed (disk full) but that of the next one could, both stay
+        pending, rather than the trigger going again after its resolve was recorded as delivered."""
         now = self.clock()
+        head_only = "" if state is State.PENDING else (
+            " AND NOT EXISTS (SELECT 1 FROM events AS earlier WHERE earlier.state = 'pending' "
+            "AND earlier.routing_key = events.routing_key AND earlier.id < events.id)")
 
         def op(conn: sqlite3.Connection) -> Tuple[None, int]:
             changed = conn.execute(
                 "UPDATE events SET state = ?, updated = ?, attempts = attempts + 1, next_attempt = ?, "
-                "last_status = ?, last_error = ? WHERE id = ? AND state = 'pending'",
+                "last_status = ?, last_error = ? WHERE id = ? AND state = 'pending'" + head_only,
                 (state.value, now, next_attempt, http_status, error or None, event_id)).rowcount
             if not changed:
-                return None, 0  # dropped by an operator while the attempt was in flight
+                return None, 0  # dropped by an operator meanwhile, or an earlier event is pending again
             conn.execute("INSERT INTO attempts (event_id, at, outcome, http_status, error) VALUES (?, ?, ?, ?, ?)",
                          (event_id, now, outcome, http_status, error or None))
             return None, 0 if state is State.PENDING else -1

@@ -128,3 +128,14 @@ def test_a_queue_that_cannot_be_opened_is_an_error_not_damage(tmp_path) -> None:
         store.open()
     assert not seen and store.corrupt_files() == []
     assert (state / "queue.db").is_dir()
+
+
+def test_an_event_is_settled_only_behind_its_keys_earlier_pending_events(store) -> None:  # type: ignore[no-untyped-def]
+    """If the result of the first event was lost (its commit failed) but the second one's arrives, the second
+    stays pending too: both are sent again, in order, and a resolve is never followed by its trigger."""
+    first, second = store.enqueue(event("trigger")), store.enqueue(event("resolve"))
+    store.record_attempt(second, State.DELIVERED, "delivered", 202, "").result()
+    assert [e.id for e in store.oldest_pending(KEY, 10)] == [first, second]
+    store.record_attempt(first, State.DELIVERED, "delivered", 202, "").result()
+    store.record_attempt(second, State.DELIVERED, "delivered", 202, "").result()
+    assert store.oldest_pending(KEY, 10) == [] and store.pending_count == 0
