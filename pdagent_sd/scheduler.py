@@ -19,7 +19,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
-from pdagent_sd.events import Api
+from pdagent_sd.errors import StorageError
+from pdagent_sd.events import Api, mask
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.store import QueuedEvent, State, Store
 
@@ -185,12 +186,24 @@ class Scheduler:
                     return
                 try:
                     delay = self._serve_key(state, deliverer)
+                except StorageError as error:  # results not on disk: those events go again, after a backoff
+                    delay = self._storage_backoff(state, error)
                 except Exception:  # noqa: BLE001 - one bad turn must not kill a worker
                     logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key[:4])
                     delay = self.config.backoff_max_sec
                 self._release(state, delay)
         finally:
             deliverer.close()
+
+    def _storage_backoff(self, state: KeyState, error: StorageError) -> float:
+        """The queue cannot record results (disk full): back off like a failed attempt, so the key neither
+        hammers the Events API with events it must send again nor waits the whole cap once the disk is back."""
+        state.failures += 1
+        delay = backoff_delay(state.failures, self.config.backoff_min_sec, self.config.backoff_max_sec, self.rng)
+        state.backoff_until = self.clock() + delay
+        logger.error("routing key %s: delivered events could not be recorded (%s); they will be sent again in "
+                     "%.1fs", mask(state.routing_key), error.message, delay)
+        return delay
 
     def _release(self, state: KeyState, delay: Optional[float]) -> None:
         """Put a key back: waiting for `delay` seconds, ready again, or idle when nothing is left."""
@@ -227,13 +240,14 @@ class Scheduler:
                                routing_key=state.routing_key, retry_in_sec=f"{wait:.1f}")
                     state.throttled_until = self.clock() + wait
                     return wait
+                if any(commit.done() and commit.exception() is not None for commit in commits):
+                    break  # a result could not be recorded: every event sent now would have to go again
                 delay, commit = self._attempt(state, event, deliverer)
                 commits.append(commit)
                 if delay is not None:
                     return delay
         finally:
-            for commit in commits:
-                commit.result()
+            _wait_all(commits)
         if len(events) == BATCH_PER_TURN:
             with self.cond:
                 state.woken = True  # more may be left: go to the back of the line so other keys get a turn
@@ -304,3 +318,14 @@ class Scheduler:
             now = self.clock()
             return sum(1 for state in self.keys.values()
                        if state.throttled_until > now or state.backoff_until > now)
+
+
+def _wait_all(commits: List["Future[Any]"]) -> None:
+    """Wait for every commit of a turn, then raise the first failure: a key is released only once all its
+    results are settled one way or the other."""
+    failure: Optional[BaseException] = None
+    for commit in commits:
+        exc = commit.exception()
+        failure = failure or exc
+    if failure is not None:
+        raise failure

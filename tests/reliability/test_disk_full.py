@@ -1,0 +1,183 @@
+"""Disk full: the state directory on a small tmpfs the test mounts (and unmounts, pass or fail), filled to the
+last byte while the daemon runs and while it starts. pd-send exits 75 and says why, nothing acknowledged is
+lost, the daemon stays up and recovers by itself once space returns. Needs root (mount); skipped otherwise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from agentproc import Agent, trigger
+from chaoslib import routing_key, runs
+
+KEYS = [routing_key(n) for n in range(2)]
+SETTINGS = {"PDAGENT_BACKOFF_MIN_SEC": "0.2", "PDAGENT_BACKOFF_MAX_SEC": "1"}
+
+
+class SmallFilesystem:
+    """tmpfs mounts made for one test; every one is unmounted by path at the end."""
+
+    def __init__(self) -> None:
+        self.mounted: List[str] = []
+
+    def mount(self, path: str, size: str) -> str:
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path], check=True,
+                       capture_output=True)
+        self.mounted.append(path)
+        return path
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.mounted):
+            if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "--lazy", path], check=True)  # a process we did not start holds it
+        self.mounted.clear()
+
+
+def fill(directory: str) -> str:
+    """Write a file until the filesystem has not one byte left; return its path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
+    assert shutil.disk_usage(directory).free == 0
+    return path
+
+
+@pytest.fixture
+def small_fs() -> Iterator[SmallFilesystem]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounts = SmallFilesystem()
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()
+
+
+@pytest.fixture
+def agent_on_small_fs(tmp_path, standin, small_fs) -> Iterator[Agent]:  # type: ignore[no-untyped-def]
+    """pdagentd whose state directory is a 2 MiB tmpfs; stopped by PID before the unmount."""
+    agent = Agent(str(tmp_path), standin.url, **SETTINGS)
+    small_fs.mount(agent.state_dir, "2m")
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+def send(agent: Agent, key: str, tag: str) -> Dict[str, Any]:
+    return agent.request({"op": "send", "api": "v2", "event": trigger(key, tag + " " + "x" * 400, tag)})
+
+
+@pytest.mark.parametrize("size", runs({"sends_while_full": 200, "full_sec": 4.0},
+                                      {"sends_while_full": 5000, "full_sec": 60.0}))
+def test_full_disk_refuses_with_75_keeps_what_was_acknowledged_and_recovers(
+        size, agent_on_small_fs, standin, figures) -> None:  # type: ignore[no-untyped-def]
+    agent = agent_on_small_fs
+    standin.refuse_connections()
+    agent.start()
+    acked: Dict[str, int] = {}
+    for n in range(40):
+        reply = send(agent, KEYS[n % 2], f"before-{n}")
+        assert reply["ok"], reply
+        acked[f"before-{n}"] = reply["id"]
+    filler = fill(agent.state_dir)
+
+    refusals: List[Dict[str, Any]] = []
+    for n in range(size["sends_while_full"]):
+        reply = send(agent, KEYS[n % 2], f"full-{n}")
+        if reply["ok"]:  # room left in the WAL: committed, so it counts like any other
+            acked[f"full-{n}"] = reply["id"]
+        else:
+            refusals.append(reply)
+    assert refusals, "the full disk refused nothing"
+    assert {reply["code"] for reply in refusals} == {"storage_error"}
+    assert "database or disk is full" in refusals[0]["error"]
+    result = agent.pd_send("-k", KEYS[0], "-t", "trigger", "-d", "disk full?")
+    assert result.returncode == 75, result.stderr
+    assert "pd-send: cannot write the queue at" in result.stderr and "disk is full" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert agent.status()["totals"]["pending"] == len(acked)
+    assert os.path.exists(os.path.join(agent.state_dir, "pending"))
+
+    # The Events API comes back while the disk is still full: deliveries go out, but their results cannot be
+    # recorded, so each is sent again later. That must stay a trickle, not a flood.
+    standin.accept_connections()
+    time.sleep(size["full_sec"])
+    requests_while_full = [standin.request_count_for(key) for key in KEYS]
+    assert agent.proc is not None and agent.proc.poll() is None, "the daemon died on a full disk"
+    assert agent.status()["totals"]["pending"] == len(acked)
+
+    os.unlink(filler)
+    recovered_at = time.monotonic()
+    deadline = recovered_at + 30
+    while True:
+        reply = send(agent, KEYS[0], "after")  # refused ones were not stored: the tag is committed once
+        if reply["ok"]:
+            acked["after"] = reply["id"]
+            break
+        assert time.monotonic() < deadline, "sends still refused after space returned"
+        time.sleep(0.1)
+    assert agent.wait_until(lambda: agent.pending() == 0, timeout=30), agent.log()[-3000:]
+    recovery_sec = time.monotonic() - recovered_at
+    received = [event.body["dedup_key"] for event in standin.events]
+    figures.update(acknowledged_before_full=40, acknowledged_while_full=len(acked) - 41, refused=len(refusals),
+                   requests_per_key_while_full=requests_while_full, full_sec=size["full_sec"],
+                   recovery_sec=round(recovery_sec, 2), duplicates=len(received) - len(set(received)))
+    assert set(acked) <= set(received)
+    assert not os.path.exists(os.path.join(agent.state_dir, "pending"))
+    # every wait is at least backoff_min_sec (0.2 s); a turn that cannot record its results stops after at most
+    # the event whose result failed and the one already on the wire
+    turns = size["full_sec"] / 0.2 + 1
+    assert all(count <= 2 * turns for count in requests_while_full), requests_while_full
+    for key in KEYS:
+        firsts: List[str] = []
+        for event in standin.received(key):
+            if event.body["dedup_key"] not in firsts:
+                firsts.append(event.body["dedup_key"])
+        assert firsts == sorted((tag for tag in acked if tag in firsts), key=lambda tag: acked[tag])
+    assert "Traceback" not in agent.log()
+
+
+@pytest.mark.integration
+def test_start_on_a_full_disk_keeps_the_queue_and_starts_once_there_is_room(
+        agent_on_small_fs, standin) -> None:  # type: ignore[no-untyped-def]
+    """A full disk at start is not a damaged queue: the queue stays where it is (it used to be moved aside, and
+    the acknowledged events in it were never delivered), the daemon says why it cannot start, and starts once
+    there is room."""
+    agent = agent_on_small_fs
+    standin.refuse_connections()
+    agent.start()
+    tags = [f"kept-{n}" for n in range(20)]
+    for n, tag in enumerate(tags):
+        assert send(agent, KEYS[n % 2], tag)["ok"]
+    assert agent.stop() == 0  # a clean stop removes the WAL and its index: a new start must create them
+    filler = fill(agent.state_dir)
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        agent.start(timeout=15)
+    log = agent.log()
+    # SQLite cannot create the WAL index (-shm): "disk I/O error"; or cannot grow a file: "disk is full"
+    assert "cannot start: cannot open the queue at" in log and "check free space" in log
+    assert "Traceback" not in log
+    assert not [name for name in os.listdir(agent.state_dir) if ".corrupt-" in name]
+    os.unlink(filler)
+    standin.accept_connections()
+    agent.start()
+    assert agent.status()["warnings"] == []
+    assert agent.wait_until(lambda: agent.pending() == 0, timeout=30), agent.log()[-3000:]
+    assert sorted(event.body["dedup_key"] for event in standin.events) == sorted(tags)
