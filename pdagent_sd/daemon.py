@@ -140,7 +140,7 @@ class Daemon:
             self._serve()
         finally:
             self._shut_down()
-        return exitcodes.OK
+        return exitcodes.IOERR if self.store.damage is not None else exitcodes.OK
 
     def _serve(self) -> None:
         wake_read, wake_write = os.pipe()
@@ -179,6 +179,12 @@ class Daemon:
                 if now >= next_status:
                     next_status = now + STATUS_EVERY_SEC
                     self._update_status()
+                if self.store.damage is not None:
+                    # Every read and write would fail from now on; at the next start (systemd restarts us on
+                    # failure) quick_check moves the file aside and the agent goes on with a new queue.
+                    report(Kind.CORRUPT_QUEUE, f"queue database found damaged while running ({self.store.damage}); "
+                           "exiting so that the next start moves it aside", error=self.store.damage)
+                    break
                 if self._idle_long_enough(now):
                     logger.info("idle for %ss with an empty queue: exiting (systemd keeps the socket)",
                                 self.config.idle_exit_sec)

@@ -186,7 +186,7 @@ class Scheduler:
                     return
                 try:
                     delay = self._serve_key(state, deliverer)
-                except StorageError as error:  # results not on disk: those events go again, after a backoff
+                except StorageError as error:  # e.g. results not on disk: those events go again, after a backoff
                     delay = self._storage_backoff(state, error)
                 except Exception:  # noqa: BLE001 - one bad turn must not kill a worker
                     logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key[:4])
@@ -196,13 +196,14 @@ class Scheduler:
             deliverer.close()
 
     def _storage_backoff(self, state: KeyState, error: StorageError) -> float:
-        """The queue cannot record results (disk full): back off like a failed attempt, so the key neither
-        hammers the Events API with events it must send again nor waits the whole cap once the disk is back."""
+        """The queue cannot be read or cannot record results (disk full): back off like a failed attempt, so the
+        key neither hammers the Events API with events it must send again nor waits the whole cap once the
+        disk is back."""
         state.failures += 1
         delay = backoff_delay(state.failures, self.config.backoff_min_sec, self.config.backoff_max_sec, self.rng)
         state.backoff_until = self.clock() + delay
-        logger.error("routing key %s: delivered events could not be recorded (%s); they will be sent again in "
-                     "%.1fs", mask(state.routing_key), error.message, delay)
+        logger.error("routing key %s: %s; delivery goes on in %.1fs (events whose result was not recorded are "
+                     "sent again)", mask(state.routing_key), error.message, delay)
         return delay
 
     def _release(self, state: KeyState, delay: Optional[float]) -> None:

@@ -5,6 +5,7 @@ ceiling, and nothing is acknowledged before it is on disk.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -14,7 +15,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
 
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
 from pdagent_sd.events import Event
@@ -65,6 +66,25 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return type(exc) is sqlite3.DatabaseError  # older Pythons raise exactly this class for those two codes
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _read_op(method: F) -> F:
+    """A read of the queue: SQLite's errors become StorageError (clients get storage_error, not an internal
+    error), and damage met on the way is noted in store.damage."""
+
+    @functools.wraps(method)
+    def read(self: "Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            self._noticed(exc)
+            raise StorageError(f"cannot read the queue at {self.path}: {exc}",
+                               hint="see the daemon's journal") from None
+
+    return cast(F, read)
+
+
 class _Damaged(Exception):
     """queue.db failed its check at open: it is moved aside."""
 
@@ -110,6 +130,7 @@ class Store:
         self.on_corrupt = on_corrupt
         self.pending_count = 0
         self.commits = 0  # transactions committed: fewer than writes when group commit works
+        self.damage: Optional[str] = None  # what SQLite said when a read or write met a damaged file
         self._ops: "queue.Queue[Optional[Tuple[WriteOp, Future]]]" = queue.Queue()
         self._local = threading.local()
         self._writer: Optional[threading.Thread] = None
@@ -186,6 +207,11 @@ class Store:
         if self.on_corrupt is not None:
             self.on_corrupt(target, reason)
 
+    def _noticed(self, exc: BaseException) -> None:
+        if self.damage is None and isinstance(exc, sqlite3.Error) and is_corruption(exc):
+            self.damage = str(exc)
+            logger.error("queue database %s found damaged while running: %s", self.path, exc)
+
     def corrupt_files(self) -> List[str]:
         return sorted(name for name in os.listdir(self.state_dir)
                       if name.startswith(DB_NAME + ".corrupt-") and not name.endswith(("-wal", "-shm")))
@@ -249,6 +275,7 @@ class Store:
             except sqlite3.Error:
                 pass
             logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
+            self._noticed(exc)
             for _, future in batch:  # one exception each: they are raised in as many threads
                 future.set_exception(StorageError(
                     f"cannot write the queue at {self.path}: {exc}",
@@ -387,6 +414,7 @@ class Store:
 
     # --- reads -----------------------------------------------------------------------------------------
 
+    @_read_op
     def oldest_pending(self, routing_key: str, limit: int) -> List[QueuedEvent]:
         """A key's oldest pending events, in the order they must be sent."""
         rows = self.reader().execute(
@@ -399,11 +427,13 @@ class Store:
         events = self.oldest_pending(routing_key, 1)
         return events[0] if events else None
 
+    @_read_op
     def pending_keys(self) -> List[str]:
         rows = self.reader().execute(
             "SELECT DISTINCT routing_key FROM events WHERE state = 'pending'").fetchall()
         return [row[0] for row in rows]
 
+    @_read_op
     def counts_by_key(self) -> Dict[str, Dict[str, Any]]:
         """Per routing key: counts per state and the age of the oldest pending event, from one snapshot."""
         conn = self.reader()
@@ -423,14 +453,17 @@ class Store:
             conn.execute("COMMIT")
         return keys
 
+    @_read_op
     def last_delivery(self) -> Optional[float]:
         row = self.reader().execute("SELECT MAX(at) FROM attempts WHERE outcome = 'delivered'").fetchone()
         return row[0] if row else None
 
+    @_read_op
     def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int) -> List[Dict[str, Any]]:
         where, params = _selector(None, routing_key, state)
         return self._rows(where, params, limit)
 
+    @_read_op
     def show(self, event_id: int) -> Dict[str, Any]:
         """One event whole, with every attempt made to deliver it."""
         where, params = _selector(event_id, None, None)
