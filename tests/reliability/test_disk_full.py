@@ -1,6 +1,7 @@
-"""Disk full: the state directory on a small tmpfs the test mounts (and unmounts, pass or fail), filled to the
-last byte while the daemon runs and while it starts. pd-send exits 75 and says why, nothing acknowledged is
-lost, the daemon stays up and recovers by itself once space returns. Needs root (mount); skipped otherwise."""
+"""Disk full: the state directory on a small filesystem the test mounts (tmpfs, and ext4 on a loop device) and
+unmounts, pass or fail, filled to the last byte while the daemon runs and while it starts. pd-send exits 75
+and says why, nothing acknowledged is lost, the daemon stays up and recovers by itself once space returns.
+Needs root (mount); skipped otherwise."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -20,23 +21,42 @@ SETTINGS = {"PDAGENT_BACKOFF_MIN_SEC": "0.2", "PDAGENT_BACKOFF_MAX_SEC": "1"}
 
 
 class SmallFilesystem:
-    """tmpfs mounts made for one test; every one is unmounted by path at the end."""
+    """Small filesystems made for one test: tmpfs, or ext4 in an image file on a loop device (what a real disk
+    does: journal, block allocation, fsync). Every one is unmounted by path at the end, its loop device freed."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
         self.mounted: List[str] = []
+        self.images: List[str] = []
 
-    def mount(self, path: str, size: str) -> str:
+    def mount(self, path: str, kind: str, size_mib: int) -> str:
         os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path], check=True,
-                       capture_output=True)
+        if kind == "tmpfs":
+            run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "tmpfs", path])
+        else:
+            image = os.path.join(self.workdir, f"{kind}-{len(self.images)}.img")
+            with open(image, "wb") as handle:
+                handle.truncate(size_mib << 20)
+            self.images.append(image)
+            run(["mkfs." + kind, "-q", "-F", "-m", "0", image])  # -m 0: no blocks kept back for root
+            run(["mount", "-o", "loop", image, path])
         self.mounted.append(path)
+        os.chmod(path, 0o700)
         return path
 
     def unmount_all(self) -> None:
         for path in reversed(self.mounted):
             if subprocess.run(["umount", path], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "--lazy", path], check=True)  # a process we did not start holds it
+                run(["umount", "--lazy", path])  # still held by a process we did not start
         self.mounted.clear()
+        for image in self.images:  # mount -o loop detaches on umount (autoclear); make sure of it
+            attached = subprocess.run(["losetup", "-j", image], capture_output=True, text=True).stdout
+            for line in attached.splitlines():
+                subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True)
+
+
+def run(command: List[str]) -> None:
+    subprocess.run(command, check=True, capture_output=True)
 
 
 def fill(directory: str) -> str:
@@ -56,24 +76,26 @@ def fill(directory: str) -> str:
     return path
 
 
-@pytest.fixture
-def small_fs() -> Iterator[SmallFilesystem]:
+@pytest.fixture(params=["tmpfs", "ext4"])
+def small_fs(request, tmp_path) -> Iterator[Tuple[SmallFilesystem, str]]:  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mounts = SmallFilesystem()
+        pytest.skip("mounting a small filesystem needs root")
+    needed = ["mount", "umount"] + (["mkfs.ext4", "losetup"] if request.param == "ext4" else [])
+    if not all(shutil.which(tool) for tool in needed):
+        pytest.skip(f"needs {', '.join(needed)}")
+    mounts = SmallFilesystem(str(tmp_path))
     try:
-        yield mounts
+        yield mounts, request.param
     finally:
         mounts.unmount_all()
 
 
 @pytest.fixture
 def agent_on_small_fs(tmp_path, standin, small_fs) -> Iterator[Agent]:  # type: ignore[no-untyped-def]
-    """pdagentd whose state directory is a 2 MiB tmpfs; stopped by PID before the unmount."""
-    agent = Agent(str(tmp_path), standin.url, **SETTINGS)
-    small_fs.mount(agent.state_dir, "2m")
+    """pdagentd whose state directory is a small filesystem of its own; stopped by PID before the unmount."""
+    mounts, kind = small_fs
+    agent = Agent(str(tmp_path / "agent"), standin.url, **SETTINGS)
+    mounts.mount(agent.state_dir, kind, 2 if kind == "tmpfs" else 8)
     try:
         yield agent
     finally:
@@ -111,6 +133,7 @@ def test_full_disk_refuses_with_75_keeps_what_was_acknowledged_and_recovers(
     result = agent.pd_send("-k", KEYS[0], "-t", "trigger", "-d", "disk full?")
     assert result.returncode == 75, result.stderr
     assert "pd-send: cannot write the queue at" in result.stderr and "disk is full" in result.stderr
+    assert "pd-send: hint: check free space" in result.stderr
     assert "Traceback" not in result.stderr
     assert agent.status()["totals"]["pending"] == len(acked)
     assert os.path.exists(os.path.join(agent.state_dir, "pending"))
