@@ -99,7 +99,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("request_timeout_sec", parse_positive, 15.0, "Time allowed for the Events API to answer."),
     Setting("delivery_workers", parse_count, 8, "Routing keys delivered in parallel."),
     Setting("max_connections", parse_count, 256, "Client connections served at once; more wait."),
-    Setting("client_timeout_sec", parse_positive, 30.0, "A client connection idle this long is closed."),
+    Setting("client_timeout_sec", parse_positive, 30.0,
+            "A client that has not sent a whole request line this long after connecting or after its last "
+            "reply is closed."),
     Setting("watchdog", parse_bool, True, "Send WATCHDOG=1 when systemd asks for it (WatchdogSec=)."),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
