@@ -101,11 +101,17 @@ class Deliverer:
         verify = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if verify:
             self.session.verify = verify
+        # One prepared request per endpoint (URL parsing, headers merged); each attempt copies it and sets
+        # the body, sparing requests' per-call preparation.
+        self.templates = {api: self.session.prepare_request(requests.Request("POST", self.events_url + api.path))
+                          for api in Api}
 
     def attempt(self, api: Api, body: str) -> Result:
         url = self.events_url + api.path
+        prepared = self.templates[api].copy()
+        prepared.prepare_body(body.encode(), None)
         try:
-            response = self.session.post(url, data=body.encode(), timeout=self.timeout)
+            response = self.session.send(prepared, timeout=self.timeout)
         except requests.exceptions.SSLError as exc:
             return Result(Outcome.RETRY, None, f"TLS error talking to {url}: {_reason(exc)}")
         except requests.exceptions.ProxyError as exc:
