@@ -11,8 +11,9 @@
   cannot switch verification off;
 - plain http:// events URLs are refused at start unless the host is loopback or allow_insecure_http is set.
 
-`systemd-analyze security pdagent.service` <= 1.5 is tested under a booted systemd in
-tests/system/test_units.py (test_security_exposure_is_at_most_1_5), not here.
+`systemd-analyze security pdagent.service` <= 1.5 is tested in tests/system/test_units.py, not here:
+test_security_exposure_offline (the unit files) and test_security_exposure_of_the_loaded_unit (in a booted
+container).
 """
 
 from __future__ import annotations
