@@ -6,8 +6,9 @@ and one JSON line on stdout per event saying what became of it.
 
 Outcomes: ``acked`` (the reply said ok and gave an id: the daemon promised the event), ``rejected`` (an error
 reply: it was not queued), ``refused`` (connecting failed: the daemon never saw it) and ``in_doubt`` (the request
-may have reached the daemon, but no reply came back: it may or may not have been committed). Every event has its
-own tag, used as its dedup key and summary, so a retried event is a new event and nothing is ambiguous.
+may have reached the daemon, but no reply came back: it may or may not have been committed). A refused or
+rejected event is tried again until it is acknowledged or in doubt. Every try has its own tag, used as its dedup
+key and summary, so nothing is ambiguous.
 
 Standard library only: it must not share anything with the daemon it is testing.
 """
@@ -73,13 +74,19 @@ def run(path: str, name: str, keys: List[str], count: int, seed: int, timeout: f
         out_lock: threading.Lock, stop_file: Optional[str]) -> None:
     rng = random.Random(seed)
     for index in range(count):
-        if stop_file and os.path.exists(stop_file):
-            return
-        record = send_one(path, rng.choice(keys), f"{name}-{index}", timeout)
-        with out_lock:
-            sys.stdout.write(json.dumps(record) + "\n")
-            sys.stdout.flush()
-        if record["outcome"] in ("refused", "rejected"):
+        key = rng.choice(keys)
+        for attempt in range(1000000):
+            if stop_file and os.path.exists(stop_file):
+                return
+            # A refused event is certainly not queued, so it is sent again, as a monitoring tool would after
+            # pd-send's exit 69 or 75; under a tag of its own, so that the refused try can be checked too.
+            tag = f"{name}-{index}" if attempt == 0 else f"{name}-{index}.{attempt}"
+            record = send_one(path, key, tag, timeout)
+            with out_lock:
+                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.flush()
+            if record["outcome"] not in ("refused", "rejected"):
+                break
             time.sleep(PAUSE_AFTER_REFUSAL_SEC)
 
 
