@@ -241,6 +241,8 @@ class Scheduler:
                                routing_key=state.routing_key, retry_in_sec=f"{wait:.1f}")
                     state.throttled_until = self.clock() + wait
                     return wait
+                if commits and self.store.writes_failing:
+                    commits[-1].exception()  # no sending ahead of the commits while they fail: wait for it
                 if any(commit.done() and commit.exception() is not None for commit in commits):
                     break  # a result could not be recorded: every event sent now would have to go again
                 delay, commit = self._attempt(state, event, deliverer)

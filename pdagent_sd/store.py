@@ -131,6 +131,7 @@ class Store:
         self.pending_count = 0
         self.commits = 0  # transactions committed: fewer than writes when group commit works
         self.damage: Optional[str] = None  # what SQLite said when a read or write met a damaged file
+        self.writes_failing = False  # the last transaction failed (disk full...): set until one commits
         self._ops: "queue.Queue[Optional[Tuple[WriteOp, Future]]]" = queue.Queue()
         self._local = threading.local()
         self._writer: Optional[threading.Thread] = None
@@ -268,6 +269,7 @@ class Store:
                 outcomes.append((future, result, None))
             conn.execute("COMMIT")
             self.commits += 1
+            self.writes_failing = False
         except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure, or every write hangs
             self.pending_count -= pending_delta
             try:
@@ -276,6 +278,7 @@ class Store:
                 pass
             logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
             self._noticed(exc)
+            self.writes_failing = True
             for _, future in batch:  # one exception each: they are raised in as many threads
                 future.set_exception(StorageError(
                     f"cannot write the queue at {self.path}: {exc}",
