@@ -204,9 +204,10 @@ class Store:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.path + suffix):
                 os.replace(self.path + suffix, target + suffix)
-        logger.critical("queue database %s is damaged (%s); moved aside to %s", self.path, reason, target)
         if self.on_corrupt is not None:
-            self.on_corrupt(target, reason)
+            self.on_corrupt(target, reason)  # the daemon's CORRUPT_QUEUE record: one critical entry, not two
+        else:
+            logger.critical("queue database %s is damaged (%s); moved aside to %s", self.path, reason, target)
 
     def _noticed(self, exc: BaseException) -> None:
         if self.damage is None and isinstance(exc, sqlite3.Error) and is_corruption(exc):
