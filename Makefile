@@ -22,6 +22,10 @@ venv: deps $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	./.ci/test-pythons.sh
+
+test-pythons: deps
+	./.ci/test-pythons.sh
 
 test-fast: venv
 	$(PY) -m pytest -ra -m "not system and not package and not slow" $(PYTEST_ARGS)
@@ -35,6 +39,10 @@ demo-local: venv
 bench: venv
 	$(PY) bench/run_all.py
 
+reliability: venv
+	RELIABILITY_FULL=1 $(PY) -m pytest -ra -m slow tests/reliability tests/robustness $(PYTEST_ARGS)
+	RELIABILITY_FULL=1 $(PY) -m pytest -ra tests/robustness/test_properties.py
+
 deb:
 	./packaging/build-deb.sh
 
@@ -42,4 +50,4 @@ rpm:
 	./packaging/build-rpm.sh
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache *.egg-info
+	rm -rf $(VENV) .venvs dist build .pytest_cache *.egg-info
