@@ -43,10 +43,10 @@ reliability: venv
 	RELIABILITY_FULL=1 $(PY) -m pytest -ra -m slow tests/reliability tests/robustness $(PYTEST_ARGS)
 	RELIABILITY_FULL=1 $(PY) -m pytest -ra tests/robustness/test_properties.py
 
-deb:
+deb: deps
 	./packaging/build-deb.sh
 
-rpm:
+rpm: deps
 	./packaging/build-rpm.sh
 
 clean:
