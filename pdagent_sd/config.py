@@ -94,7 +94,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("idle_exit_sec", parse_duration, 60.0,
             "A socket-activated daemon exits after this long with an empty queue and no client; 0 = never."),
     Setting("backoff_min_sec", parse_positive, 1.0, "Smallest delay before a retry."),
-    Setting("backoff_max_sec", parse_positive, 300.0, "Largest delay before a retry (exponential, full jitter)."),
+    Setting("backoff_max_sec", parse_positive, 300.0, "Largest delay before a retry (exponential, full jitter); also caps a Retry-After."),
     Setting("connect_timeout_sec", parse_positive, 5.0, "Time allowed to connect to the Events API."),
     Setting("request_timeout_sec", parse_positive, 15.0, "Time allowed for the Events API to answer."),
     Setting("delivery_workers", parse_count, 8, "Routing keys delivered in parallel."),
