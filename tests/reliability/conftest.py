@@ -3,35 +3,17 @@ $RELIABILITY_REPORT when it is set), so that docs/reliability.md can quote a ful
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Tuple
-
-import pytest
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-FIGURES: List[Tuple[str, Dict[str, Any]]] = []
+from figures import FigureLog  # noqa: E402  (tests/ is on sys.path through tests/conftest.py)
 
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Iterator[Dict[str, Any]]:
-    """A dict the test fills with what it measured; kept even when the test fails."""
-    found: Dict[str, Any] = {}
-    yield found
-    if found:
-        FIGURES.append((request.node.nodeid, found))
+FIGURES = FigureLog("reliability figures", "RELIABILITY_REPORT")
+figures = FIGURES.fixture()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("reliability figures")
-    for nodeid, found in FIGURES:
-        terminalreporter.write_line(f"{nodeid}: {json.dumps(found)}")
-    path = os.environ.get("RELIABILITY_REPORT")
-    if path:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(dict(FIGURES), handle, indent=2)
-        terminalreporter.write_line(f"figures written to {path}")
+    FIGURES.terminal_summary(terminalreporter)

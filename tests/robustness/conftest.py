@@ -7,35 +7,17 @@ Short forms run in `make test`; full forms are marked slow and run only with REL
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Tuple
-
-import pytest
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-ROBUSTNESS_FIGURES: List[Tuple[str, Dict[str, Any]]] = []
+from figures import FigureLog  # noqa: E402  (tests/ is on sys.path through tests/conftest.py)
 
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Iterator[Dict[str, Any]]:
-    """A dict the test fills with what it measured; kept even when the test fails."""
-    found: Dict[str, Any] = {}
-    yield found
-    if found:
-        ROBUSTNESS_FIGURES.append((request.node.nodeid, found))
+FIGURES = FigureLog("robustness figures", "ROBUSTNESS_REPORT")
+figures = FIGURES.fixture()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not ROBUSTNESS_FIGURES:
-        return
-    terminalreporter.section("robustness figures")
-    for nodeid, found in ROBUSTNESS_FIGURES:
-        terminalreporter.write_line(f"{nodeid}: {json.dumps(found)}")
-    path = os.environ.get("ROBUSTNESS_REPORT")
-    if path:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(dict(ROBUSTNESS_FIGURES), handle, indent=2)
-        terminalreporter.write_line(f"figures written to {path}")
+    FIGURES.terminal_summary(terminalreporter)
