@@ -11,7 +11,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 from pdagent_sd.errors import InvalidEvent
 
@@ -61,26 +61,6 @@ def mask(key: str) -> str:
     if len(key) < 12:
         return "*" * len(key)
     return f"{key[:4]}…{key[-4:]}"
-
-
-class RoutingKey:
-    """A routing key whose str() and repr() are masked, so no log line can leak one by accident."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __str__(self) -> str:
-        return mask(self.value)
-
-    __repr__ = __str__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RoutingKey) and other.value == self.value
-
-    def __hash__(self) -> int:
-        return hash(self.value)
 
 
 @dataclass(frozen=True)
@@ -291,8 +271,3 @@ def _images(body: Dict[str, Any]) -> None:
             raise InvalidEvent(f"images[{index}].src must be an https:// URL")
         _optional_text(image, "href", 2048, prefix=f"images[{index}].")
         _optional_text(image, "alt", MAX_SUMMARY, prefix=f"images[{index}].")
-
-
-def routing_key_of(api: Optional[str], body: Dict[str, Any]) -> str:
-    """The routing key of an event body whatever its API (v1 calls it service_key)."""
-    return str(body.get("service_key" if api == Api.V1.value else "routing_key", ""))

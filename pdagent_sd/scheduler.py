@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from pdagent_sd.config import Config
@@ -74,7 +74,6 @@ class Stats:
     delivered: int = 0
     attempts: int = 0
     in_flight: int = 0
-    busy_keys: List[str] = field(default_factory=list)
 
 
 class Scheduler:
@@ -315,12 +314,6 @@ class Scheduler:
                 "throttled_until": wall + state.throttled_until - now if state.throttled_until > now else None,
                 "backoff_until": wall + state.backoff_until - now if state.backoff_until > now else None,
             }
-
-    def held_keys(self) -> int:
-        with self.cond:
-            now = self.clock()
-            return sum(1 for state in self.keys.values()
-                       if state.throttled_until > now or state.backoff_until > now)
 
 
 def _wait_all(commits: List["Future[Any]"]) -> None:

@@ -426,12 +426,6 @@ class Store:
             "WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT ?", (routing_key, limit))
         return [QueuedEvent(*row) for row in rows]
 
-    def head(self, routing_key: str) -> Optional[QueuedEvent]:
-        """The oldest pending event of a key: the only one that may be sent next."""
-        events = self.oldest_pending(routing_key, 1)
-        return events[0] if events else None
-
-    @_read_op
     def pending_keys(self) -> List[str]:
         rows = self.reader().execute(
             "SELECT DISTINCT routing_key FROM events WHERE state = 'pending'").fetchall()

@@ -56,11 +56,11 @@ def test_marker_follows_pending_count(store) -> None:  # type: ignore[no-untyped
 
 def test_head_is_fifo_and_retry_keeps_the_place(store) -> None:  # type: ignore[no-untyped-def]
     first, second = store.enqueue(event("one")), store.enqueue(event("two"))
-    assert store.head(KEY).id == first
+    assert store.oldest_pending(KEY, 1)[0].id == first
     store.record_attempt(first, State.FAILED, "failed", 400, "bad").result()
-    assert store.head(KEY).id == second
+    assert store.oldest_pending(KEY, 1)[0].id == second
     assert store.retry_failed(KEY) == 1
-    assert store.head(KEY).id == first
+    assert store.oldest_pending(KEY, 1)[0].id == first
     assert store.pending_count == 2
 
 
