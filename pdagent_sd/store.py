@@ -99,6 +99,9 @@ class State(str, Enum):
     FAILED = "failed"
 
 
+STATE_NAMES = frozenset(state.value for state in State)
+
+
 @dataclass(frozen=True)
 class QueuedEvent:
     id: int
@@ -440,13 +443,17 @@ class Store:
         try:
             for key, state, count in conn.execute(
                     "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
+                if not isinstance(key, str) or state not in STATE_NAMES:
+                    continue  # a damaged page SQLite has not noticed yet: no row of ours looks like this
                 entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "oldest_pending": None})
                 entry[state] = count
             for key, entry in keys.items():
                 if entry["pending"]:  # one index seek per key, not a scan of every pending row
-                    entry["oldest_pending"] = conn.execute(
+                    row = conn.execute(
                         "SELECT created FROM events WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT 1",
-                        (key,)).fetchone()[0]
+                        (key,)).fetchone()
+                    created = row[0] if row else None
+                    entry["oldest_pending"] = created if isinstance(created, (int, float)) else None
         finally:
             conn.execute("COMMIT")
         return keys
