@@ -25,6 +25,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agentproc import read_line  # noqa: E402  (a script run by path: tests/ is put on sys.path above)
+
 PAUSE_AFTER_REFUSAL_SEC = 0.02  # the daemon is down: do not spin while it restarts
 
 
@@ -47,12 +51,7 @@ def send_one(path: str, key: str, tag: str, timeout: float) -> Dict[str, Any]:
             return record
         try:
             sock.sendall(line)
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = read_line(sock)
         except OSError as exc:
             record.update(outcome="in_doubt", error=type(exc).__name__)
             return record
