@@ -333,7 +333,9 @@ def parse_openmetrics(text: str) -> Dict[str, Dict[str, Any]]:
     return families
 
 
-def test_metrics_parse_and_carry_the_queue(agent, standin):
+def test_metrics_parse_and_carry_the_queue(make_agent, standin):
+    # a backoff far longer than the test, so the key is still held when metrics reads it after status did
+    agent = make_agent(PDAGENT_BACKOFF_MIN_SEC="60", PDAGENT_BACKOFF_MAX_SEC="120")
     send_many(agent, [trigger(KEY_A, "fine")])
     assert standin.wait_for(1, timeout=10)
     make_failed(agent, standin, KEY_B, 1)
