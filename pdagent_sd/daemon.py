@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import selectors
 import signal
 import socket
 import stat
@@ -20,10 +19,11 @@ from typing import List, Optional, Tuple
 
 from pdagent_sd import __version__, exitcodes, journal
 from pdagent_sd import config as config_module
-from pdagent_sd.errors import BadRequest, ConfigError, PdagentError
-from pdagent_sd.handlers import Handlers, peer_of
+from pdagent_sd.connections import ConnectionServer
+from pdagent_sd.errors import ConfigError, PdagentError
+from pdagent_sd.handlers import Handlers
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.protocol import MAX_LINE, decode_request, encode, error_reply, socket_path
+from pdagent_sd.protocol import socket_path
 from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import Store
 
@@ -121,10 +121,8 @@ class Daemon:
         self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn)
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
-        self.lock = threading.Lock()
-        self.connections = 0
+        self.server: Optional[ConnectionServer] = None  # while the main loop runs
         self.last_activity = time.monotonic()
-        self._wake_fd = -1  # the main loop's wake-up pipe while it runs
 
     # --- the main loop --------------------------------------------------------------------------------
 
@@ -135,7 +133,8 @@ class Daemon:
         report(Kind.STARTED, f"pdagentd {__version__} started: {self.store.pending_count} pending event(s), "
                f"delivering to {self.config.events_url}")
         self.notifier.notify("READY=1")
-        self._update_status()
+        self.handlers.in_background(self._update_status)
+        threading.Thread(target=_fqdn, name="fqdn", daemon=True).start()  # resolved before an event needs it
         try:
             self._serve()
         finally:
@@ -143,32 +142,17 @@ class Daemon:
         return exitcodes.IOERR if self.store.damage is not None else exitcodes.OK
 
     def _serve(self) -> None:
-        wake_read, wake_write = os.pipe()
-        self._wake_fd = wake_write
-        os.set_blocking(wake_write, False)
-        signal.set_wakeup_fd(wake_write)
+        server = self.server = ConnectionServer(self.listener, self.handlers,
+                                                max_connections=self.config.max_connections,
+                                                timeout=self.config.client_timeout_sec)
+        signal.set_wakeup_fd(server.wake_fd)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_requested.set())
-        self.listener.setblocking(False)
-        selector = selectors.DefaultSelector()
-        selector.register(wake_read, selectors.EVENT_READ)
-        listening = False
         watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
         next_watchdog = next_retention = next_status = time.monotonic()
         try:
             while not self.stop_requested.is_set():
-                wanted = self.connections < self.config.max_connections
-                if wanted != listening:
-                    if wanted:
-                        selector.register(self.listener, selectors.EVENT_READ)
-                    else:
-                        selector.unregister(self.listener)
-                    listening = wanted
-                for key, _ in selector.select(TICK_SEC):
-                    if key.fileobj is self.listener:
-                        self._accept()
-                    else:
-                        os.read(wake_read, 512)
+                server.poll(TICK_SEC)
                 now = time.monotonic()
                 if watchdog_every and self.config.watchdog and now >= next_watchdog and self._healthy():
                     self.notifier.notify("WATCHDOG=1")
@@ -178,7 +162,7 @@ class Daemon:
                     self._purge_expired()
                 if now >= next_status:
                     next_status = now + STATUS_EVERY_SEC
-                    self._update_status()
+                    self.handlers.in_background(self._update_status)
                 if self.store.damage is not None:
                     # Every read and write would fail from now on; at the next start (systemd restarts us on
                     # failure) quick_check moves the file aside and the agent goes on with a new queue.
@@ -189,13 +173,11 @@ class Daemon:
                     logger.info("idle for %ss with an empty queue: exiting (systemd keeps the socket)",
                                 self.config.idle_exit_sec)
                     break
+            server.stop_accepting()
+            server.drain(STOP_GRACE_SEC)
         finally:
             signal.set_wakeup_fd(-1)
-            selector.close()
-            os.close(wake_read)
-            with self.lock:  # no connection thread may write to the fd number once it is closed
-                self._wake_fd = -1
-                os.close(wake_write)
+            server.close()
 
     def _purge_expired(self) -> None:
         """Retention runs in the writer thread between commits; the main loop does not wait for it."""
@@ -207,8 +189,7 @@ class Daemon:
     def _idle_long_enough(self, now: float) -> bool:
         if not self.activated or self.config.idle_exit_sec <= 0:
             return False
-        with self.lock:
-            busy = self.connections > 0
+        busy = self.server is not None and self.server.busy()
         if busy or self.store.pending_count > 0 or not self.scheduler.idle():
             self.last_activity = now
             return False
@@ -238,101 +219,9 @@ class Daemon:
             except OSError:
                 pass
         self.scheduler.stop(STOP_GRACE_SEC)
+        self.handlers.close()
         self.store.close()
         report(Kind.STOPPED, f"pdagentd stopped: {self.store.pending_count} pending event(s) kept")
-
-    # --- connections ----------------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        with self.lock:
-            self.connections += 1
-            self.last_activity = time.monotonic()
-        threading.Thread(target=self._serve_connection, args=(conn,), name="client", daemon=True).start()
-
-    def _serve_connection(self, conn: socket.socket) -> None:
-        try:
-            conn.setblocking(True)
-            conn.settimeout(self.config.client_timeout_sec)
-            peer = peer_of(conn, os.geteuid())
-            reader = LineReader(conn, self.config.client_timeout_sec)
-            while not self.stop_requested.is_set():
-                line = reader.readline()
-                if not line:
-                    return
-                if len(line) > MAX_LINE:
-                    conn.sendall(encode(error_reply(BadRequest(
-                        f"request line longer than {MAX_LINE} bytes; closing the connection"))))
-                    return
-                if not line.strip():
-                    continue
-                conn.sendall(encode(self._reply(line, peer)))
-        except (OSError, ValueError):
-            pass  # the client went away or timed out: nothing to answer
-        finally:
-            conn.close()
-            with self.lock:
-                self.connections -= 1
-                self.last_activity = time.monotonic()
-                if self.connections == self.config.max_connections - 1:
-                    self._wake_main_loop()  # it stopped listening at the limit: waiting clients go on now
-
-    def _wake_main_loop(self) -> None:
-        """Called with self.lock held."""
-        if self._wake_fd < 0:
-            return
-        try:
-            os.write(self._wake_fd, b"\0")
-        except OSError:  # the pipe is full: the main loop wakes up anyway
-            pass
-
-    def _reply(self, line: bytes, peer) -> dict:  # type: ignore[no-untyped-def,type-arg]
-        try:
-            return self.handlers.handle(decode_request(line), peer)
-        except PdagentError as error:
-            return error_reply(error)
-        except Exception:  # noqa: BLE001 - a bug answers this request, it must not end the daemon
-            logger.exception("internal error while handling a request")
-            return {"ok": False, "code": "internal_error", "error": "internal error in pdagentd; see its journal"}
-
-
-class LineReader:
-    """Request lines from one client. Each line must arrive whole within `timeout` of the moment the daemon
-    starts waiting for it: a per-recv timeout alone would let a client that sends a byte now and then hold
-    its connection (and one of max_connections) for ever."""
-
-    def __init__(self, conn: socket.socket, timeout: float) -> None:
-        self.conn = conn
-        self.timeout = timeout
-        self.buffer = bytearray()
-
-    def readline(self) -> bytes:
-        """The next line with its newline; at most MAX_LINE + 1 bytes of a longer one (the caller refuses it);
-        what is left at the end of the stream, or b"" when nothing is. Raises socket.timeout."""
-        deadline = time.monotonic() + self.timeout
-        scanned = 0
-        while True:
-            end = self.buffer.find(b"\n", scanned)
-            if end >= 0 or len(self.buffer) > MAX_LINE:
-                size = end + 1 if end >= 0 else MAX_LINE + 1
-                line = bytes(self.buffer[:size])
-                del self.buffer[:size]
-                return line
-            scanned = len(self.buffer)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout("no complete request line in time")
-            self.conn.settimeout(remaining)
-            chunk = self.conn.recv(65536)
-            if not chunk:
-                line = bytes(self.buffer)
-                self.buffer.clear()
-                return line
-            self.buffer += chunk
-
 
 _FQDN: List[str] = []
 

@@ -1,4 +1,7 @@
-"""What each wire operation does, and who may do it. The daemon calls `handle` once per request line."""
+"""What each wire operation does, and who may do it. The connection loop calls `dispatch` once per request.
+
+A send is validated on the caller's thread and answered once the store's writer has committed it; every other
+op runs on this module's one thread, which keeps its SQLite reader (and page cache) for the daemon's life."""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ import os
 import socket
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, Union
 
 from pdagent_sd import __version__
 from pdagent_sd.errors import BadRequest, Forbidden
@@ -23,10 +26,17 @@ from pdagent_sd.store import State, Store
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 ADMIN_GROUP = "pdagent"
 MAX_LIST_LIMIT = 10000
 NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
+
+
+@dataclass(frozen=True)
+class Later:
+    """An answer still being worked on: the reply is `finish(future.result())`, made on the loop's thread."""
+
+    future: "Future[Any]"
+    finish: Callable[[Any], Message] = lambda reply: reply  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -71,32 +81,37 @@ class Handlers:
         self.scheduler = scheduler
         self.started = started
         self.default_source = default_source
-        # Each client connection has a short-lived thread; a query made there opens that thread's own SQLite
-        # connection and leaves it, page cache and all, to the thread's end (measured: +40 MB of RSS over 500
-        # `pd-queue status` calls on a 20,000-event queue). Queries for clients run on this one long-lived
-        # thread instead, which also keeps their page cache warm.
-        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="client-reads")
+        self._ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="client-ops")
 
-    def handle(self, message: Message, peer: Peer) -> Message:
+    def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
         op = message["op"]
         if op in ("show", "retry", "drop") and not peer.admin:
             raise Forbidden(f"'{op}' needs root, the service's user or membership of group {ADMIN_GROUP}",
                             hint=f"use sudo, or join group {ADMIN_GROUP}")
-        return getattr(self, "op_" + op)(message, peer)
+        if op == "send":
+            return self._send(message, peer)
+        return Later(self._ops.submit(getattr(self, "op_" + op), message, peer))
 
-    def _read(self, query: Callable[..., T], *args: Any) -> T:
-        return self._reads.submit(query, *args).result()
+    def in_background(self, work: Callable[[], Any]) -> "Future[Any]":
+        """Run `work` on the ops thread, where the queue's read queries belong."""
+        return self._ops.submit(work)
 
-    def op_send(self, message: Message, peer: Peer) -> Message:
+    def close(self) -> None:
+        self._ops.shutdown(wait=True)
+
+    def _send(self, message: Message, peer: Peer) -> Later:
         event = message.get("event")
         source = self.default_source() if isinstance(event, dict) and _needs_source(event) else ""
         event = validate(message.get("api", "v2"), event, default_source=source, owned=True)
-        event_id = self.store.enqueue(event)
-        self.scheduler.wake(event.routing_key)
-        report(Kind.ACCEPTED, f"accepted event {event_id} ({event.api.value} {event.action.value}) from uid {peer.uid}",
-               event_id=event_id, dedup_key=event.dedup_key, routing_key=event.routing_key,
-               action=event.action.value, api=event.api.value)
-        return {"ok": True, "id": event_id, "dedup_key": event.dedup_key}
+
+        def accepted(event_id: int) -> Message:
+            self.scheduler.wake(event.routing_key)
+            report(Kind.ACCEPTED, f"accepted event {event_id} ({event.api.value} {event.action.value}) "
+                   f"from uid {peer.uid}", event_id=event_id, dedup_key=event.dedup_key,
+                   routing_key=event.routing_key, action=event.action.value, api=event.api.value)
+            return {"ok": True, "id": event_id, "dedup_key": event.dedup_key}
+
+        return Later(self.store.enqueue_async(event), accepted)
 
     def op_status(self, message: Message, peer: Peer) -> Message:
         # redacted tells the client that keys are masked, so it can say how to see them whole
@@ -108,7 +123,7 @@ class Handlers:
         keys = []
         totals = {"pending": 0, "delivered": 0, "failed": 0}
         held_keys = 0
-        for key, counts in sorted(self._read(self.store.counts_by_key).items()):
+        for key, counts in sorted(self.store.counts_by_key().items()):
             # a key's backoff outlives its last pending event (dropped, say): only keys that wait count as held
             held = self.scheduler.key_status(key) if counts["pending"] else NOT_HELD
             held_keys += bool(held["throttled_until"] or held["backoff_until"])
@@ -123,7 +138,7 @@ class Handlers:
         damaged = [os.path.join(self.store.state_dir, name) for name in self.store.corrupt_files()]
         warnings = [f"the queue database was found damaged and moved aside to {path}; "
                     f"events in it were not delivered" for path in damaged]
-        return {"keys": keys, "totals": totals, "last_delivery": self._read(self.store.last_delivery),
+        return {"keys": keys, "totals": totals, "last_delivery": self.store.last_delivery(),
                 "throttled_keys": held_keys, "warnings": warnings, "damaged_files": damaged,
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3)}}
 
@@ -132,7 +147,7 @@ class Handlers:
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        rows = self._read(self.store.list_events, state, _optional_str(message, "routing_key"), limit)
+        rows = self.store.list_events(state, _optional_str(message, "routing_key"), limit)
         if not peer.admin:
             for row in rows:
                 row["routing_key"] = mask(row["routing_key"])
@@ -140,7 +155,7 @@ class Handlers:
         return {"ok": True, "events": rows, "redacted": not peer.admin}
 
     def op_show(self, message: Message, peer: Peer) -> Message:
-        return {"ok": True, "event": self._read(self.store.show, _event_id(message))}
+        return {"ok": True, "event": self.store.show(_event_id(message))}
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
         routing_key = _optional_str(message, "routing_key")
@@ -153,7 +168,7 @@ class Handlers:
             if routing_key is not None:
                 self.scheduler.wake(routing_key)
             else:
-                self._read(self.scheduler.flush)
+                self.scheduler.flush()
         return {"ok": True, "count": count}
 
     def op_drop(self, message: Message, peer: Peer) -> Message:
@@ -171,7 +186,7 @@ class Handlers:
         return {"ok": True, "count": count}
 
     def op_flush(self, message: Message, peer: Peer) -> Message:
-        return {"ok": True, "keys": self._read(self.scheduler.flush)}  # flush reads the pending keys
+        return {"ok": True, "keys": self.scheduler.flush()}  # flush reads the pending keys
 
     def op_metrics(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "text": render_metrics(self.status(None, reveal=False))}

@@ -1,4 +1,4 @@
-"""What the robustness tests share: the two run sizes, and reading a process's memory and threads."""
+"""What the robustness tests share: the two run sizes, and reading a process's memory, threads and clients."""
 
 from __future__ import annotations
 
@@ -30,3 +30,22 @@ def rss_mib(pid: int) -> float:
 
 def threads(pid: int) -> int:
     return int(proc_status(pid)["Threads"])
+
+
+def client_connections(pid: int, socket_path: str) -> int:
+    """Client connections the process holds open on its listening socket at `socket_path`: its socket fds
+    whose inode /proc/net/unix lists under that path (accepted sockets carry the listener's path), less the
+    listener itself."""
+    with open(f"/proc/{pid}/net/unix", encoding="utf-8") as handle:
+        next(handle)
+        inodes = {fields[6] for fields in (line.split() for line in handle)
+                  if len(fields) >= 8 and fields[7] == socket_path}
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held += 1
+    return max(0, held - 1)

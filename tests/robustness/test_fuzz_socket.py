@@ -22,7 +22,7 @@ from pdagent_sd.protocol import Client
 
 from agentproc import KEY_A, Agent, read_line, trigger
 from fuzzlib import KEY, MAX_LINE, Frame, FrameMaker, check_reply
-from robustlib import rss_mib, runs, threads
+from robustlib import client_connections, rss_mib, runs, threads
 
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20240501"))
 REPLY_TIMEOUT_SEC = 30.0
@@ -259,20 +259,47 @@ def test_half_closed_connections_get_answers_for_what_they_sent(agent: Agent, st
         sock.connect(agent.socket)
         sock.shutdown(socket.SHUT_WR)
         assert _read_all(sock) == b""
-    # clients that vanish mid-line or without reading their replies
-    baseline = _settled_threads(agent.pid)
+    # clients that vanish mid-line or without reading their replies: their connections are all closed
     for data in (b'{"op":"sta', status * 200, b"x" * 100000):
         for _ in range(20):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(agent.socket)
             sock.sendall(data)
             sock.close()
-    assert agent.wait_until(lambda: threads(agent.pid) <= baseline, timeout=10), threads(agent.pid)
+    assert agent.wait_until(lambda: client_connections(agent.pid, agent.socket) == 0, timeout=10), \
+        client_connections(agent.pid, agent.socket)
     _assert_daemon_healthy(agent, standin, "after half-closed connections")
 
 
+@pytest.mark.integration
+def test_a_client_that_sends_ahead_gets_every_reply_in_order_and_one_that_never_reads_is_let_go(
+        make_agent: Any) -> None:
+    timeout = 1.0
+    agent = make_agent(PDAGENT_CLIENT_TIMEOUT_SEC=str(timeout))
+    count = 3000  # some 1.5 MB of replies: far more than a socket buffer holds while nobody reads
+    requests = b"".join(b'{"op":"show","id":%d}\n' % (n + 1) if n % 2 else b'{"op":"status"}\n'
+                        for n in range(count))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(agent.socket)
+        sender = _send_in_background(sock, requests)
+        time.sleep(0.5)  # replies pile up unread meanwhile, within the daemon's patience
+        with sock.makefile("rb") as stream:
+            replies = [json.loads(stream.readline()) for _ in range(count)]
+        sender.join(20)
+    assert all(reply["ok"] for reply in replies[::2])
+    assert all(reply["code"] == "not_found" for reply in replies[1::2]), replies[1]
+    # a client that asks for much and reads nothing is closed once its reply has waited client_timeout_sec
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.socket)
+        sender = _send_in_background(sock, b'{"op":"status"}\n' * count)
+        assert agent.wait_until(lambda: client_connections(agent.pid, agent.socket) == 0, timeout=10)
+        sender.join(10)
+    assert agent.status()["ok"]
+
+
 def _settled_threads(pid: int) -> int:
-    """The daemon's thread count once the connection threads of earlier clients have ended."""
+    """The daemon's thread count once short-lived threads (the start-up FQDN lookup) have ended."""
     counts = []
     for _ in range(10):
         counts.append(threads(pid))
@@ -351,7 +378,7 @@ def test_connections_beyond_max_connections_wait_and_none_harms_the_daemon(make_
         sock.connect(agent.socket)
         idle.append(sock)
         time.sleep(0.05)
-    assert agent.wait_until(lambda: threads(agent.pid) >= baseline + limit, timeout=5)
+    assert agent.wait_until(lambda: client_connections(agent.pid, agent.socket) == limit, timeout=5)
     waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     waiting.settimeout(1.5)
     waiting.connect(agent.socket)  # in the listen backlog: connected, not yet accepted
@@ -365,10 +392,12 @@ def test_connections_beyond_max_connections_wait_and_none_harms_the_daemon(make_
     for sock in idle:
         sock.close()
 
-    # a crowd: 300 clients at once, each one request; all answered, threads never beyond the limit. With
-    # listen(128) and max_connections 4, a third of them found the backlog full and failed with EAGAIN.
+    # a crowd: 300 clients at once, each one request; all answered, connections never beyond the limit and
+    # no thread per client. With listen(128) and max_connections 4, a third of them once found the backlog
+    # full and failed with EAGAIN.
     replies: List[Any] = []
     peak = [0]
+    peak_threads = [0]
     lock = threading.Lock()
 
     def client() -> None:  # the client pd-send uses, which must wait for a busy daemon, not give up
@@ -382,7 +411,8 @@ def test_connections_beyond_max_connections_wait_and_none_harms_the_daemon(make_
 
     def watch() -> None:
         while len(replies) < 300:
-            peak[0] = max(peak[0], threads(agent.pid))
+            peak[0] = max(peak[0], client_connections(agent.pid, agent.socket))
+            peak_threads[0] = max(peak_threads[0], threads(agent.pid))
             time.sleep(0.005)
 
     started = time.monotonic()
@@ -395,9 +425,10 @@ def test_connections_beyond_max_connections_wait_and_none_harms_the_daemon(make_
         thread.join()
     watcher.join()
     figures.update(max_connections=limit, crowd=300, crowd_seconds=round(time.monotonic() - started, 2),
-                   baseline_threads=baseline, peak_threads=peak[0])
+                   peak_connections=peak[0], baseline_threads=baseline, peak_threads=peak_threads[0])
     assert all(isinstance(r, dict) and r["ok"] for r in replies), [r for r in replies if not isinstance(r, dict)]
-    assert peak[0] <= baseline + limit + 1  # +1: the status line's query on the reads thread, if not yet up
+    assert peak[0] <= limit
+    assert peak_threads[0] <= baseline + 1  # +1: a thread of the daemon's pools not yet started at baseline
     _assert_daemon_healthy(agent, standin, "after the crowd")
 
 
