@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any, Dict, Iterable, List
 
 from pdagent_sd.errors import InvalidEvent
+from pdagent_sd.protocol import dumps
 
 MAX_BODY_BYTES = 512 * 1024
 MAX_SUMMARY = 1024
@@ -104,7 +105,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
     else:
         event = _validate_change(body, default_source)
     try:
-        text = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = dumps(event.body)
     except ValueError:
         raise InvalidEvent("event contains a number JSON cannot carry (NaN or Infinity)") from None
     try:

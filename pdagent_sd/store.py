@@ -135,7 +135,7 @@ class Store:
         self.commits = 0  # transactions committed: fewer than writes when group commit works
         self.damage: Optional[str] = None  # what SQLite said when a read or write met a damaged file
         self.writes_failing = False  # the last transaction failed (disk full...): set until one commits
-        self._ops: "queue.Queue[Optional[Tuple[WriteOp, Future]]]" = queue.Queue()
+        self._ops: "queue.SimpleQueue[Optional[Tuple[WriteOp, Future]]]" = queue.SimpleQueue()
         self._local = threading.local()
         self._writer: Optional[threading.Thread] = None
         self._write_conn: Optional[sqlite3.Connection] = None
