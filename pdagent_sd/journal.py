@@ -124,8 +124,8 @@ def setup(debug: bool = False, use_journal: Optional[bool] = None) -> str:
         handler = logging.StreamHandler(sys.stderr)
     if backend == "stderr":
         handler.setFormatter(StderrFormatter())
-    # Threads hand records to a queue and one listener thread writes them: delivery workers and client threads
-    # spent a fifth of their time waiting for the handler's lock around each write (measured with py-spy).
+    # Threads hand records to a queue and one listener thread writes them: delivery workers and (then) client
+    # threads spent a fifth of their time waiting for the handler's lock around each write (measured, py-spy).
     records: "queue.SimpleQueue[logging.LogRecord]" = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, handler)
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False  # no back end shows them
