@@ -283,13 +283,14 @@ class ConnectionServer:
             self.next_expiry = conn.deadline
 
     def _watch(self, conn: Connection) -> None:
-        """Watch for what the connection waits for: room to write its reply, or its next line (not while a
-        request is handled, or a client that sends ahead would wake the loop for nothing)."""
+        """Watch for what the connection waits for: room to write its reply, or more of its lines. Reading
+        goes on while a request is handled (the usual client sends nothing meanwhile, and this spares two
+        epoll_ctl calls a request), up to one line ahead."""
         if conn.sock.fileno() < 0:
             return
         if conn.outbox:
             wanted = selectors.EVENT_WRITE
-        elif conn.busy or conn.ended:
+        elif conn.ended or len(conn.inbox) > MAX_LINE:
             wanted = 0
         else:
             wanted = selectors.EVENT_READ

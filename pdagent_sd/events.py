@@ -5,13 +5,13 @@ The daemon validates every event here before it is queued; the clients build bod
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import re
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Tuple
 
 from pdagent_sd.errors import InvalidEvent
 from pdagent_sd.protocol import dumps
@@ -115,7 +115,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
                            "\\ud800)") from None
     if size > MAX_BODY_BYTES:
         raise InvalidEvent(f"event is {size} bytes; the Events API accepts at most {MAX_BODY_BYTES}")
-    return dataclasses.replace(event, text=text)
+    return Event(event.api, event.body, event.routing_key, event.action, event.dedup_key, text)
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
@@ -125,10 +125,12 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children: Iterable[Any] = item.values() if isinstance(item, dict) else item
         if depth > limit:
             raise InvalidEvent(f"event is nested more than {limit} levels deep")
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        children: Iterable[Any] = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
 
 
 def _validate_v2(body: Dict[str, Any], default_source: str) -> Event:
@@ -210,9 +212,14 @@ def _action(body: Dict[str, Any], field: str) -> Action:
 
 def _choice(body: Dict[str, Any], field: str, choices: Any, prefix: str = "") -> None:
     value = body.get(field)
-    allowed = [choice.value for choice in choices]
+    allowed = _values(choices)
     if value not in allowed:
         raise InvalidEvent(f"{prefix}{field} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+@functools.lru_cache(maxsize=None)
+def _values(choices: Any) -> Tuple[str, ...]:
+    return tuple(choice.value for choice in choices)
 
 
 def _text(body: Dict[str, Any], field: str, limit: int, prefix: str = "") -> str:
