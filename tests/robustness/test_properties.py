@@ -21,7 +21,7 @@ import os
 from typing import Any, Dict, List, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pdagent_sd import events
@@ -215,12 +215,18 @@ def _same(a: Any, b: Any) -> bool:
 
 @PROFILE
 @given(st.sampled_from(["v2", "change"]), text, text)
+@example("v2", "trigger", "\ud800\udc00")  # a surrogate pair: JSON's escape for U+10000, so a valid source
+@example("v2", "trigger", "\udc00\ud800")  # the same two the wrong way round: unpaired, so invalid
 def test_a_trigger_is_accepted_exactly_when_its_texts_are_within_limits(api: str, summary: str,
                                                                          source: str) -> None:
     body: Dict[str, Any] = {"routing_key": KEY, "payload": {"summary": summary, "source": source}}
     if api == "v2":
         body.update(event_action="trigger")
         body["payload"]["severity"] = "info"
+    # validate reads a caller's body through JSON, as the daemon reads the wire: a high surrogate followed by a
+    # low one is JSON's escape for one character beyond U+FFFF, not an unpaired surrogate. The limits apply to
+    # the text as JSON reads it.
+    summary, source = json.loads(json.dumps(summary)), json.loads(json.dumps(source))
     # v2 needs a source: an empty one is filled in with this host's name, a blank one is refused.
     within = (summary.strip() != "" and len(summary) <= events.MAX_SUMMARY and len(source) <= events.MAX_SUMMARY
               and (api == "change" or source == "" or source.strip() != "")
