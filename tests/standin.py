@@ -663,6 +663,12 @@ class StandIn:
 
     def _note_request(self, request: RequestRecord, event: Optional[EventRecord] = None) -> None:
         with self._changed:
+            # Stamped again under the lock: a time taken before it could be overtaken by another connection's
+            # record, and the lists must be in arrival order with times that never go backwards.
+            now = time.monotonic()
+            request = dataclasses.replace(request, time=now)
+            if event is not None:
+                event = dataclasses.replace(event, time=now, wall_time=time.time())
             self._requests.append(request)
             if event is not None:
                 self._events.append(event)
