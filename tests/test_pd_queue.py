@@ -79,6 +79,8 @@ def test_status_prints_the_seed_table_with_totals(agent, standin):
 def test_status_for_one_key_and_for_an_unknown_key(agent, standin):
     send_many(agent, [trigger(KEY_A, "one"), trigger(KEY_B, "two")])
     assert standin.wait_for(2, timeout=10)
+    # the stand-in has the events before the daemon has their answers, and it commits them after that
+    assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 2), agent.status()
     lines = ok(pd_queue(agent, "status", "-k", KEY_B)).splitlines()
     assert lines[:2] == [HEADER, f"{KEY_B:<35} {0:>9} {1:>9} {0:>9}"]
     assert not any(line.startswith((KEY_A, "Total")) for line in lines)
@@ -176,6 +178,7 @@ def test_retried_events_keep_their_place_in_their_keys_order(agent, standin):
 def test_list_table_filters_and_json(agent, standin):
     send_many(agent, [trigger(KEY_A, "delivered one", dedup_key="srv01/disk")])
     assert standin.wait_for(1, timeout=10)
+    assert agent.wait_until(lambda: _count(agent, KEY_A, "delivered") == 1)  # committed, not only sent
     make_failed(agent, standin, KEY_B, 1)
     lines = ok(pd_queue(agent, "list")).splitlines()
     assert lines[0].split() == ["ID", "STATE", "ROUTING", "KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "DEDUP", "KEY",
@@ -364,6 +367,7 @@ def test_metrics_parse_with_prometheus_client(agent, standin):
                                  reason="prometheus_client is not installed; the strict parser above still runs")
     send_many(agent, [trigger(KEY_A, "fine")])
     assert standin.wait_for(1, timeout=10)
+    assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 1)  # committed, not only sent
     text = ok(pd_queue(agent, "metrics"))
     from prometheus_client.parser import text_string_to_metric_families as classic_parser
 
