@@ -219,8 +219,14 @@ def test_an_untrusted_certificate_fails_delivery_and_the_event_waits(tmp_path: A
         assert agent.wait_until(lambda: "certificate verify failed" in agent.log().lower(), timeout=15), agent.log()
         assert "TLS error" in agent.log()
         assert tls_standin.received() == []
-        shown = agent.request({"op": "show", "id": reply["id"]})["event"]
-        assert shown["state"] == "pending" and shown["attempts"] >= 1 and "TLS" in shown["last_error"]
+
+        def shown() -> Dict[str, Any]:
+            return agent.request({"op": "show", "id": reply["id"]})["event"]
+
+        # the deferral is logged while its attempt is still being committed: wait for the queue to have it
+        assert agent.wait_until(lambda: shown()["attempts"] >= 1), shown()
+        event = shown()
+        assert event["state"] == "pending" and "TLS" in event["last_error"]
     finally:
         agent.stop()
     # the same queue with the test CA as ca_bundle: the waiting event goes out
