@@ -96,15 +96,20 @@ def test_damaged_queue_is_moved_aside_loudly_and_the_agent_goes_on(damage, make_
     with open(os.path.join(agent.state_dir, aside[0]), "rb") as handle:
         assert handle.read() == damaged_bytes  # kept as it was, for an operator to look at
     assert quick_check(agent.state_dir) == "ok"
-    critical = [line for line in agent.log().splitlines() if line.startswith("pdagentd: critical: ")]
-    assert any("queue database damaged" in line and aside[0] in line for line in critical), agent.log()[-2000:]
+
+    def critical() -> List[str]:
+        return [line for line in agent.log().splitlines() if line.startswith("pdagentd: critical: ")]
+
+    # the record is written by the daemon's log thread, which need not have done so when start() returns
+    assert agent.wait_until(lambda: any("queue database damaged" in line and aside[0] in line
+                                        for line in critical())), agent.log()[-2000:]
     status = agent.status()
     assert status["warnings"] and aside[0] in status["warnings"][0]
     assert status["damaged_files"] == [os.path.join(agent.state_dir, aside[0])]
     assert_agent_works(agent, standin, ["after-0", "after-1"])
     salvaged = sorted({e.body["dedup_key"] for e in standin.events} - {"after-0", "after-1"})
     figures.update(damage=damage, pending_in_damaged_file=300, delivered_from_it=len(salvaged),
-                   reason=critical[0][:160])
+                   reason=critical()[0][:160])
     assert agent.status()["warnings"]  # the warning stays until an operator removes the file
 
 
