@@ -124,7 +124,9 @@ def test_refused_then_500_then_429_backs_off_within_bounds_and_delivers_in_order
         ceiling = phase / floor + 2  # no hot loop: every wait is at least the floor
         at_least = phase / (high + GAP_TOLERANCE_SEC) - 1  # kept trying all along: no wait beyond the cap
         assert all(at_least <= count <= ceiling for count in per_key), (name, per_key, at_least, ceiling)
-    assert min(gaps_after_failure) >= low * 0.95
+    # attempt times are taken a moment after each attempt, so a busy machine can shorten a gap by a few tens of
+    # milliseconds; a hot loop would show gaps near zero
+    assert min(gaps_after_failure) >= low * 0.8
     assert max(gaps_after_failure) <= high + GAP_TOLERANCE_SEC
 
 
