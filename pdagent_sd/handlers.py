@@ -22,7 +22,7 @@ from pdagent_sd.journal import Kind, report
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import Message
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import State, Store
+from pdagent_sd.store import Commit, State, Store
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,18 @@ MAX_LIST_LIMIT = 10000
 NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
 
 
-@dataclass(frozen=True)
+def _as_is(reply: Any) -> Message:
+    return reply  # type: ignore[no-any-return]
+
+
 class Later:
     """An answer still being worked on: the reply is `finish(future.result())`, made on the loop's thread."""
 
-    future: "Future[Any]"
-    finish: Callable[[Any], Message] = lambda reply: reply  # type: ignore[no-any-return]
+    __slots__ = ("future", "finish")
+
+    def __init__(self, future: "Union[Future[Any], Commit]", finish: Callable[[Any], Message] = _as_is) -> None:
+        self.future = future
+        self.finish = finish
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,15 @@ import random
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, mask
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.store import QueuedEvent, State, Store
+from pdagent_sd.store import Commit, QueuedEvent, State, Store
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +224,7 @@ class Scheduler:
         key are always a suffix of what was sent, and re-sending them keeps the order.
         """
         events = self.store.oldest_pending(state.routing_key, BATCH_PER_TURN)
-        commits: List["Future[Any]"] = []
+        commits: List[Commit] = []
         try:
             for event in events:
                 if self.stopping:
@@ -256,7 +255,7 @@ class Scheduler:
         return None
 
     def _attempt(self, state: KeyState, event: QueuedEvent,
-                 deliverer: Deliverer) -> Tuple[Optional[float], "Future[Any]"]:
+                 deliverer: Deliverer) -> Tuple[Optional[float], Commit]:
         with self.cond:
             self.stats.in_flight += 1
         try:
@@ -286,7 +285,7 @@ class Scheduler:
         return self.config.max_attempts > 0 and attempt >= self.config.max_attempts
 
     def _defer(self, state: KeyState, event: QueuedEvent, result: Result,
-               fields: Dict[str, object]) -> Tuple[float, "Future[Any]"]:
+               fields: Dict[str, object]) -> Tuple[float, Commit]:
         state.failures += 1
         low, high = self.config.backoff_min_sec, self.config.backoff_max_sec
         delay = backoff_delay(state.failures, low, high, self.rng)
@@ -316,7 +315,7 @@ class Scheduler:
             }
 
 
-def _wait_all(commits: List["Future[Any]"]) -> None:
+def _wait_all(commits: List[Commit]) -> None:
     """Wait for every commit of a turn, then raise the first failure: a key is released only once all its
     results are settled one way or the other."""
     failure: Optional[BaseException] = None
