@@ -79,6 +79,9 @@ class Event:
         return self.text or json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
 
 
+Identity = Tuple[str, Action, str]  # routing key, action, dedup key: what the queue indexes an event by
+
+
 def new_dedup_key() -> str:
     return uuid.uuid4().hex
 
@@ -99,13 +102,13 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
     if not owned:
         body = json.loads(json.dumps(body))
     if api is Api.V2:
-        event = _validate_v2(body, default_source)
+        routing_key, action, dedup_key = _validate_v2(body, default_source)
     elif api is Api.V1:
-        event = _validate_v1(body)
+        routing_key, action, dedup_key = _validate_v1(body)
     else:
-        event = _validate_change(body, default_source)
+        routing_key, action, dedup_key = _validate_change(body, default_source)
     try:
-        text = dumps(event.body)
+        text = dumps(body)
     except ValueError:
         raise InvalidEvent("event contains a number JSON cannot carry (NaN or Infinity)") from None
     try:
@@ -115,7 +118,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
                            "\\ud800)") from None
     if size > MAX_BODY_BYTES:
         raise InvalidEvent(f"event is {size} bytes; the Events API accepts at most {MAX_BODY_BYTES}")
-    return Event(event.api, event.body, event.routing_key, event.action, event.dedup_key, text)
+    return Event(api, body, routing_key, action, dedup_key, text)
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
@@ -133,7 +136,7 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
                 stack.append((child, depth + 1))
 
 
-def _validate_v2(body: Dict[str, Any], default_source: str) -> Event:
+def _validate_v2(body: Dict[str, Any], default_source: str) -> Identity:
     routing_key = _routing_key(body, "routing_key")
     action = _action(body, "event_action")
     dedup_key = _optional_text(body, "dedup_key", MAX_DEDUP_KEY)
@@ -155,10 +158,10 @@ def _validate_v2(body: Dict[str, Any], default_source: str) -> Event:
     _optional_text(body, "client_url", MAX_SUMMARY)
     _links(body)
     _images(body)
-    return Event(Api.V2, body, routing_key, action, dedup_key)
+    return routing_key, action, dedup_key
 
 
-def _validate_v1(body: Dict[str, Any]) -> Event:
+def _validate_v1(body: Dict[str, Any]) -> Identity:
     routing_key = _routing_key(body, "service_key")
     action = _action(body, "event_type")
     dedup_key = _optional_text(body, "incident_key", MAX_DEDUP_KEY)
@@ -177,10 +180,10 @@ def _validate_v1(body: Dict[str, Any]) -> Event:
         for index, context in enumerate(_list_of_objects(body, "contexts")):
             if context.get("type") not in ("link", "image"):
                 raise InvalidEvent(f"contexts[{index}].type must be link or image")
-    return Event(Api.V1, body, routing_key, action, dedup_key)
+    return routing_key, action, dedup_key
 
 
-def _validate_change(body: Dict[str, Any], default_source: str) -> Event:
+def _validate_change(body: Dict[str, Any], default_source: str) -> Identity:
     routing_key = _routing_key(body, "routing_key")
     payload = _object(body, "payload", required=True)
     _text(payload, "summary", MAX_SUMMARY, prefix="payload.")
@@ -189,7 +192,7 @@ def _validate_change(body: Dict[str, Any], default_source: str) -> Event:
     _optional_text(payload, "source", MAX_SUMMARY, prefix="payload.")
     _timestamp(payload, "payload.")
     _links(body)
-    return Event(Api.CHANGE, body, routing_key, Action.CHANGE, "")
+    return routing_key, Action.CHANGE, ""
 
 
 def _routing_key(body: Dict[str, Any], field: str) -> str:
