@@ -235,15 +235,22 @@ class ConnectionServer:
             pass
 
     def _finish_done(self) -> None:
-        self._wake_pending = False  # before the deque is read: work finished from now on wakes the loop again
-        while self._done:
-            conn, later = self._done.popleft()
-            reply = self._outcome(later)
-            conn.busy = False
-            if conn.sock.fileno() >= 0:
-                self._reply(conn, reply)
+        while True:
+            while self._done:
+                conn, later = self._done.popleft()
+                reply = self._outcome(later)
+                conn.busy = False
                 if conn.sock.fileno() >= 0:
-                    self._advance(conn)
+                    self._reply(conn, reply)
+                    if conn.sock.fileno() >= 0:
+                        self._advance(conn)
+            # Cleared only once the deque is empty: the writer finishes a whole batch of sends together, and
+            # a wake-up (a write to the pipe, a return from the selector) for each of them cost more than the
+            # rest of accepting an event. Work finished before this line was appended without waking the loop;
+            # the check below picks it up.
+            self._wake_pending = False
+            if not self._done:
+                return
 
     @staticmethod
     def _outcome(later: Later) -> Message:
