@@ -19,7 +19,7 @@ from benchlib import ROOT, line, median
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
 
-from bootedsystemd import BootedSystemd, skip_reason, wait_until  # noqa: E402
+from bootedsystemd import BootedSystemd, skip_reason  # noqa: E402
 from standin import StandIn  # noqa: E402
 
 KEY = "c0ldstart" + "0" * 23
@@ -64,7 +64,8 @@ def main() -> int:
         machine.systemctl("restart", "pdagent.service")
         send_and_time(machine, api, 2000)
         started = time.monotonic()
-        wait_until(lambda: not machine.is_active("pdagent.service"), 30, "idle exit")
+        # inactive, not merely no longer active: while deactivating, the process is still finishing its exit
+        machine.wait_for_state("pdagent.service", "inactive")
         idle_after = time.monotonic() - started
         left = machine.agent_pids()
         line("pdagentd exited after delivery (idle_exit_sec=3)", f"{idle_after:.1f} s")
