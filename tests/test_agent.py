@@ -140,6 +140,29 @@ def test_invalid_event_names_the_field_and_exits_65(agent):
     assert result.returncode == 65 and "dedup_key" in result.stderr
 
 
+def test_a_description_too_long_for_a_summary_is_cut_and_sent_whole_in_the_details(agent, standin):
+    text = "disk full on /var: " + "x" * 1500
+    v2 = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", text, "-i", "long-v2", "-f", "disk=/var")
+    v1 = agent.pd_send("--api", "v1", "-k", KEY_B, "-t", "trigger", "-d", text, "-i", "long-v1")
+    own = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", text, "-i", "long-own", "-f", "description=mine")
+    for result in (v2, v1, own):
+        assert result.returncode == 0, result.stderr
+        assert f"the description is {len(text)} characters" in result.stderr
+    assert "sent as custom_details.description" in v2.stderr
+    assert "sent as details.description" in v1.stderr
+    assert "is your -f description" in own.stderr
+    assert standin.wait_for(3, timeout=10), agent.log()
+    bodies = {body["dedup_key" if "dedup_key" in body else "incident_key"]: body
+              for body in standin.bodies(KEY_A) + standin.bodies(KEY_B)}
+    summary = bodies["long-v2"]["payload"]["summary"]
+    assert len(summary) == 1024 and summary.endswith("…") and text.startswith(summary[:-1])
+    assert bodies["long-v2"]["payload"]["custom_details"] == {"disk": "/var", "description": text}
+    assert len(bodies["long-v1"]["description"]) == 1024 and bodies["long-v1"]["details"] == {"description": text}
+    assert bodies["long-own"]["payload"]["custom_details"] == {"description": "mine"}
+    short = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "x" * 1024, "-i", "just-fits")
+    assert short.returncode == 0 and short.stderr == ""
+
+
 def test_pd_send_without_an_agent_exits_69_and_names_the_socket(tmp_path):
     missing = str(tmp_path / "nobody-home.sock")
     env = base_env(PDAGENT_SOCKET=missing)

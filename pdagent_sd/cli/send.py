@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional
 
 DESCRIPTION = "Queue up a trigger, acknowledge or resolve event to PagerDuty."
+# PagerDuty's limit on a summary (a v1 description); the daemon refuses longer ones. A long description is
+# cut to it here, and sent whole among the details, rather than have the page refused. Written here, not
+# imported from pdagent_sd.events, which would bring json, re and uuid onto every alert's path.
+MAX_SUMMARY = 1024
+ELLIPSIS = "…"
 EPILOG = """\
 SERVICE_KEY is the Integration Key shown on the service's Integrations tab in PagerDuty.
 The event is committed to the local agent's durable queue before this command returns; the agent
 delivers it, retrying as long as needed. A trigger without -i gets a dedup key from the agent,
 printed so that the same incident can be acknowledged or resolved later.
+
+A description longer than PagerDuty's 1024 characters is cut to them (ending in "…") and sent whole
+as the custom detail "description" (v1: in details), with a warning on stderr.
 
 exit status: 0 queued; 2 usage error; 65 event rejected as invalid; 69 agent unreachable;
 75 temporary refusal (queue full, storage error), try again.
@@ -83,19 +91,27 @@ def _drop_empty(mapping: Dict[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in mapping.items() if value not in (None, "", [], {})}
 
 
+def description_too_long(args: Args) -> bool:
+    return bool(args.description) and len(args.description) > MAX_SUMMARY
+
+
 def build_event(args: Args) -> Dict[str, Any]:
     details = parse_pairs(args.field, "-f/--field")
+    summary = args.description
+    if description_too_long(args):
+        details.setdefault("description", summary)  # a -f description=... of the caller's own wins
+        summary = summary[: MAX_SUMMARY - len(ELLIPSIS)] + ELLIPSIS
     if args.change:
         return _drop_empty({
             "routing_key": args.key,
-            "payload": _drop_empty({"summary": args.description, "source": args.source,
+            "payload": _drop_empty({"summary": summary, "source": args.source,
                                     "timestamp": args.timestamp, "custom_details": details}),
             "links": _links(args.link),
         })
     if args.api == "v1":
         return _drop_empty({
             "service_key": args.key, "event_type": args.event_type, "incident_key": args.incident_key,
-            "description": args.description, "details": details, "client": args.client,
+            "description": summary, "details": details, "client": args.client,
             "client_url": args.client_url,
             "contexts": [dict(link, type="link") for link in _links(args.link)]
             + [dict(image, type="image") for image in _images(args.image)],
@@ -107,7 +123,7 @@ def build_event(args: Args) -> Dict[str, Any]:
     }
     if args.event_type == "trigger":
         event["payload"] = _drop_empty({
-            "summary": args.description, "source": args.source, "severity": args.severity,
+            "summary": summary, "source": args.source, "severity": args.severity,
             "timestamp": args.timestamp, "component": args.component, "group": args.group,
             "class": args.class_, "custom_details": details,
         })
@@ -125,6 +141,13 @@ def _main(argv: List[str]) -> int:
     except UsageError as error:
         return usage_error(COMMAND, error.message)
     api = "change" if args.change else (args.api or "v2")
+    if description_too_long(args) and (api != "v2" or args.event_type == "trigger"):
+        where = ("details" if api == "v1" else "custom_details") + ".description"
+        own = any(pair.partition("=")[0] == "description" for pair in args.field or ())
+        sys.stderr.write(f"pd-send: warning: the description is {len(args.description)} characters and "
+                         f"PagerDuty shows at most {MAX_SUMMARY}: the summary is cut to them"
+                         + (f" ({where} is your -f description)\n" if own
+                            else f", and the whole text is sent as {where}\n"))
     return send_event(api, event, socket_path=args.socket, quiet=args.quiet)
 
 
