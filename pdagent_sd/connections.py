@@ -24,7 +24,7 @@ import time
 from typing import Deque, Dict, Optional, Tuple, Union
 
 from pdagent_sd.errors import BadRequest, PdagentError
-from pdagent_sd.handlers import Handlers, Later, Peer, peer_of
+from pdagent_sd.handlers import Dispatcher, Later, Peer, peer_of
 from pdagent_sd.protocol import MAX_LINE, Message, decode_request, encode, error_reply
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Connection:
 
 
 class ConnectionServer:
-    def __init__(self, listener: socket.socket, handlers: Handlers, *, max_connections: int,
+    def __init__(self, listener: socket.socket, handlers: Dispatcher, *, max_connections: int,
                  timeout: float) -> None:
         self.listener = listener
         self.handlers = handlers

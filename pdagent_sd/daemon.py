@@ -20,8 +20,8 @@ from typing import List, Optional, Tuple
 from pdagent_sd import __version__, exitcodes, journal
 from pdagent_sd import config as config_module
 from pdagent_sd.connections import ConnectionServer
-from pdagent_sd.errors import ConfigError, PdagentError
-from pdagent_sd.handlers import Handlers
+from pdagent_sd.errors import ConfigError, PdagentError, StorageError
+from pdagent_sd.handlers import Handlers, Unavailable
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.protocol import socket_path
 from pdagent_sd.scheduler import Scheduler
@@ -34,6 +34,7 @@ TICK_SEC = 1.0
 RETENTION_EVERY_SEC = 3600.0
 STATUS_EVERY_SEC = 2.0
 STOP_GRACE_SEC = 5.0
+OPEN_RETRY_SEC = 5
 
 
 class Notifier:
@@ -123,61 +124,105 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.server: Optional[ConnectionServer] = None  # while the main loop runs
         self.last_activity = time.monotonic()
+        self.watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
+        self.next_watchdog = 0.0
+        self.queue_open = False
 
     # --- the main loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.store.open()
-        self.scheduler.start()
-        self._purge_expired()
-        report(Kind.STARTED, f"pdagentd {__version__} started: {self.store.pending_count} pending event(s), "
-               f"delivering to {self.config.events_url}")
-        self.notifier.notify("READY=1")
-        self.handlers.in_background(self._update_status)
-        threading.Thread(target=_fqdn, name="fqdn", daemon=True).start()  # resolved before an event needs it
-        try:
-            self._serve()
-        finally:
-            self._shut_down()
-        return exitcodes.IOERR if self.store.damage is not None else exitcodes.OK
-
-    def _serve(self) -> None:
         server = self.server = ConnectionServer(self.listener, self.handlers,
                                                 max_connections=self.config.max_connections,
                                                 timeout=self.config.client_timeout_sec)
         signal.set_wakeup_fd(server.wake_fd)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_requested.set())
-        watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
-        next_watchdog = next_retention = next_status = time.monotonic()
         try:
-            while not self.stop_requested.is_set():
-                server.poll(TICK_SEC)
-                now = time.monotonic()
-                if watchdog_every and self.config.watchdog and now >= next_watchdog and self._healthy():
-                    self.notifier.notify("WATCHDOG=1")
-                    next_watchdog = now + watchdog_every
-                if now >= next_retention:
-                    next_retention = now + RETENTION_EVERY_SEC
-                    self._purge_expired()
-                if now >= next_status:
-                    next_status = now + STATUS_EVERY_SEC
-                    self.handlers.in_background(self._update_status)
-                if self.store.damage is not None:
-                    # Every read and write would fail from now on; at the next start (systemd restarts us on
-                    # failure) quick_check moves the file aside and the agent goes on with a new queue.
-                    report(Kind.CORRUPT_QUEUE, f"queue database found damaged while running ({self.store.damage}); "
-                           "exiting so that the next start moves it aside", error=self.store.damage)
-                    break
-                if self._idle_long_enough(now):
-                    logger.info("idle for %ss with an empty queue: exiting (systemd keeps the socket)",
-                                self.config.idle_exit_sec)
-                    break
+            if self._open_queue(server):
+                self.scheduler.start()
+                self._purge_expired()
+                report(Kind.STARTED, f"pdagentd {__version__} started: {self.store.pending_count} pending "
+                       f"event(s), delivering to {self.config.events_url}")
+                self.notifier.notify("READY=1")
+                self.handlers.in_background(self._update_status)
+                threading.Thread(target=_fqdn, name="fqdn", daemon=True).start()  # resolved before it is needed
+                self._serve(server)
             server.stop_accepting()
             server.drain(STOP_GRACE_SEC)
         finally:
             signal.set_wakeup_fd(-1)
             server.close()
+            self._shut_down()
+        return exitcodes.IOERR if self.store.damage is not None else exitcodes.OK
+
+    def _open_queue(self, server: ConnectionServer) -> bool:
+        """Open queue.db; False if asked to stop before it could be.
+
+        When it cannot be opened (a full disk, a missing mount, permissions) the daemon stays up, answers every
+        request with why (pd-send exits 75: try again) and tries again every OPEN_RETRY_SEC. Exiting instead
+        would have systemd restart it until the unit's start limit failed pdagent.socket too, and then nothing
+        would recover once the disk did."""
+        try:
+            self.store.open()
+            self.queue_open = True
+            return True
+        except StorageError as error:
+            failure = error
+        since = time.monotonic()
+        logger.error("%s (%s); answering every request with this and trying again every %ds", failure.message,
+                     failure.hint, OPEN_RETRY_SEC)
+        server.handlers = Unavailable(failure)
+        self.notifier.notify("READY=1")  # up and answering, if only with the reason
+        self.notifier.status(f"Waiting for the queue: {failure.message}; trying again every {OPEN_RETRY_SEC}s")
+        next_try = since + OPEN_RETRY_SEC
+        while not self.stop_requested.is_set():
+            server.poll(TICK_SEC)
+            self._tend_watchdog(time.monotonic())
+            if time.monotonic() < next_try:
+                continue
+            try:
+                self.store.open()
+            except StorageError as error:
+                if error.message != failure.message:
+                    logger.error("%s (%s)", error.message, error.hint)
+                failure = error
+                server.handlers = Unavailable(failure)
+                next_try = time.monotonic() + OPEN_RETRY_SEC
+                continue
+            logger.info("queue opened after %.0fs of trying", time.monotonic() - since)
+            server.handlers = self.handlers
+            self.queue_open = True
+            return True
+        return False
+
+    def _serve(self, server: ConnectionServer) -> None:
+        next_retention = next_status = time.monotonic()
+        while not self.stop_requested.is_set():
+            server.poll(TICK_SEC)
+            now = time.monotonic()
+            if self._healthy():
+                self._tend_watchdog(now)
+            if now >= next_retention:
+                next_retention = now + RETENTION_EVERY_SEC
+                self._purge_expired()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_SEC
+                self.handlers.in_background(self._update_status)
+            if self.store.damage is not None:
+                # Every read and write would fail from now on; at the next start (systemd restarts us on
+                # failure) quick_check moves the file aside and the agent goes on with a new queue.
+                report(Kind.CORRUPT_QUEUE, f"queue database found damaged while running ({self.store.damage}); "
+                       "exiting so that the next start moves it aside", error=self.store.damage)
+                break
+            if self._idle_long_enough(now):
+                logger.info("idle for %ss with an empty queue: exiting (systemd keeps the socket)",
+                            self.config.idle_exit_sec)
+                break
+
+    def _tend_watchdog(self, now: float) -> None:
+        if self.watchdog_every and self.config.watchdog and now >= self.next_watchdog:
+            self.notifier.notify("WATCHDOG=1")
+            self.next_watchdog = now + self.watchdog_every
 
     def _purge_expired(self) -> None:
         """Retention runs in the writer thread between commits; the main loop does not wait for it."""
@@ -221,7 +266,10 @@ class Daemon:
         self.scheduler.stop(STOP_GRACE_SEC)
         self.handlers.close()
         self.store.close()
-        report(Kind.STOPPED, f"pdagentd stopped: {self.store.pending_count} pending event(s) kept")
+        if self.queue_open:
+            report(Kind.STOPPED, f"pdagentd stopped: {self.store.pending_count} pending event(s) kept")
+        else:
+            report(Kind.STOPPED, "pdagentd stopped before the queue could be opened; it was left as it was")
 
 _FQDN: List[str] = []
 

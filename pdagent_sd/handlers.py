@@ -13,10 +13,10 @@ import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Union
 
 from pdagent_sd import __version__
-from pdagent_sd.errors import BadRequest, Forbidden
+from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
 from pdagent_sd.events import mask, validate
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.metrics import render as render_metrics
@@ -78,6 +78,24 @@ def _in_admin_group(conn: socket.socket, gid: int) -> bool:
     except OSError:  # ERANGE: a peer in more than 256 groups must use its primary group or sudo
         return False
     return admin_gid in struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+
+
+class Dispatcher(Protocol):
+    """What the connection loop hands each request to."""
+
+    def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]: ...
+
+
+class Unavailable:
+    """Answers every request while the queue cannot be opened (a full or missing disk at start): with why, as
+    a storage_error, so pd-send exits 75 (try again) and pd-queue says what is wrong."""
+
+    def __init__(self, error: PdagentError) -> None:
+        self.error = error
+
+    def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
+        # a new exception each time: raising one instance again and again would grow its traceback
+        raise StorageError(self.error.message, hint=self.error.hint)
 
 
 class Handlers:

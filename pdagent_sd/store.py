@@ -205,14 +205,23 @@ class Store:
     def open(self) -> None:
         """Open queue.db, checked with quick_check. A damaged one is moved aside and a new one started; any other
         failure (disk full, locked, unreadable) raises StorageError and leaves the queue where it is."""
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         try:
-            self._write_conn = self._connect_checked()
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the state directory {self.state_dir}: {exc.strerror or exc}",
+                               hint="check the mount and permissions of its parent") from None
+        try:
+            conn = self._connect_checked()
         except _Damaged as damage:
             self._move_aside(damage.reason)
-            self._write_conn = self._connect_checked()
-        self.pending_count = self._write_conn.execute(
-            "SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
+            conn = self._connect_checked()
+        try:
+            self.pending_count = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot read the queue at {self.path}: {exc}",
+                               hint="check free space and the disk under the state directory") from None
+        self._write_conn = conn
         self._sync_marker()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
@@ -254,7 +263,12 @@ class Store:
             lines = "\n".join(problems).splitlines()  # can be thousands: the first few say enough
             more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
             raise _Damaged("quick_check: " + "; ".join(lines[:3]) + more)
-        os.chmod(self.path, 0o600)
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError as exc:
+            conn.close()
+            raise StorageError(f"cannot make {self.path} private: {exc.strerror or exc}",
+                               hint="check the mount and permissions of the state directory") from None
         return conn
 
     def _move_aside(self, reason: str) -> None:

@@ -178,11 +178,12 @@ def test_full_disk_refuses_with_75_keeps_what_was_acknowledged_and_recovers(
 
 
 @pytest.mark.integration
-def test_start_on_a_full_disk_keeps_the_queue_and_starts_once_there_is_room(
+def test_start_on_a_full_disk_keeps_the_queue_refuses_with_75_and_opens_it_once_there_is_room(
         agent_on_small_fs, standin) -> None:  # type: ignore[no-untyped-def]
     """A full disk at start is not a damaged queue: the queue stays where it is (it used to be moved aside, and
-    the acknowledged events in it were never delivered), the daemon says why it cannot start, and starts once
-    there is room."""
+    the acknowledged events in it were never delivered). Nor is it a reason to exit: under systemd that would
+    be restarts until the start limit failed pdagent.socket, and nothing would recover with the disk. The
+    daemon answers every request with why, and opens the queue by itself once there is room."""
     agent = agent_on_small_fs
     standin.refuse_connections()
     agent.start()
@@ -191,16 +192,23 @@ def test_start_on_a_full_disk_keeps_the_queue_and_starts_once_there_is_room(
         assert send(agent, KEYS[n % 2], tag)["ok"]
     assert agent.stop() == 0  # a clean stop removes the WAL and its index: a new start must create them
     filler = fill(agent.state_dir)
-    with pytest.raises(RuntimeError, match="exited with 1"):
-        agent.start(timeout=15)
-    log = agent.log()
+    agent.start(timeout=15)  # up and answering, though without its queue
+    pid = agent.pid
+    refused = send(agent, KEYS[0], "while-full")
     # SQLite cannot create the WAL index (-shm): "disk I/O error"; or cannot grow a file: "disk is full"
-    assert "cannot start: cannot open the queue at" in log and "check free space" in log
-    assert "Traceback" not in log
+    assert refused["ok"] is False and refused["code"] == "storage_error", refused
+    assert "cannot open the queue at" in refused["error"] and "check free space" in refused["hint"]
+    assert agent.status()["code"] == "storage_error"
+    result = agent.pd_send("-k", KEYS[0], "-t", "trigger", "-d", "while full")
+    assert result.returncode == 75 and "cannot open the queue at" in result.stderr, result.stderr
+    log = agent.log()
+    assert "trying again every" in log and "Traceback" not in log
     assert not [name for name in os.listdir(agent.state_dir) if ".corrupt-" in name]
     os.unlink(filler)
     standin.accept_connections()
-    agent.start()
+    assert agent.wait_until(lambda: agent.status()["ok"], timeout=20), agent.log()[-3000:]
+    assert agent.pid == pid and agent.proc is not None and agent.proc.poll() is None  # no restart needed
     assert agent.status()["warnings"] == []
     assert agent.wait_until(lambda: agent.pending() == 0, timeout=30), agent.log()[-3000:]
     assert sorted(event.body["dedup_key"] for event in standin.events) == sorted(tags)
+    assert "queue opened after" in agent.log()
