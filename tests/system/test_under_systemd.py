@@ -1,5 +1,6 @@
 """pdagentd under a real booted systemd: socket activation, STATUS=, journald fields and catalog, idle exit,
-timer retries, stop and kill -9, the watchdog, a proxy (tinyproxy) with TLS, and who is admin.
+timer retries, stop and kill -9, a full disk at start, the watchdog, a proxy (tinyproxy) with TLS, and who
+is admin.
 
 Each test gets a fresh container with the agent installed from this tree (``agent_machine``) and pointed at
 ``events_api``, a stand-in of the Events API on the host's 127.0.0.1.
@@ -201,6 +202,35 @@ def test_kill_9_is_restarted_and_loses_nothing(agent_machine: BootedSystemd, eve
     events_api.accept_connections()
     assert events_api.wait_for(1, timeout=30)
     assert delivered_summaries(events_api) == ["acknowledged before the kill"]
+
+
+def test_a_full_disk_at_start_keeps_the_socket_and_recovers_by_itself(agent_machine: BootedSystemd,
+                                                                       events_api: StandIn) -> None:
+    """A daemon that cannot open its queue stays up and says why, rather than exiting into a restart loop
+    that ends with systemd's start limit failing pdagent.socket too."""
+    machine = agent_machine
+    events_api.refuse_connections()
+    machine.pd_send(KEY, "queued before the disk filled", dedup_key="full-1")
+    machine.systemctl("stop", "pdagent.service")  # a clean stop: the WAL and its index are gone
+    machine.run(f"cp -a {STATE_DIR} /root/state && mount -t tmpfs -o size=1m,mode=0700 tmpfs {STATE_DIR} && "
+                f"cp -a /root/state/. {STATE_DIR}/ && "
+                f"(dd if=/dev/zero of={STATE_DIR}/filler bs=4096 2>/dev/null; true)")
+    assert machine.run(["df", "--output=avail", STATE_DIR]).stdout.split()[-1] == "0"
+    refusals = [machine.pd_send(KEY, f"while full {n}", dedup_key=f"full-{n + 2}", check=False)
+                for n in range(8)]
+    assert [result.returncode for result in refusals] == [75] * 8, refusals[0].stderr
+    assert "cannot open the queue" in refusals[0].stderr
+    assert machine.is_active("pdagent.service")
+    assert machine.show("pdagent.service", "NRestarts") == "0"
+    assert machine.show("pdagent.socket", "ActiveState") == "active"  # SubState running: the service has it
+    assert "Waiting for the queue" in machine.show("pdagent.service", "StatusText")
+    machine.run(["rm", f"{STATE_DIR}/filler"])
+    events_api.accept_connections()
+    assert events_api.wait_for(1, timeout=30), machine.unit_log("pdagent.service")
+    assert delivered_summaries(events_api) == ["queued before the disk filled"]
+    machine.pd_send(KEY, "after the disk had room", dedup_key="full-after")
+    assert events_api.wait_for(2, timeout=30)
+    assert machine.show("pdagent.service", "NRestarts") == "0"
 
 
 def test_watchdog_is_fed(agent_machine: BootedSystemd, events_api: StandIn) -> None:
