@@ -173,7 +173,7 @@ class Daemon:
                      failure.hint, OPEN_RETRY_SEC)
         server.handlers = Unavailable(failure)
         self.notifier.notify("READY=1")  # up and answering, if only with the reason
-        self.notifier.status(f"Waiting for the queue: {failure.message}; trying again every {OPEN_RETRY_SEC}s")
+        self._waiting_status(failure)
         next_try = since + OPEN_RETRY_SEC
         while not self.stop_requested.is_set():
             server.poll(TICK_SEC)
@@ -187,6 +187,7 @@ class Daemon:
                     logger.error("%s (%s)", error.message, error.hint)
                 failure = error
                 server.handlers = Unavailable(failure)
+                self._waiting_status(failure)
                 next_try = time.monotonic() + OPEN_RETRY_SEC
                 continue
             logger.info("queue opened after %.0fs of trying", time.monotonic() - since)
@@ -194,6 +195,9 @@ class Daemon:
             self.queue_open = True
             return True
         return False
+
+    def _waiting_status(self, failure: StorageError) -> None:
+        self.notifier.status(f"Waiting for the queue: {failure.message}; trying again every {OPEN_RETRY_SEC}s")
 
     def _serve(self, server: ConnectionServer) -> None:
         next_retention = next_status = time.monotonic()
