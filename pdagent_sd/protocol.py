@@ -143,7 +143,7 @@ def error_reply(error: PdagentError) -> Message:
 def _unreachable(path: str, reason: str) -> AgentUnreachable:
     return AgentUnreachable(
         f"cannot reach the PagerDuty agent at {path}: {reason}",
-        hint="is the socket unit running? Check: systemctl status pdagent.socket",
+        hint="is the agent running? Check: systemctl status pdagent.socket pdagent.service",
     )
 
 
