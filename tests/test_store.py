@@ -9,7 +9,7 @@ import pytest
 
 from pdagent_sd.errors import QueueFull, StorageError
 from pdagent_sd.events import validate
-from pdagent_sd.store import PURGE_CHUNK, State, Store
+from pdagent_sd.store import PURGE_CHUNK, Commit, State, Store
 
 pytestmark = pytest.mark.unit
 
@@ -139,3 +139,41 @@ def test_an_event_is_settled_only_behind_its_keys_earlier_pending_events(store) 
     store.record_attempt(first, State.DELIVERED, "delivered", 202, "").result()
     store.record_attempt(second, State.DELIVERED, "delivered", 202, "").result()
     assert store.oldest_pending(KEY, 10) == [] and store.pending_count == 0
+
+
+def test_a_commit_wakes_every_waiter_and_calls_back_once_in_order() -> None:
+    commit = Commit()
+    assert not commit.done()
+    with pytest.raises(TimeoutError):
+        commit.result(timeout=0.01)
+    seen: list = []
+    results: list = []
+    waiters = [threading.Thread(target=lambda: results.append(commit.result())) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    commit.add_done_callback(lambda done: seen.append(("first", done.result())))
+    commit.add_done_callback(lambda done: seen.append(("second", done.result())))
+    commit.set_result(42)
+    for waiter in waiters:
+        waiter.join(5)
+    assert results == [42, 42, 42]
+    commit.add_done_callback(lambda done: seen.append(("late", done.result())))  # called at once
+    assert seen == [("first", 42), ("second", 42), ("late", 42)]
+    assert commit.done() and commit.exception() is None
+
+
+def test_a_failed_commit_raises_its_error_to_each_waiter() -> None:
+    commit = Commit()
+    commit.set_exception(StorageError("disk full"))
+    assert isinstance(commit.exception(timeout=0), StorageError)
+    for _ in range(2):
+        with pytest.raises(StorageError, match="disk full"):
+            commit.result()
+
+
+def test_a_state_directory_that_cannot_be_made_is_a_storage_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = Store(str(blocker / "state"))
+    with pytest.raises(StorageError, match="cannot create the state directory"):
+        store.open()
