@@ -14,10 +14,10 @@ from enum import Enum
 from typing import Any, Dict, Iterable, List, Tuple
 
 from pdagent_sd.errors import InvalidEvent
+from pdagent_sd.limits import MAX_SUMMARY
 from pdagent_sd.protocol import dumps
 
 MAX_BODY_BYTES = 512 * 1024
-MAX_SUMMARY = 1024
 MAX_DEDUP_KEY = 255
 ROUTING_KEY_LENGTH = 32
 # ASCII digits only (\d alone also takes "٢٠٢٤"), matched with fullmatch ($ alone lets a trailing newline in).

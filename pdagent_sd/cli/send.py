@@ -11,17 +11,13 @@ import sys
 
 from pdagent_sd.cli.args import Args, Command, Option, usage_error
 from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
+from pdagent_sd.limits import MAX_SUMMARY, fit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional
 
 DESCRIPTION = "Queue up a trigger, acknowledge or resolve event to PagerDuty."
-# PagerDuty's limit on a summary (a v1 description); the daemon refuses longer ones. A long description is
-# cut to it here, and sent whole among the details, rather than have the page refused. Written here, not
-# imported from pdagent_sd.events, which would bring json, re and uuid onto every alert's path.
-MAX_SUMMARY = 1024
-ELLIPSIS = "…"
 EPILOG = """\
 SERVICE_KEY is the Integration Key shown on the service's Integrations tab in PagerDuty.
 The event is committed to the local agent's durable queue before this command returns; the agent
@@ -99,8 +95,10 @@ def build_event(args: Args) -> Dict[str, Any]:
     details = parse_pairs(args.field, "-f/--field")
     summary = args.description
     if description_too_long(args):
-        details.setdefault("description", summary)  # a -f description=... of the caller's own wins
-        summary = summary[: MAX_SUMMARY - len(ELLIPSIS)] + ELLIPSIS
+        # The daemon refuses a longer summary: cut it rather than lose the page, and send the whole text among
+        # the details (a -f description=... of the caller's own wins).
+        details.setdefault("description", summary)
+        summary = fit(summary)
     if args.change:
         return _drop_empty({
             "routing_key": args.key,

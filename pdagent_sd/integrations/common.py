@@ -12,9 +12,9 @@ import hashlib
 import json
 from typing import Any, Dict, List, Optional
 
-from pdagent_sd.events import MAX_DEDUP_KEY, MAX_SUMMARY, Action, Severity
+from pdagent_sd.events import MAX_DEDUP_KEY, Action, Severity
+from pdagent_sd.limits import fit
 
-ELLIPSIS = "…"
 # Room for the details inside the API's 512 KiB body, with plenty left for everything else.
 MAX_DETAILS_BYTES = 400 * 1024
 LONG_TEXT = 4096  # characters a text inside oversized details keeps
@@ -28,13 +28,6 @@ def clean_args(argv: List[str]) -> List[str]:
     """Arguments as valid Unicode. Plugin output in a legacy encoding reaches Python as lone surrogates,
     which cannot be sent as UTF-8; each bad byte becomes U+FFFD instead of costing the alert."""
     return [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
-
-
-def fit(text: str, limit: int = MAX_SUMMARY) -> str:
-    """Text cut to at most `limit` characters, marked with an ellipsis when something was cut."""
-    if len(text) <= limit:
-        return text
-    return text[: limit - len(ELLIPSIS)] + ELLIPSIS
 
 
 def fit_dedup_key(key: str) -> str:
