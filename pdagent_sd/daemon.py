@@ -162,42 +162,34 @@ class Daemon:
         request with why (pd-send exits 75: try again) and tries again every OPEN_RETRY_SEC. Exiting instead
         would have systemd restart it until the unit's start limit failed pdagent.socket too, and then nothing
         would recover once the disk did."""
-        try:
-            self.store.open()
-            self.queue_open = True
-            return True
-        except StorageError as error:
-            failure = error
+        failure: Optional[StorageError] = None
         since = time.monotonic()
-        logger.error("%s (%s); answering every request with this and trying again every %ds", failure.message,
-                     failure.hint, OPEN_RETRY_SEC)
-        server.handlers = Unavailable(failure)
-        self.notifier.notify("READY=1")  # up and answering, if only with the reason
-        self._waiting_status(failure)
-        next_try = since + OPEN_RETRY_SEC
-        while not self.stop_requested.is_set():
-            server.poll(TICK_SEC)
-            self._tend_watchdog(time.monotonic())
-            if time.monotonic() < next_try:
-                continue
+        while True:
             try:
                 self.store.open()
             except StorageError as error:
-                if error.message != failure.message:
+                if failure is None:
+                    logger.error("%s (%s); answering every request with this and trying again every %ds",
+                                 error.message, error.hint, OPEN_RETRY_SEC)
+                    self.notifier.notify("READY=1")  # up and answering, if only with the reason
+                elif error.message != failure.message:
                     logger.error("%s (%s)", error.message, error.hint)
                 failure = error
                 server.handlers = Unavailable(failure)
-                self._waiting_status(failure)
-                next_try = time.monotonic() + OPEN_RETRY_SEC
-                continue
-            logger.info("queue opened after %.0fs of trying", time.monotonic() - since)
-            server.handlers = self.handlers
-            self.queue_open = True
-            return True
-        return False
-
-    def _waiting_status(self, failure: StorageError) -> None:
-        self.notifier.status(f"Waiting for the queue: {failure.message}; trying again every {OPEN_RETRY_SEC}s")
+                self.notifier.status(f"Waiting for the queue: {failure.message}; trying again every "
+                                     f"{OPEN_RETRY_SEC}s")
+            else:
+                if failure is not None:
+                    logger.info("queue opened after %.0fs of trying", time.monotonic() - since)
+                    server.handlers = self.handlers
+                self.queue_open = True
+                return True
+            next_try = time.monotonic() + OPEN_RETRY_SEC
+            while time.monotonic() < next_try:
+                if self.stop_requested.is_set():
+                    return False
+                server.poll(TICK_SEC)
+                self._tend_watchdog(time.monotonic())
 
     def _serve(self, server: ConnectionServer) -> None:
         next_retention = next_status = time.monotonic()
