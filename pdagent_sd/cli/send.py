@@ -141,7 +141,7 @@ def _main(argv: List[str]) -> int:
     api = "change" if args.change else (args.api or "v2")
     if description_too_long(args) and (api != "v2" or args.event_type == "trigger"):
         where = ("details" if api == "v1" else "custom_details") + ".description"
-        own = any(pair.partition("=")[0] == "description" for pair in args.field or ())
+        own = "description" in parse_pairs(args.field, "-f/--field")  # already checked by build_event
         sys.stderr.write(f"pd-send: warning: the description is {len(args.description)} characters and "
                          f"PagerDuty shows at most {MAX_SUMMARY}: the summary is cut to them"
                          + (f" ({where} is your -f description)\n" if own
