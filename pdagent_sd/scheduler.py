@@ -157,7 +157,7 @@ class Scheduler:
 
     # --- the workers ----------------------------------------------------------------------------------
 
-    def _next_key(self) -> Optional[KeyState]:
+    def _next_key(self, block: bool) -> Optional[KeyState]:
         with self.cond:
             while not self.stopping:
                 now = self.clock()
@@ -172,26 +172,42 @@ class Scheduler:
                     state.place = "busy"
                     state.woken = False
                     return state
+                if not block:
+                    return None
                 self.cond.wait(self.timers[0][0] - now if self.timers else None)
             return None
 
     def _work(self) -> None:
         deliverer = self.deliverer_factory()
         try:
-            while True:
-                state = self._next_key()
-                if state is None:
-                    return
-                try:
-                    delay = self._serve_key(state, deliverer)
-                except StorageError as error:  # e.g. results not on disk: those events go again, after a backoff
-                    delay = self._storage_backoff(state, error)
-                except Exception:  # noqa: BLE001 - one bad turn must not kill a worker
-                    logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key[:4])
-                    delay = self.config.backoff_max_sec
-                self._release(state, delay)
+            while self.turn(deliverer):
+                pass
         finally:
             deliverer.close()
+
+    def turn(self, deliverer: Deliverer, *, block: bool = True) -> bool:
+        """One worker turn: take the next ready key (timers that are due first), send its oldest events, put it
+        back. False, having done nothing, once stopping, or when `block` is off and no key is ready now.
+
+        The worker threads loop on it; tests call it with block=False, a scripted deliverer and a fake clock to
+        run the delivery rules step by step in one thread."""
+        state = self._next_key(block)
+        if state is None:
+            return False
+        try:
+            delay = self._serve_key(state, deliverer)
+        except StorageError as error:  # e.g. results not on disk: those events go again, after a backoff
+            delay = self._storage_backoff(state, error)
+        except Exception:  # noqa: BLE001 - one bad turn must not kill a worker
+            logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key[:4])
+            delay = self.config.backoff_max_sec
+        self._release(state, delay)
+        return True
+
+    def next_due(self) -> Optional[float]:
+        """The clock() time of the earliest key waiting on a backoff or throttle, or None."""
+        with self.cond:
+            return self.timers[0][0] if self.timers else None
 
     def _storage_backoff(self, state: KeyState, error: StorageError) -> float:
         """The queue cannot be read or cannot record results (disk full): back off like a failed attempt, so the

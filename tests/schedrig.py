@@ -1,0 +1,239 @@
+"""A deterministic rig for the delivery state machine: the real Scheduler and a real Store (SQLite on a tmp
+directory), driven in one thread by a fake clock and a scripted deliverer, in milliseconds.
+
+    rig = Rig(str(tmp_path), rate_limit_per_minute=0)
+    rig.deliverer.script(KEY_A, throttled("10"), DELIVERED)   # answers for KEY_A's next attempts, in order
+    first = rig.send(KEY_A, dedup_key="a1")
+    rig.run()                                                 # turns, then the clock jumps to the next timer
+    assert [(s.dedup_key, s.outcome) for s in rig.deliverer.sent] == [("a1", "retry"), ("a1", "delivered")]
+    assert rig.deliverer.sent[1].at - rig.deliverer.sent[0].at == 10
+    rig.close()
+
+No worker thread is started: `Scheduler.turn(deliverer, block=False)`, the same method the workers loop on,
+runs one key's turn. The Store's writer thread is real, but every turn waits for its commits, so the order of
+everything is fixed. HTTP answers go through `delivery.classify`, the real rules table.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional
+
+import pytest
+
+from pdagent_sd.config import SETTINGS, Config
+from pdagent_sd.delivery import Outcome, Result, classify
+from pdagent_sd.errors import StorageError
+from pdagent_sd.events import Api, validate
+from pdagent_sd.scheduler import Scheduler
+from pdagent_sd.store import State, Store
+
+KEY_A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+KEY_B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+KEY_C = "cccccccccccccccccccccccccccccccc"
+
+START_MONOTONIC = 1000.0
+START_WALL = 1_800_000_000.0  # 2027-01-15, a whole number so that wall and monotonic differences stay exact
+
+
+class FakeClock:
+    """Monotonic and wall time that move only when told; wall - monotonic is constant."""
+
+    def __init__(self) -> None:
+        self.now = START_MONOTONIC
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return START_WALL - START_MONOTONIC + self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, "time does not go back"
+        self.now += seconds
+
+    def elapsed(self) -> float:
+        return self.now - START_MONOTONIC
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the Events API does with one attempt. status None: no answer at all (connection refused)."""
+
+    status: Optional[int] = 202
+    retry_after: Optional[str] = None  # the Retry-After header, as sent
+    text: str = ""
+    latency: float = 0.0  # seconds the attempt takes on the fake clock
+
+    def result(self, api: Api, now: float) -> Result:
+        if self.status is None:
+            return Result(Outcome.RETRY, None, "cannot connect to the stand-in: Connection refused")
+        return classify(api, self.status, self.text, self.retry_after, now=now)
+
+
+DELIVERED = Answer(202)
+
+
+def throttled(retry_after: Optional[str] = None, status: int = 429) -> Answer:
+    return Answer(status, retry_after, '{"status":"throttle event","message":"Requests are being throttled"}')
+
+
+def server_error(status: int = 500, retry_after: Optional[str] = None) -> Answer:
+    return Answer(status, retry_after, "internal error")
+
+
+def refused(status: int = 400, message: str = "Event object is invalid") -> Answer:
+    return Answer(status, None, json.dumps({"status": "invalid event", "message": message,
+                                            "errors": ["payload.summary is missing"]}))
+
+
+def unreachable() -> Answer:
+    return Answer(None)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One attempt as the deliverer saw it."""
+
+    at: float  # fake monotonic time when it went out
+    routing_key: str
+    dedup_key: str
+    action: str
+    api: str
+    status: Optional[int]
+    outcome: str  # delivered | retry | failed
+
+
+@dataclass
+class ScriptedDeliverer:
+    """Answers attempts from per-routing-key scripts; a key whose script is used up gets `default`."""
+
+    clock: FakeClock
+    default: Answer = DELIVERED
+    scripts: Dict[str, Deque[Answer]] = field(default_factory=dict)
+    sent: List[Sent] = field(default_factory=list)
+    closed: bool = False
+
+    def script(self, routing_key: str, *answers: Answer) -> None:
+        self.scripts.setdefault(routing_key, deque()).extend(answers)
+
+    def attempt(self, api: Api, body: str) -> Result:
+        fields = json.loads(body)
+        routing_key = fields.get("routing_key") or fields.get("service_key") or ""
+        dedup_key = fields.get("dedup_key") or fields.get("incident_key") or ""
+        action = fields.get("event_action") or fields.get("event_type") or "change"
+        script = self.scripts.get(routing_key)
+        answer = script.popleft() if script else self.default
+        at = self.clock.monotonic()
+        self.clock.advance(answer.latency)
+        result = answer.result(api, self.clock.wall())
+        self.sent.append(Sent(at, routing_key, dedup_key, action, api.value, result.http_status,
+                              result.outcome.value))
+        return result
+
+    def close(self) -> None:
+        self.closed = True
+
+    def of(self, routing_key: str) -> List[Sent]:
+        return [sent for sent in self.sent if sent.routing_key == routing_key]
+
+
+def make_config(**settings: object) -> Config:
+    values = {setting.name: setting.default for setting in SETTINGS}
+    values["events_url"] = "http://127.0.0.1:9"  # never used: the deliverer is scripted
+    values.update(settings)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+class Rig:
+    """The real Scheduler over a real Store, a FakeClock and a ScriptedDeliverer; settings as keywords."""
+
+    def __init__(self, state_dir: str, *, rng: Optional[Callable[[], float]] = None, seed: int = 0,
+                 **settings: object) -> None:
+        self.clock = FakeClock()
+        self.config = make_config(**settings)
+        self.store = Store(state_dir, max_pending=self.config.max_pending_events, clock=self.clock.wall)
+        self.store.open()
+        self.deliverer = ScriptedDeliverer(self.clock)
+        self.scheduler = Scheduler(self.store, self.config, deliverer_factory=lambda: self.deliverer,
+                                   clock=self.clock.monotonic, wall_clock=self.clock.wall,
+                                   rng=rng or random.Random(seed).random)
+        self.turns = 0
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- events in ---------------------------------------------------------------------------------------
+
+    def send(self, routing_key: str = KEY_A, action: str = "trigger", dedup_key: str = "",
+             summary: str = "disk full") -> int:
+        """What the daemon does for one pd-send: commit the event, wake its key. Returns the event's id."""
+        body: Dict[str, object] = {"routing_key": routing_key, "event_action": action}
+        if dedup_key:
+            body["dedup_key"] = dedup_key
+        if action == "trigger":
+            body["payload"] = {"summary": summary, "source": "rig", "severity": "critical"}
+        event_id = self.store.enqueue(validate("v2", body))
+        self.scheduler.wake(routing_key)
+        return event_id
+
+    # --- time ----------------------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Run every turn that is possible without time passing; return how many ran."""
+        count = 0
+        while self.scheduler.turn(self.deliverer, block=False):
+            count += 1
+            self.turns += 1
+            assert self.turns < 100_000, "the scheduler does not settle"
+        return count
+
+    def run(self, for_sec: Optional[float] = None) -> None:
+        """Run turns, jumping the clock to each next timer, until nothing is left to do (or `for_sec` of fake
+        time has passed: then the clock stops exactly there)."""
+        end = None if for_sec is None else self.clock.now + for_sec
+        while True:
+            self.step()
+            due = self.scheduler.next_due()
+            if due is None:
+                if end is not None:
+                    self.clock.now = max(self.clock.now, end)
+                return
+            if end is not None and due > end:
+                self.clock.now = max(self.clock.now, end)
+                return
+            self.clock.now = max(self.clock.now, due)
+
+    # --- the queue, as the tests look at it -----------------------------------------------------------
+
+    def states(self, routing_key: Optional[str] = None) -> Dict[str, str]:
+        """dedup_key → state of every event still in the queue."""
+        return {row["dedup_key"]: row["state"]
+                for row in self.store.list_events(None, routing_key, 1_000_000)}
+
+    def pending(self) -> int:
+        return len([state for state in self.states().values() if state == State.PENDING.value])
+
+    def fail_writes(self, failing: bool) -> None:
+        """Make every write of the queue fail (SQLITE_READONLY) or work again, as a full or read-only disk
+        would. Call it between turns: the writer is idle then, every turn having waited for its commits.
+
+        Failing starts with one failed write, as when a pd-send met the full disk first: the store then knows
+        (writes_failing) and a turn sends nothing ahead of its commits. A disk that fills in the middle of a
+        turn is a race between the worker and the writer thread; the rig does not model it."""
+        conn = self.store._write_conn  # noqa: SLF001 - the harness reaches in; the product has no such switch
+        assert conn is not None
+        conn.execute(f"PRAGMA query_only = {1 if failing else 0}")
+        if failing:
+            with pytest.raises(StorageError):
+                self.store.write(lambda conn: (None, 0))
+            assert self.store.writes_failing
