@@ -285,7 +285,11 @@ class Scheduler:
                       action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
             commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "")
-            state.failures = 0
+            if not self.store.writes_failing:
+                # Not while the queue cannot record results: the event goes again, and the storage backoff must
+                # grow (it stayed at 1-2 s, re-sending one event to PagerDuty that often for as long as the disk
+                # was full).
+                state.failures = 0
             with self.cond:
                 self.stats.delivered += 1
                 self.stats.last_delivery = self.wall_clock()
