@@ -14,11 +14,14 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from pdagent_sd import keys as keys_module
 from pdagent_sd.errors import ConfigError
+from pdagent_sd.keys import KeyBook
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class Config:
     max_connections: int
     client_timeout_sec: float
     watchdog: bool
+    keys: KeyBook = field(default_factory=KeyBook)  # named routing keys ([Keys], credentials key.NAME)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -150,8 +154,18 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
     env = os.environ if environ is None else environ
     main = path or env.get("PDAGENT_CONFIG") or DEFAULT_CONFIG
     values: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+    named: Dict[str, str] = {}
+    sources: Dict[str, str] = {}
     for filename in config_files(main):
-        values.update(_read_file(filename))
+        settings, file_keys = _read_file(filename)
+        values.update(settings)
+        named.update(file_keys)
+        sources.update({name: filename for name in file_keys})
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        for name, key, where in keys_module.from_credentials(credentials):
+            named[name] = key
+            sources[name] = where
     for setting in SETTINGS:
         raw = env.get("PDAGENT_" + setting.name.upper())
         if raw is not None:
@@ -165,7 +179,7 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
             f"events_url {values['events_url']} is plain http:// to a host that is not loopback; "
             "use https://, or set allow_insecure_http = yes if you really mean it",
         )
-    return Config(**values)
+    return Config(**values, keys=KeyBook(named, sources))
 
 
 def is_safe_url(url: str) -> bool:
@@ -189,25 +203,39 @@ def is_safe_url(url: str) -> bool:
         return False
 
 
-def _read_file(filename: str) -> Dict[str, Any]:
+def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The [Agent] settings and the [Keys] of one file."""
     parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # key names keep their case
     try:
         with open(filename, encoding="utf-8") as handle:
             parser.read_file(handle)
+            mode = os.fstat(handle.fileno()).st_mode
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
-        raise ConfigError(f"{filename}: cannot read: {exc}") from None
+        # configparser quotes the offending line, which in [Keys] may hold a key: say where, not what
+        line = getattr(exc, "lineno", None)
+        reason = f"a syntax error at line {line}" if line else getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"{filename}: cannot read: {reason}") from None
     values: Dict[str, Any] = {}
+    named: Dict[str, str] = {}
     for section in parser.sections():
+        if section == keys_module.SECTION:
+            for name, raw in parser.items(section):
+                named[name] = keys_module.check_key(name, raw, f"{filename} [{keys_module.SECTION}]")
+            continue
         if section != SECTION:
             logger.warning("%s: ignoring unknown section [%s]", filename, section)
             continue
         for key, raw in parser.items(section):
-            setting = SETTINGS_BY_NAME.get(key)
+            setting = SETTINGS_BY_NAME.get(key.lower())
             if setting is None:
                 logger.warning("%s: ignoring unknown key %s in [%s]", filename, key, SECTION)
                 continue
-            values[key] = _parse(setting, raw, f"{filename} [{SECTION}]")
-    return values
+            values[setting.name] = _parse(setting, raw, f"{filename} [{SECTION}]")
+    if named and mode & stat.S_IROTH:
+        logger.warning("%s holds routing keys and every local user can read it: chmod 0640 and chown "
+                       "root:pdagent", filename)
+    return values, named
 
 
 def render_markdown() -> str:

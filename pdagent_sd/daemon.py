@@ -119,7 +119,8 @@ class Daemon:
                                "the agent goes on with an empty queue", error=reason))
         self.scheduler = Scheduler(self.store, config)
         self.started = time.time()
-        self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn)
+        self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn,
+                                 keys=config.keys)
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
         self.server: Optional[ConnectionServer] = None  # while the main loop runs

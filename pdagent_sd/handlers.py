@@ -17,8 +17,9 @@ from typing import Any, Callable, Dict, Optional, Protocol, Union
 
 from pdagent_sd import __version__
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
-from pdagent_sd.events import mask, validate
+from pdagent_sd.events import NO_KEYS, mask, validate
 from pdagent_sd.journal import Kind, report
+from pdagent_sd.keys import KeyBook
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import Message
 from pdagent_sd.scheduler import Scheduler
@@ -100,7 +101,8 @@ class Unavailable:
 
 class Handlers:
     def __init__(self, store: Store, scheduler: Scheduler, *, started: float,
-                 default_source: Callable[[], str]) -> None:
+                 default_source: Callable[[], str], keys: KeyBook = NO_KEYS) -> None:
+        self.keys = keys
         self.store = store
         self.scheduler = scheduler
         self.started = started
@@ -126,7 +128,7 @@ class Handlers:
     def _send(self, message: Message, peer: Peer) -> Later:
         event = message.get("event")
         source = self.default_source() if isinstance(event, dict) and _needs_source(event) else ""
-        event = validate(message.get("api", "v2"), event, default_source=source, owned=True)
+        event = validate(message.get("api", "v2"), event, default_source=source, owned=True, keys=self.keys)
 
         def accepted(event_id: int) -> Message:
             self.scheduler.wake(event.routing_key)
@@ -137,10 +139,15 @@ class Handlers:
 
         return Later(self.store.enqueue_async(event), accepted)
 
+    def _key_filter(self, message: Message) -> Optional[str]:
+        """The routing key a request names, `@name` resolved: pd-queue -k @name works like pd-send's."""
+        value = _optional_str(message, "routing_key")
+        return None if value is None else self.keys.resolve(value)
+
     def op_status(self, message: Message, peer: Peer) -> Message:
         # redacted tells the client that keys are masked, so it can say how to see them whole
         return {"ok": True, "redacted": not peer.admin,
-                **self.status(_optional_str(message, "routing_key"), reveal=peer.admin)}
+                **self.status(self._key_filter(message), reveal=peer.admin)}
 
     def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
         now = time.time()
@@ -171,10 +178,11 @@ class Handlers:
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        rows = self.store.list_events(state, _optional_str(message, "routing_key"), limit)
+        rows = self.store.list_events(state, self._key_filter(message), limit)
         if not peer.admin:
             for row in rows:
                 row["routing_key"] = mask(row["routing_key"])
+                row["dedup_key"] = mask(row["dedup_key"])  # a dedup key is all it takes to resolve an incident
                 del row["body"]
         return {"ok": True, "events": rows, "redacted": not peer.admin}
 
@@ -182,7 +190,7 @@ class Handlers:
         return {"ok": True, "event": self.store.show(_event_id(message))}
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
-        routing_key = _optional_str(message, "routing_key")
+        routing_key = self._key_filter(message)
         if (routing_key is None) == (message.get("all") is not True):
             raise BadRequest("retry needs exactly one of routing_key or all")
         count = self.store.retry_failed(routing_key)
@@ -199,7 +207,7 @@ class Handlers:
         if "id" in message:
             count = self.store.drop(event_id=_event_id(message))
         else:
-            routing_key = _optional_str(message, "routing_key")
+            routing_key = self._key_filter(message)
             state = _state(message.get("state"))
             if routing_key is None or state is None:
                 raise BadRequest("drop needs an id, or a routing_key and a state")

@@ -27,7 +27,7 @@ def test_fast_parser_agrees_with_argparse(argv) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize("argv", [
-    ["-t", "trigger"],  # -k missing
+    ["-t"],  # a value missing (no -k is pd-send's own usage error: $PDAGENT_ROUTING_KEY may stand in)
     ["-k", KEY, "-t", "explode"],
     ["-k", KEY, "--nope"],
     ["-k"],

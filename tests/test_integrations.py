@@ -620,3 +620,29 @@ def test_an_oversized_sensu_event_still_reaches_the_api(agent: Any, standin: Any
     assert (run.returncode, run.stderr) == (0, "")
     assert standin.wait_for(1, timeout=15)
     assert standin.bodies(KEY)[0]["payload"]["custom_details"]["check"]["output"] == "x" * 4095 + "…"
+
+
+# --- pd-nagios --env: the macros from Nagios's environment macros (enable_environment_macros=1) ----------------
+
+
+@unit
+def test_nagios_env_reads_the_macros_so_any_plugin_output_survives() -> None:
+    output = "free 'C:' \"2%\" C:\\data\\"  # on a shell command line in quotes it broke the quoting
+    environ = {"NAGIOS_HOSTNAME": "web01", "NAGIOS_SERVICEDESC": "Disk Space", "NAGIOS_SERVICESTATE": "CRITICAL",
+               "NAGIOS_SERVICEOUTPUT": output, "NAGIOS_HOSTADDRESS": "10.0.0.5", "NAGIOS_CONTACTPAGER": "@nagios",
+               "NAGIOS_HOSTSTATE": "UP"}
+    args = nagios.parser().parse_args(["-n", "service", "-k", "@nagios", "-t", "PROBLEM", "--env",
+                                       "-f", "HOSTADDRESS=10.9.9.9"])
+    api, body = nagios.event_for(args, environ)
+    assert body["routing_key"] == "@nagios" and body["dedup_key"] == SERVICE_KEY
+    assert body["payload"]["summary"] == f"Disk Space on web01 is CRITICAL: {output}"
+    assert body["payload"]["custom_details"] == {
+        "HOSTNAME": "web01", "SERVICEDESC": "Disk Space", "SERVICESTATE": "CRITICAL", "SERVICEOUTPUT": output,
+        "HOSTADDRESS": "10.9.9.9", "pd_nagios_object": "service"}  # -f wins; host-only macros are left out
+
+
+@unit
+def test_nagios_env_without_environment_macros_says_how_to_turn_them_on() -> None:
+    args = nagios.parser().parse_args(["-n", "host", "-k", "@nagios", "-t", "PROBLEM", "--env"])
+    with pytest.raises(UsageError, match="enable_environment_macros=1"):
+        nagios.event_for(args, {"PATH": "/bin"})

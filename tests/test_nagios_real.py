@@ -41,7 +41,10 @@ ICINGA2_CONF = os.path.join(ROOT, "integrations", "icinga2", "pagerduty.conf")
 KEY = "4e4a9c1f0b2d4c6e8a1b3c5d7e9f0a1b"
 HOST = "web01"
 SERVICE = "Disk Space"
-SERVICE_OUTPUT = "free space: / 812 MB"
+# Ends in a backslash and holds both quotes: on a shell command line as "$SERVICEOUTPUT$" it escaped the
+# closing quote and /bin/sh failed "Unterminated quoted string"; through environment macros it arrives whole.
+SERVICE_OUTPUT = "free space: 'C:' \"812 MB\" C:\\data\\"
+KEY_NAMES = ("nagios", "icinga")  # the names the shipped files use in "pager"
 SERVICE_KEY = f"event_source=service;host_name={HOST};service_desc={SERVICE}"
 HOST_KEY = f"event_source=host;host_name={HOST}"
 WAIT_SEC = 60.0
@@ -104,21 +107,27 @@ def install_pd_nagios(ws: Workspace) -> str:
 
 
 def write_checks(ws: Workspace) -> str:
-    """check_dummy with the state the test wrote (how a check "fails" and "recovers"); returns its path."""
+    """check_dummy with the state the test wrote (how a check "fails" and "recovers") and the output in
+    STATEFILE.text (read from a file, so no quoting of the check's own command line is involved)."""
     ws.write("service.state", "2\n")
+    ws.write("service.state.text", SERVICE_OUTPUT)
     ws.write("host.state", "0\n")
-    return ws.write("check_state", f"#!/bin/sh\nexec {CHECK_DUMMY} \"$(cat \"$1\")\" \"$2\"\n", mode=0o755)
+    ws.write("host.state.text", "host check")
+    return ws.write("check_state", f"#!/bin/sh\nexec {CHECK_DUMMY} \"$(cat \"$1\")\" \"$(cat \"$1.text\")\"\n",
+                    mode=0o755)
 
 
 def shipped(path: str, pd_nagios: str, socket_path: str) -> str:
-    """A shipped config file with only pd-nagios's path and socket and the integration key filled in."""
+    """A shipped config file with only pd-nagios's path and socket filled in; its pager names a key that the
+    agent's configuration holds (agent_socket), so the key itself is on no command line."""
     text = open(path, encoding="utf-8").read()
-    assert text.count("/usr/bin/pd-nagios") == 2 and text.count("YOUR-INTEGRATION-KEY-HERE") == 1
+    assert text.count("/usr/bin/pd-nagios") == 2 and KEY not in text
+    assert sum(text.count(f"@{name}") for name in KEY_NAMES) == 1, "the pager names a key"
     if path == ICINGA2_CONF:  # a command array: the socket option is one more element
         filled = text.replace('"/usr/bin/pd-nagios"', f'"{pd_nagios}", "--socket", "{socket_path}"')
     else:
         filled = text.replace("/usr/bin/pd-nagios", f"{pd_nagios} --socket {socket_path}")
-    return filled.replace("YOUR-INTEGRATION-KEY-HERE", KEY)
+    return filled
 
 
 class Monitor:
@@ -176,12 +185,12 @@ define timeperiod {{
 {days}}}
 define command {{
   command_name check-state
-  command_line {check} $ARG1$ "$ARG2$"
+  command_line {check} $ARG1$
 }}
 define host {{
   host_name {HOST}
   address 127.0.0.1
-  check_command check-state!{ws.path('host.state')}!host check
+  check_command check-state!{ws.path('host.state')}
   max_check_attempts 1
   check_interval 1
   retry_interval 1
@@ -193,7 +202,7 @@ define host {{
 define service {{
   host_name {HOST}
   service_description {SERVICE}
-  check_command check-state!{ws.path('service.state')}!{SERVICE_OUTPUT}
+  check_command check-state!{ws.path('service.state')}
   max_check_attempts 1
   check_interval 1
   retry_interval 1
@@ -227,6 +236,7 @@ define service {{
         "cached_host_check_horizon": "0",  # else a host state is trusted for 15 s
         "enable_notifications": "1",
         "enable_flap_detection": "0",
+        "enable_environment_macros": "1",  # what the shipped commands' --env reads
         "illegal_macro_output_chars": "`~$&|'\"<>",  # Debian's default: output is safe inside quotes
     }
     lines = []
@@ -259,12 +269,11 @@ object TimePeriod "24x7" {{
   ranges = {{ {days} }}
 }}
 object CheckCommand "check-state" {{
-  command = [ "{check}", "$state_file$", "$state_text$" ]
+  command = [ "{check}", "$state_file$" ]
 }}
 object Host "{HOST}" {{
   check_command = "check-state"
   vars.state_file = "{ws.path('host.state')}"
-  vars.state_text = "host check"
   address = "127.0.0.1"
   check_interval = 1s
   retry_interval = 1s
@@ -275,7 +284,6 @@ object Service "{SERVICE}" {{
   host_name = "{HOST}"
   check_command = "check-state"
   vars.state_file = "{ws.path('service.state')}"
-  vars.state_text = "{SERVICE_OUTPUT}"
   check_interval = 1s
   retry_interval = 1s
   max_check_attempts = 1
@@ -309,6 +317,8 @@ def agent_socket(workspace: Workspace, standin: Any) -> Iterator[Agent]:
     """The real pdagentd, its socket where the monitor's user can reach it; stopped by PID afterwards."""
     os.makedirs(workspace.path("agent"))
     os.chmod(workspace.path("agent"), 0o755)
+    keys = "".join(f"{name} = {KEY}\n" for name in KEY_NAMES)
+    workspace.write("agent/agent.conf", f"[Keys]\n{keys}", mode=0o600)
     agent = Agent(workspace.path("agent"), standin.url)
     try:
         yield agent.start()

@@ -7,11 +7,14 @@ so it imports only what it needs (no argparse unless asked for help, no requests
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pdagent_sd.cli.args import Args, Command, Option, usage_error
 from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
 from pdagent_sd.limits import MAX_SUMMARY, fit
+
+ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,7 +22,10 @@ if TYPE_CHECKING:
 
 DESCRIPTION = "Queue up a trigger, acknowledge or resolve event to PagerDuty."
 EPILOG = """\
-SERVICE_KEY is the Integration Key shown on the service's Integrations tab in PagerDuty.
+SERVICE_KEY is the Integration Key shown on the service's Integrations tab in PagerDuty, or better
+@NAME: a key named in the [Keys] section of /etc/pdagent/agent.conf (or a systemd credential key.NAME),
+which the agent puts in its place, so the key never appears on a command line other users can read.
+Without -k, $PDAGENT_ROUTING_KEY is used.
 The event is committed to the local agent's durable queue before this command returns; the agent
 delivers it, retrying as long as needed. A trigger without -i gets a dedup key from the agent,
 printed so that the same incident can be acknowledged or resolved later.
@@ -31,14 +37,15 @@ exit status: 0 queued; 2 usage error; 65 event rejected as invalid; 69 agent unr
 75 temporary refusal (queue full, storage error), try again.
 
 examples:
-  pd-send -k $KEY -t trigger -d "Server is on fire" -i srv01/fire
-  pd-send -k $KEY -t resolve -i srv01/fire
-  pd-send -k $KEY --change -d "Deployed v1.2.3" --link "https://ci.example/42|build 42"
+  pd-send -k @ops -t trigger -d "Server is on fire" -i srv01/fire
+  pd-send -k @ops -t resolve -i srv01/fire
+  pd-send -k @ops --change -d "Deployed v1.2.3" --link "https://ci.example/42|build 42"
 """
 
 COMMAND = Command("pd-send", DESCRIPTION, EPILOG, (
-    Option(("-k", "--service-key", "--routing-key"), "key", required=True, metavar="SERVICE_KEY",
-           help="integration (routing) key of the PagerDuty service"),
+    Option(("-k", "--service-key", "--routing-key"), "key", metavar="SERVICE_KEY",
+           help="integration (routing) key of the PagerDuty service, or @NAME for a key named in the agent's "
+                "configuration (default: $PDAGENT_ROUTING_KEY)"),
     Option(("-t", "--event-type"), "event_type", choices=("trigger", "acknowledge", "resolve"),
            help="event type (required unless --change)"),
     Option(("-d", "--description"), "description", help="short description: the incident's summary"),
@@ -130,6 +137,10 @@ def build_event(args: Args) -> Dict[str, Any]:
 
 def _main(argv: List[str]) -> int:
     args = COMMAND.parse(argv)
+    if not args.key:
+        vars(args)["key"] = os.environ.get(ROUTING_KEY_ENV, "")  # a name (@ops) or a key, for scripts
+        if not args.key:
+            return usage_error(COMMAND, f"-k/--routing-key is required (or {ROUTING_KEY_ENV} in the environment)")
     if args.change and args.api:
         return usage_error(COMMAND, "--change and --api cannot be used together")
     if not args.change and not args.event_type:

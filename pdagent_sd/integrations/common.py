@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from typing import Any, Dict, List, Optional
 
 from pdagent_sd.events import MAX_DEDUP_KEY, Action, Severity
@@ -120,6 +121,14 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
+ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
+
+
 def add_routing_key_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
-    parser.add_argument("-k", *aliases, "--routing-key", dest="routing_key", required=True, metavar="KEY",
-                        help="integration (routing) key of the PagerDuty service: 32 letters and digits")
+    """-k KEY, or -k @NAME for a key named in the agent's configuration; $PDAGENT_ROUTING_KEY when not given."""
+    default = os.environ.get(ROUTING_KEY_ENV) or None
+    parser.add_argument("-k", *aliases, "--routing-key", dest="routing_key", required=default is None,
+                        default=default, metavar="KEY",
+                        help="integration (routing) key of the PagerDuty service (32 letters and digits), or "
+                             "@NAME for a key named in the agent's configuration, which keeps it off the "
+                             f"command line (default: ${ROUTING_KEY_ENV})")

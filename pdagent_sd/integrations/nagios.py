@@ -7,6 +7,7 @@ old agent is still resolved once a host runs this one. Sends Events API v2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -29,6 +30,16 @@ REQUIRED_FIELDS = {
 }
 STATE_FIELD = {HOST: "HOSTSTATE", SERVICE: "SERVICESTATE"}
 OUTPUT_FIELD = {HOST: "HOSTOUTPUT", SERVICE: "SERVICEOUTPUT"}
+# The macros --env reads from Nagios's environment macros (NAGIOS_<NAME>, enable_environment_macros=1): the
+# fields the shipped commands used to pass as -f NAME="$NAME$", where an output ending in a backslash broke
+# the shell's quoting and the notification was lost.
+ENV_PREFIX = "NAGIOS_"
+ENV_FIELDS = {
+    HOST: ("HOSTNAME", "HOSTSTATE", "HOSTOUTPUT", "HOSTDISPLAYNAME", "HOSTADDRESS", "HOSTPROBLEMID",
+           "NOTIFICATIONAUTHOR", "NOTIFICATIONCOMMENT"),
+    SERVICE: ("HOSTNAME", "SERVICEDESC", "SERVICESTATE", "SERVICEOUTPUT", "HOSTDISPLAYNAME", "SERVICEDISPLAYNAME",
+              "HOSTADDRESS", "SERVICEPROBLEMID", "NOTIFICATIONAUTHOR", "NOTIFICATIONCOMMENT"),
+}
 
 SEVERITY_OF_STATE = {
     "CRITICAL": Severity.CRITICAL,
@@ -61,8 +72,9 @@ ACTION_OF_TYPE: Dict[str, Union[Action, str]] = {
 
 DESCRIPTION = "Queue an event for a Nagios or Icinga host or service notification to PagerDuty."
 EPILOG = f"""\
-Called from a Nagios notification command with the macros as -f fields; see
-integrations/nagios/pagerduty.cfg and docs/integrations.md.
+Called from a Nagios notification command with --env, reading the macros from Nagios's environment macros
+(enable_environment_macros=1), or with the macros as -f fields; see integrations/nagios/pagerduty.cfg and
+docs/integrations.md. -k @NAME names a key in the agent's configuration.
 
 required fields: -n host: HOSTNAME, HOSTSTATE; -n service: HOSTNAME, SERVICEDESC, SERVICESTATE
 (HOSTOUTPUT / SERVICEOUTPUT go into the summary; every field goes into custom_details).
@@ -99,6 +111,10 @@ def parser() -> argparse.ArgumentParser:
                    help="dedup key to use instead of the one built from the host and service names")
     p.add_argument("-f", "--field", action="append", default=[], metavar="NAME=VALUE",
                    help="a Nagios macro, e.g. HOSTNAME=$HOSTNAME$ (repeatable)")
+    p.add_argument("--env", action="store_true",
+                   help="read the macros from Nagios's environment macros (NAGIOS_HOSTNAME, NAGIOS_SERVICEOUTPUT, "
+                        "..., nagios.cfg: enable_environment_macros=1), so no plugin output is on the command "
+                        "line; -f fields win over them")
     # The old agent's Icinga 2 file passed these two; accepting them keeps such configs working.
     p.add_argument("-c", "--client", help="name of the monitoring system, shown in PagerDuty")
     p.add_argument("-u", "--client-url", help="URL of the monitoring system, linked from PagerDuty")
@@ -188,10 +204,25 @@ def build_event(
     )
 
 
-def event_for(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
-    """The event for parsed command-line arguments."""
+def env_fields(object_type: str, environ: Dict[str, str]) -> Dict[str, str]:
+    """The macros of ENV_FIELDS found in the environment; none at all means environment macros are off."""
+    fields = {name: environ[ENV_PREFIX + name] for name in ENV_FIELDS.get(object_type, ())
+              if ENV_PREFIX + name in environ}
+    if not fields:
+        raise UsageError(f"--env: no {ENV_PREFIX}* macros in the environment; set enable_environment_macros=1 "
+                         "in nagios.cfg (or pass the macros as -f NAME=VALUE)")
+    return fields
+
+
+def event_for(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Tuple[str, Dict[str, Any]]:
+    """The event for parsed command-line arguments (and, with --env, Nagios's environment macros)."""
+    fields: Dict[str, str] = {}
+    if args.env:
+        env = dict(os.environ) if environ is None else environ
+        fields.update((name, clean_args([value])[0]) for name, value in env_fields(args.object_type, env).items())
+    fields.update(parse_pairs(args.field, "-f/--field"))
     return build_event(
-        args.routing_key, args.notification_type, args.object_type, parse_pairs(args.field, "-f/--field"),
+        args.routing_key, args.notification_type, args.object_type, fields,
         incident_key=args.incident_key, client=args.client, client_url=args.client_url,
     )
 

@@ -113,6 +113,9 @@ def test_sysusers_created_the_pdagent_user(installed: DebianContainer) -> None:
     entry = installed.run("getent", "passwd", "pdagent").stdout.split(":")
     assert int(entry[2]) < 1000 and entry[6].strip().endswith("nologin")
     assert installed.run("getent", "group", "pdagent").returncode == 0
+    # agent.conf may hold routing keys ([Keys]): the daemon's group reads it, other users do not
+    modes = installed.run("stat", "-c", "%a %U:%G", "/etc/pdagent/agent.conf", "/etc/pdagent/agent.conf.d").stdout
+    assert modes.split("\n")[:2] == ["640 root:pdagent", "750 root:pdagent"], modes
 
 
 def test_socket_and_timer_enabled_and_started_service_only_socket_activated(installed: DebianContainer) -> None:

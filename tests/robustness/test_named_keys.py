@@ -1,0 +1,178 @@
+"""Named routing keys: `-k @name` (and PDAGENT_ROUTING_KEY) resolved by the real daemon from [Keys] and from
+systemd credentials, so no key has to be on a command line that every local user can read in /proc.
+
+- the daemon queues and POSTs the real key; the sender's argv holds only the name;
+- an unknown name is an invalid event (exit 65) naming the name, never a key;
+- a bad key in the configuration stops the daemon naming the file and the name, never the value;
+- another local user sees dedup keys masked like routing keys (status, list, pd-queue --json) and can use a
+  name to page, but never learns the key behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from typing import Any, Dict, Iterator
+
+import pytest
+
+from pdagent_sd import config as config_module
+from pdagent_sd.errors import ConfigError, InvalidEvent
+from pdagent_sd.events import mask, validate
+from pdagent_sd.keys import KeyBook
+
+from agentproc import KEY_A, KEY_B, Agent, trigger
+from asuser import OtherUser, available
+from standin import StandIn
+
+DEDUP = "db01/disk-full"
+
+
+def write_keys(agent: Agent, text: str, mode: int = 0o600) -> None:
+    with open(agent.config, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(agent.config, mode)
+
+
+# --- the rules, without a daemon ----------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_name_is_replaced_by_its_key_in_the_body_for_every_api() -> None:
+    book = KeyBook({"ops": KEY_A, "db.team-1": KEY_B})
+    event = validate("v2", trigger("@ops", "disk"), keys=book)
+    assert event.routing_key == KEY_A and event.body["routing_key"] == KEY_A and "@ops" not in event.encoded()
+    v1 = validate("v1", {"service_key": "@db.team-1", "event_type": "trigger", "description": "x"}, keys=book)
+    assert v1.routing_key == KEY_B and v1.body["service_key"] == KEY_B
+    change = validate("change", {"routing_key": "@ops", "payload": {"summary": "deployed"}}, keys=book)
+    assert change.routing_key == KEY_A
+    assert KEY_A not in repr(book) and "@ops" in repr(book)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", ["@nope", "@", "@bad name", "@" + "x" * 65, "@ops\n"])
+def test_an_unknown_or_malformed_name_is_an_invalid_event_without_a_key(value: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        validate("v2", trigger(value, "disk"), keys=KeyBook({"ops": KEY_A}))
+    text = caught.value.message + (caught.value.hint or "")
+    assert KEY_A not in text and "routing_key" in text
+    if value == "@nope":
+        assert "@nope is not a configured key name" in text
+
+
+@pytest.mark.unit
+def test_keys_come_from_files_and_credentials_and_a_bad_one_names_file_and_name_only(tmp_path: Any) -> None:
+    main = tmp_path / "agent.conf"
+    main.write_text(f"[Agent]\nrate_limit_burst = 5\n[Keys]\nOps = {KEY_A}\nshared = {KEY_A}\n")
+    (tmp_path / "agent.conf.d").mkdir()
+    (tmp_path / "agent.conf.d" / "db.conf").write_text(f"[Keys]\ndb = {KEY_B}\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "key.shared").write_text(KEY_B + "\n")  # a credential wins over a file
+    (creds / "other").write_text("not a key, not ours")
+    loaded = config_module.load(str(main), {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert loaded.rate_limit_burst == 5
+    assert loaded.keys.names() == ("Ops", "db", "shared")
+    assert [loaded.keys.resolve(n) for n in ("@Ops", "@db", "@shared")] == [KEY_A, KEY_B, KEY_B]
+    assert loaded.keys.source("shared") == "credential key.shared"
+
+    bad = "0123456789abcdef0123456789abcdeX!"  # 33 characters, one not a letter or digit
+    (tmp_path / "agent.conf.d" / "zz.conf").write_text(f"[Keys]\nbroken = {bad}\n")
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(str(main), {})
+    assert "zz.conf" in caught.value.message and "@broken" in caught.value.message
+    assert bad not in caught.value.message and bad[:20] not in caught.value.message
+    (tmp_path / "agent.conf.d" / "zz.conf").write_text(f"[Keys]\nbroken = {KEY_A}\n  {KEY_B} = x\n")
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(str(main), {})
+    assert KEY_A not in caught.value.message and KEY_B not in caught.value.message
+
+
+# --- the real daemon ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_pd_send_with_a_name_delivers_the_real_key(make_agent: Any, standin: StandIn, tmp_path: Any) -> None:
+    agent = make_agent(start=False)
+    write_keys(agent, f"[Keys]\nops = {KEY_A}\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "key.db").write_text(KEY_B)
+    agent.env["CREDENTIALS_DIRECTORY"] = str(creds)
+    agent.start()
+    sent = agent.pd_send("-k", "@ops", "-t", "trigger", "-d", "disk full", "-i", DEDUP)
+    assert sent.returncode == 0, sent.stderr
+    by_env = subprocess.run(
+        [agent.python, "-m", "pdagent_sd.cli.send", "-t", "resolve", "-i", DEDUP],
+        env={**agent.env, "PDAGENT_ROUTING_KEY": "@ops"}, capture_output=True, text=True, timeout=30)
+    assert by_env.returncode == 0, by_env.stderr
+    by_credential = agent.pd_send("-k", "@db", "-t", "trigger", "-d", "from a credential")
+    assert by_credential.returncode == 0, by_credential.stderr
+    nagios = agent.client("pdagent_sd.integrations.nagios", "-k", "@ops", "-n", "host", "-t", "PROBLEM",
+                          "-f", "HOSTNAME=web01", "-f", "HOSTSTATE=DOWN")
+    assert nagios.returncode == 0, nagios.stderr
+    assert standin.wait_for(4, timeout=15), agent.log()
+    assert [body["event_action"] for body in standin.bodies(KEY_A)] == ["trigger", "resolve", "trigger"]
+    assert len(standin.bodies(KEY_B)) == 1
+    assert "@" not in json.dumps(standin.bodies())  # no name reached the API
+    listed = agent.request({"op": "list", "routing_key": "@ops"})  # pd-queue -k @name works as well
+    assert {row["routing_key"] for row in listed["events"]} == {KEY_A} and len(listed["events"]) == 3
+
+    missing = agent.pd_send("-k", "@nope", "-t", "trigger", "-d", "x")
+    assert missing.returncode == 65 and "@nope is not a configured key name" in missing.stderr
+    assert KEY_A not in missing.stderr + missing.stdout and KEY_B not in missing.stderr
+    no_key = subprocess.run([agent.python, "-m", "pdagent_sd.cli.send", "-t", "trigger", "-d", "x"],
+                            env=agent.env, capture_output=True, text=True, timeout=30)
+    assert no_key.returncode == 2 and "PDAGENT_ROUTING_KEY" in no_key.stderr
+    assert KEY_A not in agent.log() and KEY_B not in agent.log()
+
+
+@pytest.mark.integration
+def test_a_bad_key_in_the_configuration_stops_the_daemon_naming_file_and_name(make_agent: Any) -> None:
+    agent = make_agent(start=False)
+    bad = "a" * 31 + "-"
+    write_keys(agent, f"[Keys]\nops = {bad}\n", mode=0o644)
+    with pytest.raises(RuntimeError) as caught:
+        agent.start(timeout=10)
+    assert agent.proc is not None and agent.proc.returncode == 78
+    assert "agent.conf [Keys]: the key for @ops is not 32 letters and digits" in str(caught.value)
+    assert bad not in agent.log()
+
+
+@pytest.fixture
+def other_user() -> Iterator[OtherUser]:
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with OtherUser() as user:
+        yield user
+
+
+@pytest.mark.integration
+def test_another_user_pages_by_name_but_never_sees_a_key_or_a_dedup_key(other_user: OtherUser,
+                                                                        standin: StandIn) -> None:
+    agent = Agent(other_user.workdir, standin.url)
+    write_keys(agent, f"[Keys]\nops = {KEY_A}\n")
+    agent.start()
+    try:
+        standin.refuse_connections()  # the events stay pending, to be listed
+        assert agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "root's page", "-i", DEDUP).returncode == 0
+        env: Dict[str, str] = {"PDAGENT_SOCKET": agent.socket}
+        sent = other_user.run(["-m", "pdagent_sd.cli.send", "-k", "@ops", "-t", "trigger", "-d", "by name"],
+                              env=env)
+        assert sent.returncode == 0, sent.stderr  # the socket is open to all: a name pages, as a key did
+        for argv in (["status", "--json"], ["list", "--json"], ["list"], ["status"], ["list", "-k", "@ops"]):
+            shown = other_user.run(["-m", "pdagent_sd.cli.queue", *argv], env=env)
+            assert shown.returncode == 0, (argv, shown.stderr)
+            assert KEY_A not in shown.stdout and DEDUP not in shown.stdout, (argv, shown.stdout)
+        listed = json.loads(other_user.requests(agent.socket, [{"op": "list"}])[0])["events"]
+        assert {row["dedup_key"] for row in listed} >= {mask(DEDUP)} and len(listed) == 2
+        # root (an admin) sees the dedup keys whole
+        assert DEDUP in {row["dedup_key"] for row in agent.request({"op": "list"})["events"]}
+        assert stat.S_IMODE(os.stat(agent.config).st_mode) == 0o600
+        peek = other_user.run(["-c", "open(__import__('sys').argv[1]).read()", agent.config])
+        assert peek.returncode != 0 and "PermissionError" in peek.stderr
+    finally:
+        agent.stop()
