@@ -197,6 +197,11 @@ class Store:
         self.writes_failing = False  # the last transaction failed (disk full...): set until one commits
         self._ops: "queue.SimpleQueue[Optional[Tuple[WriteOp, Commit]]]" = queue.SimpleQueue()
         self._local = threading.local()
+        # Every thread's read connection, so that close() closes them all: a connection left to the garbage
+        # collector is a ResourceWarning under Python 3.13 (and a file descriptor held until then).
+        self._readers: List[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._generation = 0
         self._writer: Optional[threading.Thread] = None
         self._write_conn: Optional[sqlite3.Connection] = None
 
@@ -234,6 +239,11 @@ class Store:
         if self._write_conn is not None:
             self._write_conn.close()
             self._write_conn = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+            self._generation += 1  # a thread's connection from before is closed: the next read opens another
+        for conn in readers:
+            conn.close()
 
     def writer_alive(self) -> bool:
         return self._writer is not None and self._writer.is_alive()
@@ -298,8 +308,11 @@ class Store:
     def reader(self) -> sqlite3.Connection:
         """A connection for the calling thread's reads (WAL lets readers run beside the writer)."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or getattr(self._local, "generation", None) != self._generation:
             conn = self._local.conn = self._connect()
+            self._local.generation = self._generation
+            with self._readers_lock:
+                self._readers.append(conn)
         return conn
 
     # --- the writer ----------------------------------------------------------------------------------
