@@ -111,10 +111,10 @@ say "a minimal Debian 12 tree made by debootstrap (cached after the first run), 
 rootfs=$("$top/packaging/debian12-rootfs.sh")
 cp -a "$rootfs" "$work/root"
 python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$work/root/etc/machine-id"
-mkdir -p /var/cache/pdagent-sd-test/apt-archives/partial
+mkdir -p /var/cache/pdagent-sd-test/apt-archives/bookworm/partial
 cp "$deb" "$work/root/root/"
 systemd-nspawn --directory="$work/root" --machine="pdagent-demo-$$" --register=no --keep-unit --boot \
-    --link-journal=no --resolv-conf=copy-host --bind=/var/cache/pdagent-sd-test/apt-archives:/var/cache/apt/archives \
+    --link-journal=no --resolv-conf=copy-host --bind=/var/cache/pdagent-sd-test/apt-archives/bookworm:/var/cache/apt/archives \
     >"$work/console.log" 2>&1 </dev/null &
 nspawn_pid=$!
 for _ in $(seq 150); do

@@ -13,7 +13,7 @@ import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Protocol, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Union
 
 from pdagent_sd import __version__
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
@@ -21,13 +21,15 @@ from pdagent_sd.events import NO_KEYS, mask, validate
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import KeyBook
 from pdagent_sd.metrics import render as render_metrics
-from pdagent_sd.protocol import Message
+from pdagent_sd.protocol import LEGACY_BATCH, Message
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Commit, State, Store
+from pdagent_sd.store import Commit, LegacyEntry, State, Store
 
 logger = logging.getLogger(__name__)
 
 ADMIN_GROUP = "pdagent"
+ADMIN_OPS = ("show", "retry", "drop", "import_legacy")
+LEGACY_STATES = {"pending": State.PENDING, "failed": State.FAILED}
 MAX_LIST_LIMIT = 10000
 NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
 
@@ -111,7 +113,7 @@ class Handlers:
 
     def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
         op = message["op"]
-        if op in ("show", "retry", "drop") and not peer.admin:
+        if op in ADMIN_OPS and not peer.admin:
             raise Forbidden(f"'{op}' needs root, the service's user or membership of group {ADMIN_GROUP}",
                             hint=f"use sudo, or join group {ADMIN_GROUP}")
         if op == "send":
@@ -216,6 +218,53 @@ class Handlers:
             report(Kind.DROPPED, f"{count} event(s) dropped by uid {peer.uid}", event_id=message.get("id"),
                    routing_key=message.get("routing_key"))
         return {"ok": True, "count": count}
+
+    def op_import_legacy(self, message: Message, peer: Peer) -> Message:
+        """Events of the old agent's outqueue: each is checked as a v1 event (an invalid one is reported, never
+        fatal to the others), then all valid ones not imported before are queued in the order given."""
+        items = message.get("events")
+        if not isinstance(items, list) or len(items) > LEGACY_BATCH:
+            raise BadRequest(f"events must be a list of at most {LEGACY_BATCH} entries")
+        results: List[Dict[str, Any]] = []
+        entries: List[LegacyEntry] = []
+        for item in items:
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                raise BadRequest("every entry needs a name (the old agent's file name)")
+            state = LEGACY_STATES.get(item.get("state"))
+            queued_at = item.get("queued_at")
+            if state is None or not isinstance(queued_at, (int, float)) or isinstance(queued_at, bool):
+                raise BadRequest(f"{name}: state must be pending or failed, queued_at a number")
+            try:
+                event = validate("v1", item.get("event"), owned=True)
+            except PdagentError as error:
+                results.append({"name": name, "result": "invalid", "error": error.message})
+                continue
+            note = "" if state is State.PENDING else f"failed in the old agent (err/{name})"
+            entries.append(LegacyEntry(name, event, state, float(queued_at), note))
+            results.append({"name": name, "result": "imported"})
+        if message.get("dry_run") is True:
+            already = set(self.store.imported_before([entry.name for entry in entries]))
+            ids: List[Optional[int]] = [None if entry.name in already else 0 for entry in entries]
+        else:
+            ids = self.store.import_legacy(entries) if entries else []
+        by_name = dict(zip((entry.name for entry in entries), ids))
+        for result, entry in zip((r for r in results if r["result"] == "imported"), entries):
+            event_id = by_name[entry.name]
+            if event_id is None:
+                result["result"] = "already_imported"
+                continue
+            if not event_id:
+                result["result"] = "would_import"  # a dry run
+            else:
+                result["id"] = event_id
+                report(Kind.ACCEPTED, f"imported event {event_id} ({entry.state.value}) from the old agent's "
+                       f"outqueue file {entry.name}, for uid {peer.uid}", event_id=event_id,
+                       dedup_key=entry.event.dedup_key, routing_key=entry.event.routing_key,
+                       action=entry.event.action.value, api=entry.event.api.value)
+                if entry.state is State.PENDING:
+                    self.scheduler.wake(entry.event.routing_key)
+        return {"ok": True, "results": results}
 
     def op_flush(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "keys": self.scheduler.flush()}  # flush reads the pending keys

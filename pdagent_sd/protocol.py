@@ -24,7 +24,16 @@ MAX_LINE = 1024 * 1024
 DEFAULT_SOCKET = "/run/pdagent/pdagent.sock"
 CLIENT_TIMEOUT_SEC = 60.0
 
-OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics")
+OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics", "import_legacy")
+
+# import_legacy (admin): events read from the old agent's outqueue by `pd-queue import-legacy`, in enqueue order.
+#   {"op": "import_legacy", "dry_run": false,
+#    "events": [{"name": "<file name>", "state": "pending"|"failed", "queued_at": <unix time>, "event": {v1 body}}]}
+#   -> {"ok": true, "results": [{"name": ..., "result": "imported"|"would_import"|"already_imported"|"invalid",
+#                                "id": N, "error": "..."}]}  (one per event, in the same order; a dry run writes
+#                                nothing and answers would_import)
+# A request carries at most LEGACY_BATCH events, so that its line stays well under MAX_LINE.
+LEGACY_BATCH = 100
 
 
 def socket_path(explicit: Optional[str] = None) -> str:

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id);
+-- Events imported from the old agent's outqueue, by their file name there: an import never queues one twice.
+CREATE TABLE IF NOT EXISTS legacy_imports (
+    name TEXT PRIMARY KEY,
+    event_id INTEGER NOT NULL,
+    imported REAL NOT NULL
+);
 """
 
 
@@ -113,6 +119,17 @@ class QueuedEvent:
     attempts: int
     next_attempt: float
     created: float
+
+
+@dataclass(frozen=True)
+class LegacyEntry:
+    """One event file of the old agent's outqueue, validated, to import: `name` is its file name there."""
+
+    name: str
+    event: Event
+    state: State
+    queued_at: float
+    note: str = ""
 
 
 # A write operation runs inside the writer's transaction and returns (result, change in pending count).
@@ -442,6 +459,41 @@ class Store:
 
         return self.submit(op)
 
+    def import_legacy(self, entries: Sequence[LegacyEntry]) -> List[Optional[int]]:
+        """Queue events from the old agent's outqueue in the order given, in one transaction: pending ones as
+        pending, failed ones as failed (`pd-queue retry` sends them again). Returns each entry's new id, or None
+        for a file name imported before. Refused whole (QueueFull) if the pending ones do not fit."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> Tuple[List[Optional[int]], int]:
+            names = [entry.name for entry in entries]
+            seen = _imported(conn, names)
+            fresh = [entry for entry in entries if entry.name not in seen]
+            pending = sum(1 for entry in fresh if entry.state is State.PENDING)
+            if pending and self.pending_count + pending > self.max_pending:
+                raise QueueFull(f"importing {pending} pending events would exceed max_pending_events = "
+                                f"{self.max_pending} ({self.pending_count} pending now)",
+                                hint="deliver or drop pending events first, then import again")
+            ids: Dict[str, int] = {}
+            for entry in fresh:
+                event = entry.event
+                cursor = conn.execute(
+                    "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
+                    "last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.routing_key, event.api.value, event.action.value, event.dedup_key, event.encoded(),
+                     entry.state.value, entry.queued_at, now, entry.note or None))
+                ids[entry.name] = int(cursor.lastrowid or 0)
+                conn.execute("INSERT INTO legacy_imports (name, event_id, imported) VALUES (?, ?, ?)",
+                             (entry.name, ids[entry.name], now))
+            return [ids.get(name) for name in names], pending
+
+        return cast(List[Optional[int]], self.write(op))
+
+    @_read_op
+    def imported_before(self, names: Sequence[str]) -> List[str]:
+        """Which of these old-agent file names were imported already."""
+        return sorted(_imported(self.reader(), names))
+
     def retry_failed(self, routing_key: Optional[str] = None) -> int:
         """Failed → pending, keeping each event's id and so its place in its key's order."""
         now = self.clock()
@@ -578,6 +630,16 @@ class Store:
 
 ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
               "next_attempt", "last_status", "last_error", "body")
+
+
+def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
+    found: set = set()
+    for start in range(0, len(names), 500):  # SQLite's limit on bound parameters is 999 on older versions
+        chunk = list(names[start:start + 500])
+        marks = ",".join("?" * len(chunk))
+        found.update(row[0] for row in conn.execute(
+            f"SELECT name FROM legacy_imports WHERE name IN ({marks})", chunk))
+    return found
 
 
 def _selector(event_id: Optional[int], routing_key: Optional[str],

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pdagent_sd import exitcodes
 from pdagent_sd.cli.common import UsageError, run
-from pdagent_sd.errors import AgentUnreachable, Forbidden
+from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound
+from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import Message, request
 
 PROGRAM = "pd-queue"
@@ -389,7 +390,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", metavar="PATH", help="agent socket (default: $PDAGENT_SOCKET or "
                                                    "/run/pdagent/pdagent.sock)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    sub = p.add_subparsers(dest="command", metavar="{status,retry,list,show,drop,flush,metrics}")
+    sub = p.add_subparsers(dest="command", metavar="{status,retry,list,show,drop,flush,metrics,import-legacy}")
     sub.required = True
 
     def command(name: str, help_text: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -456,7 +457,81 @@ def parser() -> argparse.ArgumentParser:
                    help="write to FILE atomically (temporary file and rename) instead of stdout; if the "
                         "agent cannot be reached, FILE says pdagent_up 0")
     m.set_defaults(func=cmd_metrics)
+
+    il = command("import-legacy", "queue the events the old PagerDuty agent left behind.",
+                 "Import the events still queued by PagerDuty's old agent (pdagent 1.x): pending ones (pdq/) "
+                 "as pending, in the order the old agent queued them, failed ones (err/) as failed. v1 events "
+                 "stay v1, with their incident keys. An event imported before is never imported again. Files "
+                 "that cannot be read or understood are counted and named, and the others imported. The old "
+                 "files are left where they are. Needs root or group pdagent (and permission to read DIR).")
+    il.add_argument("dir", nargs="?", default=DEFAULT_OUTQUEUE, metavar="DIR",
+                    help=f"the old agent's outqueue (default: {DEFAULT_OUTQUEUE})")
+    il.add_argument("-n", "--dry-run", action="store_true",
+                    help="say what would be imported, change nothing")
+    il.set_defaults(func=cmd_import_legacy)
     return p
+
+
+# --- import-legacy -------------------------------------------------------------------------------------------------
+
+
+def _shown(text: str) -> str:
+    """A file name or reason from a directory any local user could write to: printable, one line, and the
+    service key an old event file is named after masked, as everywhere else."""
+    from pdagent_sd.events import mask  # re and uuid: only for this command, not for a fast `status`
+
+    text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    subdir, slash, name = text.rpartition("/")
+    micros, sep, rest = name.partition("_")
+    if slash and sep and micros.isdigit() and rest.endswith(".txt"):
+        return f"{subdir}/{micros}_{mask(rest[:-4])}.txt"
+    return text
+
+
+def cmd_import_legacy(args: argparse.Namespace) -> int:
+    from pdagent_sd.legacy import scan
+    from pdagent_sd.protocol import LEGACY_BATCH, Client
+
+    if not os.path.isdir(args.dir):
+        raise NotFound(f"{args.dir} is not a directory: there is no old agent's outqueue to import",
+                       hint="give the old agent's outqueue directory (it holds pdq/ and err/)")
+    events, unusable = scan(args.dir)
+    counts: Dict[str, Any] = {"imported": {"pending": 0, "failed": 0}, "already_imported": 0, "invalid": []}
+    subdir_of = {event.name: event.subdir for event in events}
+    state_of = {event.name: event.state for event in events}
+    with Client(args.socket) as client:
+        for start in range(0, len(events), LEGACY_BATCH):
+            batch = events[start:start + LEGACY_BATCH]
+            message: Message = {"op": "import_legacy", "dry_run": args.dry_run,
+                                "events": [event.to_wire() for event in batch]}
+            try:
+                reply = client.request(message)
+            except Forbidden:
+                raise _refused("import-legacy") from None
+            for result in reply["results"]:
+                name = result["name"]
+                if result["result"] in ("imported", "would_import"):
+                    counts["imported"][state_of[name]] += 1
+                elif result["result"] == "already_imported":
+                    counts["already_imported"] += 1
+                else:
+                    counts["invalid"].append((f"{subdir_of[name]}/{name}", result.get("error", "invalid")))
+    verb = "would import" if args.dry_run else "imported"
+    imported = counts["imported"]
+    print(f"{args.dir}: {len(events) + len(unusable)} file(s) in pdq/ and err/")
+    print(f"{verb}: {imported['pending'] + imported['failed']} ({imported['pending']} pending from pdq/, "
+          f"{imported['failed']} failed from err/)")
+    print(f"already imported before: {counts['already_imported']}")
+    print(f"invalid events: {len(counts['invalid'])}")
+    for path, reason in counts["invalid"]:
+        print(f"  {_shown(path)}: {reason}")
+    print(f"unreadable or malformed files: {len(unusable)}")
+    for problem in unusable:
+        print(f"  {_shown(problem.path)}: {problem.reason}")
+    if imported["failed"] and not args.dry_run:
+        print("Failed events stay failed: `pd-queue retry -a` sends them again.")
+    print("The old files are left where they are.")
+    return exitcodes.OK
 
 
 def _main(argv: List[str]) -> int:

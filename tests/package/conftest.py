@@ -1,9 +1,10 @@
 """Fixtures of the package tier (``pytest -m package``): the real .deb, installed with apt on a clean Debian 12
-booted with systemd (see debcontainer.py for how the container is made).
+("bookworm") and a clean Debian 13 ("trixie"), each booted with systemd (see debcontainer.py for how).
 
 - ``built_deb``: ``packaging/build-deb.sh`` run once per session into a temporary dist dir (lintian included).
 - ``upgrade_deb``: the same tree built again under a higher Debian version, for the upgrade test.
-- ``rootfs``: the cached debootstrap tree (built on first use, about 90 s; reused across runs).
+- ``release``: "bookworm" or "trixie"; every test that uses a container runs once on each.
+- ``rootfs``: the cached debootstrap tree of that release (built on first use, 90 s to two minutes; reused).
 - ``events_api``: a stand-in of the Events API on the host's 127.0.0.1, reachable from inside the container.
 - ``installed``: one container per test module, booted from a fresh copy of the tree, with the .deb installed
   by apt (its dependencies come from Debian's mirror) and a drop-in pointing pdagent.service at ``events_api``.
@@ -27,7 +28,7 @@ for path in (PACKAGE_DIR, TESTS_DIR):
         sys.path.insert(0, str(path))
 
 from debbuild import TIMINGS, BuiltDeb, build_deb, timed  # noqa: E402
-from debcontainer import DebianContainer, cached_rootfs, skip_reason  # noqa: E402
+from debcontainer import RELEASES, DebianContainer, cached_rootfs, skip_reason  # noqa: E402
 
 from standin import StandIn  # noqa: E402
 
@@ -67,10 +68,15 @@ def upgrade_deb(built_deb: BuiltDeb, tmp_path_factory: pytest.TempPathFactory) -
                          "--no-lintian")
 
 
+@pytest.fixture(scope="session", params=RELEASES)
+def release(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def rootfs(package_skip: None) -> Path:
-    with timed("clean Debian 12 rootfs (debootstrap, or the cache)"):
-        return cached_rootfs()
+def rootfs(package_skip: None, release: str) -> Path:
+    with timed(f"clean {release} rootfs (debootstrap, or the cache)"):
+        return cached_rootfs(release)
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +86,12 @@ def events_api() -> Iterator[StandIn]:
 
 
 @pytest.fixture(scope="module")
-def installed(rootfs: Path, built_deb: BuiltDeb, events_api: StandIn) -> Iterator[DebianContainer]:
-    with timed("copy the rootfs and boot it"):
-        box = DebianContainer.boot(rootfs)
+def installed(rootfs: Path, release: str, built_deb: BuiltDeb, events_api: StandIn) -> Iterator[DebianContainer]:
+    with timed(f"copy the {release} rootfs and boot it"):
+        box = DebianContainer.boot(rootfs, release)
     try:
         deb = box.put(built_deb.path, "/root/" + built_deb.path.name)
-        with timed("apt-get install the .deb (dependencies from Debian's mirror)"):
+        with timed(f"{release}: apt-get install the .deb (dependencies from Debian's mirror)"):
             box.apt("update")
             box.apt("install", deb)
         # What an admin would do with `systemctl edit pdagent`: point the agent at the stand-in, and keep the

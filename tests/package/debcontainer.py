@@ -1,13 +1,14 @@
-"""A clean Debian 12 system, booted with systemd-nspawn from a debootstrap tree, for the package tests.
+"""A clean Debian 12 or 13 system, booted with systemd-nspawn from a debootstrap tree, for the package tests.
 
-    rootfs = cached_rootfs()                      # packaging/debian12-rootfs.sh: built once, then reused
-    with DebianContainer.boot(rootfs) as box:     # a private copy of the tree, booted
+    rootfs = cached_rootfs("trixie")              # packaging/debian-rootfs.sh: built once, then reused
+    with DebianContainer.boot(rootfs, "trixie") as box:     # a private copy of the tree, booted
         box.apt("install", "/root/pdagent-sd.deb")
         box.run("systemctl", "is-active", "pdagent.socket")
 
 How, and why:
 
-- The cached tree (``packaging/debian12-rootfs.sh``, keyed by a hash of its package list) is never booted
+- The cached tree (``packaging/debian-rootfs.sh RELEASE``, keyed by a hash of its release and package list) is
+  never booted
   itself: each container gets its own ``cp -a`` copy (about 250 MB, under a second), removed when it stops. So
   the cache stays clean across tests and runs, and nothing needs unmounting afterwards.
 - The copy gets its own /etc/machine-id before the first boot: the boot is then not a "first boot", so
@@ -15,7 +16,8 @@ How, and why:
 - ``--register=no --keep-unit``: no machined needed on the host. ``--machine=`` a unique name per container.
 - The host's network namespace is shared: apt inside reaches Debian's mirror (``--resolv-conf=copy-host``), and
   an Events API stand-in on the host's 127.0.0.1 is reachable from the agent inside.
-- ``/var/cache/apt/archives`` is bound to a host directory beside the rootfs cache, so the .debs apt fetches
+- ``/var/cache/apt/archives`` is bound to a host directory per release beside the rootfs cache
+  (``apt-archives/<release>``), so the .debs apt fetches
   (python3-systemd, python3-requests, ...) are downloaded once, not on every run. apt still resolves and
   installs them in the container like on any machine.
 - Commands run inside with ``nsenter -t <container PID 1> -a`` and a clean environment.
@@ -36,9 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 REPO = Path(__file__).resolve().parents[2]
-ROOTFS_SCRIPT = REPO / "packaging" / "debian12-rootfs.sh"
+ROOTFS_SCRIPT = REPO / "packaging" / "debian-rootfs.sh"
 CACHE_DIR = Path(os.environ.get("PDAGENT_TEST_CACHE", "/var/cache/pdagent-sd-test"))
-APT_ARCHIVES = CACHE_DIR / "apt-archives"
+APT_ARCHIVES = CACHE_DIR / "apt-archives"  # one directory per release below it
+RELEASES = ("bookworm", "trixie")  # Debian 12 and 13
 INSIDE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
               "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
@@ -71,9 +74,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def cached_rootfs() -> Path:
-    """The clean Debian 12 tree, built by debootstrap on first use (about 90 s), then reused across runs."""
-    done = subprocess.run(["bash", str(ROOTFS_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def cached_rootfs(release: str = "bookworm") -> Path:
+    """The clean tree of a Debian release, built by debootstrap on first use (90 s to two minutes), then reused
+    across runs."""
+    done = subprocess.run(["bash", str(ROOTFS_SCRIPT), release], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, "PDAGENT_TEST_CACHE": str(CACHE_DIR)})
     if done.returncode != 0:
         raise RuntimeError(f"{ROOTFS_SCRIPT.name} failed:\n{done.stderr}")
@@ -83,7 +87,9 @@ def cached_rootfs() -> Path:
 class DebianContainer:
     """One booted copy of the rootfs: its systemd-nspawn process, its PID 1, and helpers to act inside it."""
 
-    def __init__(self, root: Path, workdir: Path, name: str) -> None:
+    def __init__(self, root: Path, workdir: Path, name: str, release: str = "bookworm") -> None:
+        self.release = release
+        self.archives = APT_ARCHIVES / release
         self.root = root
         self.workdir = workdir
         self.name = name
@@ -93,14 +99,14 @@ class DebianContainer:
         self.log_path = workdir / "console.log"
 
     @classmethod
-    def boot(cls, rootfs: Path) -> DebianContainer:
+    def boot(cls, rootfs: Path, release: str = "bookworm") -> DebianContainer:
         workdir = Path(tempfile.mkdtemp(prefix="pdagent-pkg-", dir="/var/tmp"))
         root = workdir / "root"
-        box = cls(root, workdir, "pdagent-pkg-" + uuid.uuid4().hex[:8])
+        box = cls(root, workdir, "pdagent-pkg-" + uuid.uuid4().hex[:8], release)
         try:
             subprocess.run(["cp", "-a", str(rootfs), str(root)], check=True)
             (root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
-            APT_ARCHIVES.joinpath("partial").mkdir(parents=True, exist_ok=True)
+            box.archives.joinpath("partial").mkdir(parents=True, exist_ok=True)
             box.start()
         except BaseException:
             box.destroy()
@@ -115,7 +121,7 @@ class DebianContainer:
         started = time.monotonic()
         command = ["systemd-nspawn", f"--directory={self.root}", f"--machine={self.name}", "--register=no",
                    "--keep-unit", "--boot", "--link-journal=no", "--resolv-conf=copy-host",
-                   f"--bind={APT_ARCHIVES}:/var/cache/apt/archives"]
+                   f"--bind={self.archives}:/var/cache/apt/archives"]
         with open(self.log_path, "ab") as log:
             self.nspawn = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            cwd="/")

@@ -1,4 +1,5 @@
-"""The .deb, built with dpkg-buildpackage and installed with apt on a clean Debian 12 booted with systemd.
+"""The .deb, built with dpkg-buildpackage and installed with apt on a clean Debian 12 and a clean Debian 13, each
+booted with systemd.
 
 The tests of the container run in file order on one machine (``installed``, module scope), the way an admin's
 machine lives: install, use, reboot, upgrade with events pending, remove, purge.
@@ -25,6 +26,7 @@ KEY = "4f1d0c2b9e8a7d6c5b4a39281706f5e4"  # 32 characters, like an integration k
 ACCEPTED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c501"
 DELIVERED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c502"
 DEPENDENCIES = ("python3-systemd", "python3-sdnotify", "python3-requests")
+OLD_INTEGRATION_COMMANDS = ("pd-nagios", "pd-zabbix", "pd-sensu")
 UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service")
 
 
@@ -34,8 +36,9 @@ def deb_field(deb: Path, field: str) -> str:
 
 
 def deb_files(deb: Path) -> List[str]:
+    """Every path in the package (a symlink's own path, not its target)."""
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], stdout=subprocess.PIPE, text=True, check=True).stdout
-    return [line.split()[-1].lstrip(".") for line in listing.splitlines()]
+    return [line.split()[5].lstrip(".") for line in listing.splitlines()]
 
 
 def send(box: DebianContainer, *args: str) -> str:
@@ -79,7 +82,8 @@ def test_deb_depends_on_debian_packages_not_pip(built_deb: BuiltDeb) -> None:
 def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltDeb) -> None:
     files = deb_files(built_deb.path)
     for unit in UNITS:
-        assert f"/lib/systemd/system/{unit}" in files
+        assert f"/usr/lib/systemd/system/{unit}" in files  # not /lib: trixie's lintian, purge on trixie
+    assert not [f for f in files if f.startswith("/lib/")], files
     for path in ("/usr/lib/sysusers.d/pdagent.conf", "/usr/lib/systemd/catalog/pdagent.catalog",
                  "/etc/pdagent/agent.conf", "/usr/bin/pd-send", "/usr/bin/pd-queue", "/usr/bin/pdagentd",
                  "/usr/share/doc/pdagent-sd/README.md", "/usr/share/doc/pdagent-sd/copyright"):
@@ -93,6 +97,18 @@ def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltD
     assert conffiles == ["/etc/pdagent/agent.conf"]
 
 
+def test_deb_replaces_the_old_agent_packages_and_keeps_their_paths(built_deb: BuiltDeb) -> None:
+    for field in ("Conflicts", "Replaces", "Provides"):
+        names = {name.strip() for name in deb_field(built_deb.path, field).split(",")}
+        assert {"pdagent", "pdagent-integrations"} <= names, field
+    listing = subprocess.run(["dpkg-deb", "-c", str(built_deb.path)], stdout=subprocess.PIPE, text=True,
+                             check=True).stdout
+    for command in OLD_INTEGRATION_COMMANDS:
+        line = next(line for line in listing.splitlines()
+                    if line.split()[5] == f"./usr/share/pdagent-integrations/bin/{command}")
+        assert line.startswith("l") and line.split()[-1] == f"../../../bin/{command}", line
+
+
 def test_man_page_is_the_commands_own_help(built_deb: BuiltDeb, tmp_path: Path) -> None:
     subprocess.run(["dpkg-deb", "-x", str(built_deb.path), str(tmp_path)], check=True)
     page = subprocess.run(["zcat", str(tmp_path / "usr/share/man/man1/pd-send.1.gz")], stdout=subprocess.PIPE,
@@ -100,7 +116,7 @@ def test_man_page_is_the_commands_own_help(built_deb: BuiltDeb, tmp_path: Path) 
     assert ".TH PD-SEND" in page and "routing" in page and "Traceback" not in page
 
 
-# --- installed on a clean Debian 12 ---------------------------------------------------------------------------
+# --- installed on a clean Debian 12 / 13 ----------------------------------------------------------------------
 
 def test_apt_installs_the_dependencies_from_debian(installed: DebianContainer) -> None:
     status = installed.run("dpkg-query", "-W", "-f", "${Package} ${Status}\\n", "pdagent-sd", *DEPENDENCIES).stdout
@@ -234,9 +250,29 @@ def test_remove_stops_the_units_and_keeps_the_queue(installed: DebianContainer) 
 
 
 def test_purge_removes_the_state(installed: DebianContainer) -> None:
-    installed.apt("purge", "pdagent-sd")
+    done = installed.apt("purge", "pdagent-sd")
+    # trixie's dpkg warned "while removing pdagent-sd, directory '/lib/systemd/system' not empty" while the units
+    # were shipped under /lib.
+    assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
     assert not installed.exists("/var/lib/pdagent")
     assert not installed.exists("/etc/pdagent")
     assert not installed.exists("/etc/systemd/system/sockets.target.wants/pdagent.socket")
     assert not installed.exists("/etc/systemd/system/timers.target.wants/pdagent-retry.timer")
     assert installed.run("dpkg-query", "-W", "pdagent-sd", check=False).returncode != 0
+
+
+def test_lintian_of_the_release_reports_no_error(installed: DebianContainer, built_deb: BuiltDeb) -> None:
+    """The release's own lintian on the .deb (bookworm's already ran in build-deb.sh, on this Debian 12 host).
+    Installed last, after the purge, so that it never shares the machine with the package under test."""
+    host = subprocess.run(["sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME"], stdout=subprocess.PIPE,
+                          text=True).stdout.strip()
+    if installed.release == host:
+        assert built_deb.returncode == 0 and "lintian: no errors" in built_deb.output, built_deb.output
+        return
+    with timed(f"{installed.release}: install lintian and run it"):
+        installed.apt("install", "--no-install-recommends", "lintian", timeout=900)
+        deb = installed.put(built_deb.path, "/root/" + built_deb.path.name)
+        done = installed.run("lintian", "--display-info", deb, check=False, timeout=600)
+    print(done.stdout + done.stderr)
+    assert not [line for line in done.stdout.splitlines() if line.startswith("E: ")], done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr

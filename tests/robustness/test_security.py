@@ -110,7 +110,11 @@ def test_a_local_user_cannot_read_or_change_others_events(other_user: OtherUser,
             {"op": "retry", "all": True}, {"op": "retry", "routing_key": KEY_B},
             {"op": "drop", "routing_key": KEY_A, "state": "pending"}, {"op": "drop", "routing_key": KEY_B,
                                                                        "state": "failed"}] + [
-            {"op": "drop", "id": i} for i in ids]
+            {"op": "drop", "id": i} for i in ids] + [
+            {"op": "import_legacy", "events": [{"name": f"1400000000000000_{KEY_A}.txt", "state": "pending",
+                                                "queued_at": 1400000000.0, "event": {
+                                                    "service_key": KEY_A, "event_type": "trigger",
+                                                    "description": "smuggled in as an old event"}}]}]
         refused = other_user.requests(agent.socket, changes)
         for message, raw in zip(changes, refused):
             reply = json.loads(raw)
