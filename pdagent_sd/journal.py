@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from pdagent_sd.events import mask
+from pdagent_sd.safetext import safe
 
 logger = logging.getLogger("pdagent_sd.journal")
 
@@ -89,11 +90,13 @@ class StderrFormatter(logging.Formatter):
     """'pdagentd: delivered event 12 [PDAGENT_EVENT_ID=12 ...]': readable, and greppable by field."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        # A dedup key, a summary or an API's error text can carry escape sequences and newlines: a log line is
+        # one line, and nothing in it reaches the terminal of whoever reads the log unescaped.
+        message = safe(record.getMessage())
         line = f"pdagentd: {record.levelname.lower()}: {message}"
-        fields = " ".join(f"{key}={value}" for key, value in record.__dict__.items()
+        fields = " ".join(f"{key}={safe(value)}" for key, value in record.__dict__.items()
                           if key.startswith(FIELD_PREFIX)
-                          and not (key == FIELD_PREFIX + "ERROR" and str(value) in message))
+                          and not (key == FIELD_PREFIX + "ERROR" and safe(value) in message))
         if fields:
             line += f" [{fields}]"
         if record.exc_info:

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 
 
 def fail(program: str, error: PdagentError) -> int:
-    print(f"{program}: {error.message}", file=sys.stderr)
+    from pdagent_sd.safetext import safe  # a message may quote what a user or a monitored system wrote
+
+    print(f"{program}: {safe(error.message)}", file=sys.stderr)
     if error.hint:
-        print(f"{program}: hint: {error.hint}", file=sys.stderr)
+        print(f"{program}: hint: {safe(error.hint)}", file=sys.stderr)
     return exitcodes.for_error_code(error.code)
 
 
@@ -50,7 +52,9 @@ def send_event(api: str, event: Dict[str, Any], *, socket_path: Optional[str] = 
 
     reply = request({"op": "send", "api": api, "event": event}, socket_path)
     if not quiet:
-        dedup_key = reply.get("dedup_key")
+        from pdagent_sd.safetext import safe
+
+        dedup_key = safe(reply.get("dedup_key") or "")
         print(f"Event processed. Incident Key: {dedup_key}" if dedup_key else "Event processed.")
     return exitcodes.OK
 

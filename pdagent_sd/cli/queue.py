@@ -20,6 +20,7 @@ from pdagent_sd.cli.common import UsageError, run
 from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import Message, request
+from pdagent_sd.safetext import safe, safe_json
 
 PROGRAM = "pd-queue"
 DECLINED = 1  # the operator answered no at a confirmation prompt
@@ -84,12 +85,12 @@ def _when(timestamp: Optional[float], now: float) -> str:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print(safe_json(data))  # controls and bidi characters as \u escapes: the same data, nothing a terminal runs
 
 
 def _note(text: str) -> None:
     """Side remarks go to stderr, so stdout stays the data a script reads."""
-    print(f"{PROGRAM}: {text}", file=sys.stderr)
+    print(f"{PROGRAM}: {safe(text)}", file=sys.stderr)
 
 
 def _columns(rows: List[List[str]], right: Tuple[int, ...] = ()) -> List[str]:
@@ -113,7 +114,7 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
                  "oldest_pending_age": None, "throttled_until": None, "backoff_until": None}]
     lines = [TABLE_HEADER]
     for key in keys:
-        lines.append(f"{key['routing_key']:<35} {key['pending']:>9} {key['delivered']:>9} {key['failed']:>9}")
+        lines.append(f"{safe(key['routing_key']):<35} {key['pending']:>9} {key['delivered']:>9} {key['failed']:>9}")
     if len(keys) != 1:
         totals = reply["totals"]
         lines.append(f"{'Total':<35} {totals['pending']:>9} {totals['delivered']:>9} {totals['failed']:>9}")
@@ -136,7 +137,7 @@ def _key_details(key: Dict[str, Any], now: float) -> List[str]:
         parts.append(f"throttled until {_when(key['throttled_until'], now)}")
     if key.get("backoff_until"):
         parts.append(f"backing off until {_when(key['backoff_until'], now)}")
-    return [f"{key['routing_key']}: {'; '.join(parts)}"] if parts else []
+    return [f"{safe(key['routing_key'])}: {'; '.join(parts)}"] if parts else []
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -188,7 +189,8 @@ def _summary(row: Dict[str, Any]) -> str:
 
 
 def _shorten(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
+    """One cell of a table: blanks and line breaks folded, then every control or bidi character escaped."""
+    text = safe(" ".join(text.split()))
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -198,7 +200,7 @@ def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List
     for row in rows:
         detail = f"error: {row['last_error']}" if row["state"] == "failed" and row.get("last_error") \
             else _summary(row)
-        table.append([str(row["id"]), row["state"], row["routing_key"], f"{row['api']} {row['action']}",
+        table.append([str(row["id"]), row["state"], safe(row["routing_key"]), safe(f"{row['api']} {row['action']}"),
                       str(row["attempts"]), f"{_age(now - row['created'])} ago",
                       str(row["last_status"] or "-"), _shorten(row["dedup_key"], 40), _shorten(detail)])
     return _columns(table, right=(0, 4))
@@ -230,10 +232,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str]:
     now = time.time() if now is None else now
+    # Every value through safe(): a newline in a dedup key must not forge a "Last answer:" line below.
     lines = [
-        f"Event {event['id']}: {event['api']} {event['action']}, {event['state']}",
-        f"  Routing key:   {event['routing_key']}",
-        f"  Dedup key:     {event['dedup_key']}",
+        safe(f"Event {event['id']}: {event['api']} {event['action']}, {event['state']}"),
+        f"  Routing key:   {safe(event['routing_key'])}",
+        f"  Dedup key:     {safe(event['dedup_key'])}",
         f"  Queued:        {_when(event['created'], now)}",
         f"  Updated:       {_when(event['updated'], now)}",
         f"  Attempts:      {event['attempts']}",
@@ -246,22 +249,22 @@ def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str
     lines.append("")
     lines.append("Attempts:" if log else "Attempts: none yet")
     for attempt in log:
-        lines.append(f"  {_clock(attempt['at'])}  {attempt['outcome']:<9}  "
+        lines.append(f"  {_clock(attempt['at'])}  {safe(attempt['outcome']):<9}  "
                      f"{_answer(attempt.get('http_status'), attempt.get('error'))}")
     lines.append("")
     lines.append("Body:")
     try:
-        body = json.dumps(json.loads(event["body"]), indent=2, ensure_ascii=False)
+        body = safe_json(json.loads(event["body"]))
     except (KeyError, ValueError):
-        body = str(event.get("body", ""))
+        body = safe(event.get("body", ""))
     lines.extend("  " + line for line in body.splitlines())
     return lines
 
 
 def _answer(status: Optional[int], error: Optional[str]) -> str:
     """What the Events API said: HTTP status and PagerDuty's own error text (or ours, for a network error)."""
-    head = f"HTTP {status}" if status else "no HTTP answer"
-    return f"{head}: {error}" if error else head
+    head = f"HTTP {safe(status)}" if status else "no HTTP answer"
+    return f"{head}: {safe(error)}" if error else head
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -314,7 +317,7 @@ def _drop_one_question(args: argparse.Namespace) -> str:
     event = _ask(args, {"op": "show", "id": args.id})["event"]  # refuses a non-admin before any question
     summary = _summary(event)
     described = f" \"{_shorten(summary)}\"" if summary else ""
-    return f"Drop event {event['id']} ({event['api']} {event['action']}, {event['state']}){described}?"
+    return safe(f"Drop event {event['id']} ({event['api']} {event['action']}, {event['state']})") + described + "?"
 
 
 def _drop_many_question(args: argparse.Namespace) -> str:
@@ -323,7 +326,7 @@ def _drop_many_question(args: argparse.Namespace) -> str:
         raise _refused("drop")
     keys = _ask(args, {"op": "status", "routing_key": args.key})["keys"]
     count = keys[0][args.state] if keys else 0
-    return f"Drop {count} {args.state} event(s) of routing key {args.key}? This cannot be undone."
+    return f"Drop {count} {args.state} event(s) of routing key {safe(args.key)}? This cannot be undone."
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------------
