@@ -55,6 +55,17 @@ def classify(api: Api, status: int, text: str, retry_after_header: Optional[str]
     return Result(Outcome.FAILED, status, error or f"HTTP {status}")
 
 
+MAX_LOCATION_TEXT = 200
+
+
+def redirected(url: str, status: int, location: Optional[str]) -> Result:
+    """A redirect is a failed attempt, retried by the usual rules (a proxy or portal may be passing), and never
+    followed: the event goes to events_url or nowhere."""
+    where = f" to {location[:MAX_LOCATION_TEXT]}" if location else ""
+    return Result(Outcome.RETRY, status, f"{url} answered HTTP {status}, a redirect{where}; redirects are not "
+                                         "followed (events go only to events_url): check events_url and any proxy")
+
+
 def error_text(text: str) -> str:
     """PagerDuty's own words about a refused event: its message and its list of errors."""
     try:
@@ -111,7 +122,9 @@ class Deliverer:
         prepared = self.templates[api].copy()
         prepared.prepare_body(body.encode(), None)
         try:
-            response = self.session.send(prepared, timeout=self.timeout)
+            # Never follow a redirect: it would hand the whole body, routing key included, to whatever host the
+            # answer names (plain http too), around the https-or-loopback rule for events_url.
+            response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False)
         except requests.exceptions.SSLError as exc:
             return Result(Outcome.RETRY, None, f"TLS error talking to {url}: {_reason(exc)}")
         except requests.exceptions.ProxyError as exc:
@@ -122,6 +135,8 @@ class Deliverer:
             return Result(Outcome.RETRY, None, f"cannot connect to {url}: {_reason(exc)}")
         except requests.exceptions.RequestException as exc:
             return Result(Outcome.RETRY, None, f"request to {url} failed: {_reason(exc)}")
+        if response.is_redirect or 300 <= response.status_code < 400:
+            return redirected(url, response.status_code, response.headers.get("Location"))
         return classify(api, response.status_code, response.text, response.headers.get("Retry-After"))
 
     def close(self) -> None:

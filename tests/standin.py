@@ -217,9 +217,10 @@ class Fault:
     body: Optional[JsonBody] = None
     delay: float = 0.0  # seconds before answering (or disconnecting)
     disconnect: bool = False  # close the connection without any response
+    location: Optional[str] = None  # a Location header (a redirect, with a 3xx status)
     hits: int = 0
 
-    FIELDS = ("status", "count", "routing_key", "api", "retry_after", "body", "delay", "disconnect")
+    FIELDS = ("status", "count", "routing_key", "api", "retry_after", "body", "delay", "disconnect", "location")
 
     def matches(self, api: str, routing_key: Optional[str]) -> bool:
         return ((self.count is None or self.count > 0) and self.api in (None, api)
@@ -624,6 +625,8 @@ class StandIn:
             if fault.disconnect:
                 raise Disconnect()
             headers = (("Retry-After", str(fault.retry_after)),) if fault.retry_after is not None else ()
+            if fault.location is not None:
+                headers += (("Location", fault.location),)
             body_out = fault.body if fault.body is not None else default_fault_body(status)
             return json_response(status, body_out, headers)
         errors = [parse_error] if parse_error else VALIDATORS[api](body)
@@ -792,11 +795,11 @@ class StandIn:
     def add_fault(self, status: Optional[int] = 500, count: Optional[int] = None,
                   routing_key: Optional[str] = None, retry_after: Optional[Union[int, float, str]] = None,
                   body: Optional[JsonBody] = None, *, api: Optional[str] = None, delay: float = 0.0,
-                  disconnect: bool = False) -> Fault:
+                  disconnect: bool = False, location: Optional[str] = None) -> Fault:
         """Fail matching requests: count=None until cleared. The returned rule's hits counts its matches."""
         if api is not None and api not in PATH_OF_API:
             raise ValueError(f"api must be one of {', '.join(PATH_OF_API)}")
-        fault = Fault(status, count, routing_key, api, retry_after, body, float(delay), bool(disconnect))
+        fault = Fault(status, count, routing_key, api, retry_after, body, float(delay), bool(disconnect), location)
         with self._lock:
             self._faults.append(fault)
         return fault
