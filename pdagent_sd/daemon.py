@@ -17,7 +17,7 @@ import threading
 import time
 from typing import List, Optional, Tuple
 
-from pdagent_sd import __version__, exitcodes, journal
+from pdagent_sd import __version__, exitcodes, journal, marker
 from pdagent_sd import config as config_module
 from pdagent_sd.connections import ConnectionServer
 from pdagent_sd.errors import ConfigError, PdagentError, StorageError
@@ -116,7 +116,11 @@ class Daemon:
         self.store = Store(state_dir, max_pending=config.max_pending_events,
                            on_corrupt=lambda target, reason: report(
                                Kind.CORRUPT_QUEUE, f"queue database damaged ({reason}); moved aside to {target}; "
-                               "the agent goes on with an empty queue", error=reason))
+                               "the agent goes on with an empty queue", error=reason),
+                           on_marker_error=lambda path, error: report(
+                               Kind.MARKER_FAILED, f"cannot create {path} ({error}): after a stop or a crash of "
+                               "pdagentd, pending events wait for the next pd-send or the next boot",
+                               error=error))
         self.scheduler = Scheduler(self.store, config)
         self.started = time.time()
         self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn,
@@ -250,6 +254,8 @@ class Daemon:
                 f"throttled keys: {status['throttled_keys']}, last delivery: {last_text}")
         if status["warnings"]:
             text += " (WARNING: damaged queue moved aside; see pd-queue status)"
+        if self.store.marker_error is not None:
+            text += f" (WARNING: cannot create {self.store.marker}: {self.store.marker_error})"
         self.notifier.status(text)
 
     def _shut_down(self) -> None:
@@ -278,6 +284,20 @@ def _fqdn() -> str:
     return _FQDN[0]
 
 
+def check_pending(state_dir: str) -> int:
+    """At boot, before anything else: 0 (go on and start a delivery pass) if queue.db holds pending events,
+    with the marker made good so that pdagent-retry.timer keeps coming back; 1 if the queue is empty."""
+    try:
+        pending = marker.check_pending(state_dir)
+    except OSError as error:
+        report(Kind.MARKER_FAILED, f"cannot create the pending marker in {state_dir} ({error.strerror or error}); "
+               "starting a delivery pass anyway", error=error.strerror or str(error))
+        return exitcodes.OK
+    logger.info("queue in %s: %s", state_dir, "pending events, starting a delivery pass" if pending
+                else "no pending event")
+    return exitcodes.OK if pending else exitcodes.NOTHING_PENDING
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdagentd",
@@ -292,6 +312,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--events-url", metavar="URL", help="Events API base URL (overrides events_url)")
     p.add_argument("--config", metavar="FILE",
                    help="config file (default: $PDAGENT_CONFIG or /etc/pdagent/agent.conf, then FILE.d/*.conf)")
+    p.add_argument("--check-pending", action="store_true",
+                   help="only look at the queue: if it holds pending events, make sure the state directory's "
+                        "`pending` marker exists and exit 0, else exit 1 (pdagent-boot.service's ExecCondition=)")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"pdagentd {__version__}")
     return p
@@ -301,6 +324,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     journal.setup(debug=args.debug)
     os.umask(0o077)  # queue.db and its WAL are readable by the service alone
+    if args.check_pending:
+        return check_pending(state_directory(args.state_dir))
     try:
         environ = dict(os.environ)
         if args.events_url:

@@ -1,6 +1,7 @@
 """Exit codes shared by every command (sysexits.h values, which monitoring tools know)."""
 
 OK = 0
+NOTHING_PENDING = 1  # pdagentd --check-pending: the queue is empty (ExecCondition= then skips the unit)
 USAGE = 2
 DATAERR = 65  # the event was rejected as invalid
 UNAVAILABLE = 69  # the agent cannot be reached

@@ -38,10 +38,11 @@ class Kind(str, Enum):
     STARTED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c508"
     STOPPED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c509"
     CORRUPT_QUEUE = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a"
+    MARKER_FAILED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5d1"
 
 
 LEVELS = {Kind.FAILED: logging.ERROR, Kind.CORRUPT_QUEUE: logging.CRITICAL, Kind.DEFERRED: logging.WARNING,
-          Kind.DROPPED: logging.WARNING}
+          Kind.DROPPED: logging.WARNING, Kind.MARKER_FAILED: logging.ERROR}
 
 
 def report(kind: Kind, message: str, **fields: Any) -> None:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
 
+from pdagent_sd import marker
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
 from pdagent_sd.events import Event
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "queue.db"
-PENDING_MARKER = "pending"
+PENDING_MARKER = marker.MARKER_NAME
 MAX_BATCH = 512
 PURGE_CHUNK = 500  # expired events deleted per transaction: some 10 ms of the writer's time
 SCHEMA = """
@@ -201,13 +202,16 @@ class Store:
     """Owns queue.db and the `pending` marker file (present exactly while pending events exist)."""
 
     def __init__(self, state_dir: str, *, max_pending: int = 1000000, clock: Callable[[], float] = time.time,
-                 on_corrupt: Optional[Callable[[str, str], None]] = None) -> None:
+                 on_corrupt: Optional[Callable[[str, str], None]] = None,
+                 on_marker_error: Optional[Callable[[str, str], None]] = None) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, DB_NAME)
         self.marker = os.path.join(state_dir, PENDING_MARKER)
         self.max_pending = max_pending
         self.clock = clock
         self.on_corrupt = on_corrupt
+        self.on_marker_error = on_marker_error
+        self.marker_error: Optional[str] = None  # why the marker could not be created, while that lasts
         self.pending_count = 0
         self.commits = 0  # transactions committed: fewer than writes when group commit works
         self.damage: Optional[str] = None  # what SQLite said when a read or write met a damaged file
@@ -243,6 +247,15 @@ class Store:
             conn.close()
             raise StorageError(f"cannot read the queue at {self.path}: {exc}",
                                hint="check free space and the disk under the state directory") from None
+        try:
+            # SQLite syncs the directory when it creates a WAL, never when it creates the database file itself;
+            # a new queue.db, or a damaged one moved aside, must be in the directory before anything is
+            # acknowledged, or a power cut can leave a WAL whose database is gone.
+            marker.fsync_directory(self.state_dir)
+        except OSError as exc:
+            conn.close()
+            raise StorageError(f"cannot sync the state directory {self.state_dir}: {exc.strerror or exc}",
+                               hint="check the health of the disk under the state directory") from None
         self._write_conn = conn
         self._sync_marker()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
@@ -254,6 +267,7 @@ class Store:
             self._writer.join(timeout=10)
             self._writer = None
         if self._write_conn is not None:
+            self._sync_marker()  # a marker removed by hand while events are pending is back before we go
             self._write_conn.close()
             self._write_conn = None
         with self._readers_lock:
@@ -400,14 +414,27 @@ class Store:
                 future.set_result(result)
 
     def _sync_marker(self) -> None:
+        """The marker exists (durably, see marker.py) exactly while events are pending: called after every
+        commit, before its writes are acknowledged. A marker that cannot be created goes to on_marker_error
+        once per new reason (the daemon's MARKER_FAILED record and STATUS=), and is tried again at every
+        commit; the events themselves are on disk and delivered while the daemon runs."""
         try:
-            if self.pending_count > 0 and not os.path.exists(self.marker):
-                with open(self.marker, "w"):
-                    pass
-            elif self.pending_count <= 0 and os.path.exists(self.marker):
-                os.unlink(self.marker)
+            if self.pending_count > 0 and not os.path.lexists(self.marker):
+                marker.create(self.marker)
+            elif self.pending_count <= 0 and os.path.lexists(self.marker):
+                marker.remove(self.marker)
         except OSError as exc:
-            logger.warning("cannot update %s: %s", self.marker, exc)
+            error = exc.strerror or str(exc)
+            if self.pending_count > 0 and error != self.marker_error:
+                self.marker_error = error
+                if self.on_marker_error is not None:
+                    self.on_marker_error(self.marker, error)
+                else:
+                    logger.error("cannot create %s: %s", self.marker, error)
+            elif self.pending_count <= 0:
+                logger.warning("cannot remove %s: %s", self.marker, error)
+            return
+        self.marker_error = None
 
     # --- write operations ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from pdagent_sd import marker
 from pdagent_sd.errors import QueueFull, StorageError
 from pdagent_sd.events import validate
 from pdagent_sd.store import PURGE_CHUNK, Commit, State, Store
@@ -177,3 +178,41 @@ def test_a_state_directory_that_cannot_be_made_is_a_storage_error(tmp_path) -> N
     store = Store(str(blocker / "state"))
     with pytest.raises(StorageError, match="cannot create the state directory"):
         store.open()
+
+
+def test_marker_removed_by_hand_comes_back_at_the_next_commit_and_at_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(str(tmp_path / "state"))
+    store.open()
+    store.enqueue(event())
+    os.unlink(store.marker)
+    store.enqueue(event())
+    assert os.path.isfile(store.marker)
+    os.unlink(store.marker)
+    store.close()
+    assert os.path.isfile(store.marker)
+
+
+def test_check_pending_reads_the_queue_and_makes_the_marker_good(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state_dir = str(tmp_path / "state")
+    assert not marker.check_pending(state_dir)  # no queue at all
+    assert not os.path.exists(state_dir)  # and nothing created for it
+    store = Store(state_dir)
+    store.open()
+    first = store.enqueue(event())
+    store.close()
+    os.unlink(store.marker)
+    assert marker.check_pending(state_dir)
+    assert os.path.isfile(store.marker)
+    store.open()
+    store.record_attempt(first, State.DELIVERED, "delivered", 202, "").result()
+    store.close()
+    assert not os.path.exists(store.marker)
+    assert not marker.check_pending(state_dir)
+    assert not os.path.exists(store.marker)
+
+
+def test_check_pending_counts_an_unreadable_queue_as_pending(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "queue.db").write_bytes(b"not a database at all, " * 100)
+    assert marker.check_pending(str(state_dir))  # the daemon, once started, says what is wrong with it

@@ -55,7 +55,7 @@ SOURCE_IN_CONTAINER = "/srv/pdagent-sd"
 DEBIAN_PYTHON = "/usr/bin/python3"
 PYTHON_MODULES = {"systemd.daemon": "python3-systemd", "systemd.journal": "python3-systemd",
                   "sdnotify": "python3-sdnotify", "requests": "python3-requests"}
-UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service")
+UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service", "pdagent-boot.service")
 UNIT_DIR = "/etc/systemd/system"
 SYSUSERS_FILE = "/usr/lib/sysusers.d/pdagent.conf"
 CATALOG_FILE = "/usr/lib/systemd/catalog/pdagent.catalog"

@@ -33,6 +33,7 @@ MESSAGE_IDS = {
     "started": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c508",
     "stopped": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c509",
     "corrupt_queue": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a",
+    "marker_failed": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5d1",
 }
 
 
@@ -67,7 +68,7 @@ def catalog_entries(text: str) -> Dict[str, str]:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found (package systemd)")
-@pytest.mark.parametrize("unit", ["pdagent.service", "pdagent-retry.service"])
+@pytest.mark.parametrize("unit", ["pdagent.service", "pdagent-retry.service", "pdagent-boot.service"])
 def test_security_exposure_offline(unit: str) -> None:
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNITS_DIR / unit)],
                             capture_output=True, text=True, timeout=60)
