@@ -1,6 +1,12 @@
 """A small option parser for the hot path: pd-send runs for every alert, and argparse alone costs more than
-the rest of the command. One table of options serves both the fast parser and, for --help and for usage
-errors only, an argparse parser built from the same table, so the two cannot disagree.
+the rest of the command. One table of options serves both the fast parser and, for --help and for anything
+unusual, an argparse parser built from the same table, so the two cannot disagree.
+
+Command lines the old agent accepted keep their meaning. Its parser was argparse, so every form argparse
+takes is taken here too: `-i=KEY`, `-iKEY`, `--incident-key=KEY`, clustered flags (`-qk KEY`), and unique
+prefixes of long options. Options added since share prefixes with old ones (`--d`: `--description` or
+`--debug`); a prefix that was unique among the old tool's options still means that option
+(`expand_legacy_prefixes`), so a command line that worked before does not turn into a usage error.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 class Option:
@@ -42,35 +48,72 @@ class Args:
         raise AttributeError(name)
 
 
+def expand_legacy_prefixes(argv: List[str], flags: Iterable[str], legacy: Iterable[str]) -> List[str]:
+    """argv with each abbreviated long option that was unique among the old tool's option names (legacy)
+    written out in full, so that it keeps its old meaning although newer options share the prefix.
+
+    argparse tells options from values by the text alone (a word that names an option is never a value), so
+    rewriting such a word cannot turn a value into an option or back. Nothing after a bare "--" is touched."""
+    names = set(flags)
+    expanded: List[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return expanded + argv[index:]
+        if arg.startswith("--") and len(arg) > 2:
+            name, sep, value = arg.partition("=")
+            if len(name) > 2 and name not in names:
+                matches = [flag for flag in legacy if flag.startswith(name)]
+                if len(matches) == 1:
+                    arg = matches[0] + sep + value
+        expanded.append(arg)
+    return expanded
+
+
 class Command:
-    def __init__(self, prog: str, description: str, epilog: str, options: Sequence[Option]) -> None:
+    def __init__(self, prog: str, description: str, epilog: str, options: Sequence[Option],
+                 legacy: Tuple[str, ...] = ()) -> None:
         self.prog = prog
         self.description = description
         self.epilog = epilog
         self.options = options
+        self.legacy = legacy  # the old tool's long option names: their unique prefixes keep their meaning
         self.by_flag = {flag: option for option in options for flag in option.flags}
 
     def parse(self, argv: List[str]) -> Args:
-        """Parse argv quickly; anything unusual (help, an error) is handed to argparse, which explains it."""
+        """Parse argv quickly; anything unusual (help, an error, a dash-led value) is handed to argparse."""
+        argv = expand_legacy_prefixes(argv, self.by_flag, self.legacy)
         values = self._fast_parse(argv)
         if values is None:
             return Args(vars(self.argparser().parse_args(argv)))
         return Args(values)
 
     def _fast_parse(self, argv: List[str]) -> Optional[Dict[str, Any]]:
+        """argparse's reading of the common forms, or None to let argparse itself decide (and explain)."""
         values: Dict[str, Any] = {option.dest: option.default for option in self.options}
         values.update({option.dest: [] for option in self.options if option.kind == "append"})
         index = 0
         while index < len(argv):
             arg = argv[index]
             index += 1
-            flag, inline = arg, None
-            if arg.startswith("--") and "=" in arg:
-                flag, inline = arg.split("=", 1)
-            elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
-                flag, inline = arg[:2], arg[2:]
-            option = self.by_flag.get(flag)
-            if option is None or flag in ("-h", "--help"):
+            if arg[:1] != "-" or arg == "-" or arg == "--":
+                return None  # a positional (none are taken) or the end of options: argparse says what is wrong
+            inline: Optional[str]
+            if arg[1] == "-":  # --name or --name=value
+                name, sep, rest = arg.partition("=")
+                option = self.by_flag.get(name)
+                inline = rest if sep else None
+            else:  # -x, -xVALUE, -x=VALUE, or flags clustered: -qx VALUE, -qxVALUE
+                option = self.by_flag.get(arg[:2])
+                inline = arg[2:] or None
+                if option is not None and inline is not None and inline[0] == "=":
+                    inline = inline[1:]  # -x=VALUE; in a cluster (-qx=V), as in argparse, "=" stays in the value
+                    if option.kind == "flag":
+                        return None
+                while option is not None and option.kind == "flag" and inline is not None:
+                    values[option.dest] = True
+                    option = self.by_flag.get("-" + inline[0])
+                    inline = inline[1:] or None
+            if option is None:
                 return None
             if option.kind == "flag":
                 if inline is not None:
@@ -78,7 +121,7 @@ class Command:
                 values[option.dest] = True
                 continue
             if inline is None:
-                if index >= len(argv) or argv[index].startswith("-") and argv[index] != "-":
+                if index >= len(argv) or argv[index][:1] == "-" and argv[index] != "-":
                     return None  # argparse decides what a dash-led value means, and says so
                 inline = argv[index]
                 index += 1

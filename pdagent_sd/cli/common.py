@@ -27,7 +27,7 @@ def fail(program: str, error: PdagentError) -> int:
 
 def run(program: str, body: Callable[[List[str]], int], argv: Optional[List[str]] = None) -> int:
     """Run a command's body; expected failures become one line and a named exit code, never a traceback."""
-    args = sys.argv[1:] if argv is None else argv
+    args = text_args(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("PDAGENT_DEBUG"))
     try:
         return body([arg for arg in args if arg != "--debug"])
@@ -42,8 +42,35 @@ def run(program: str, body: Callable[[List[str]], int], argv: Optional[List[str]
     except Exception as error:  # noqa: BLE001 - the last line of defence: a bug, said plainly
         if debug:
             raise
-        print(f"{program}: internal error: {error!r} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{program}: internal error: {type(error).__name__}: {redact(str(error))} "
+              "(run with --debug for the traceback)", file=sys.stderr)
         return exitcodes.SOFTWARE
+
+
+def text_args(args: List[str]) -> List[str]:
+    """Arguments as valid Unicode. Bytes that are not UTF-8 (plugin output in Latin-1, say) reach Python as
+    lone surrogates, which cannot be sent; each becomes U+FFFD instead of costing the page."""
+    cleaned = []
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                arg = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            except UnicodeEncodeError:  # a surrogate no byte decodes to: only a caller in Python can pass one
+                arg = "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in arg)
+        cleaned.append(arg)
+    return cleaned
+
+
+def redact(text: str, limit: int = 300) -> str:
+    """Text for an error message: every word shaped like a routing key masked, and no longer than limit."""
+    import re
+
+    from pdagent_sd.events import ROUTING_KEY_LENGTH, mask
+
+    text = re.sub(rf"[A-Za-z0-9]{{{ROUTING_KEY_LENGTH},}}", lambda match: mask(match.group()), text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def send_event(api: str, event: Dict[str, Any], *, socket_path: Optional[str] = None, quiet: bool = False) -> int:

@@ -69,7 +69,8 @@ COMMAND = Command("pd-send", DESCRIPTION, EPILOG, (
     Option(("--socket",), "socket", metavar="PATH",
            help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)"),
     Option(("--debug",), "debug", kind="flag", help="show tracebacks of unexpected errors"),
-))
+), legacy=("--service-key", "--event-type", "--description", "--incident-key", "--client", "--client-url",
+           "--field", "--quiet", "--help"))  # the old pd-send's options: their unique prefixes mean them still
 
 
 def _links(values: List[str]) -> List[Dict[str, str]]:
@@ -135,16 +136,28 @@ def build_event(args: Args) -> Dict[str, Any]:
     return _drop_empty(event)
 
 
+def usage_problem(args: Args) -> Optional[str]:
+    """What is wrong with parsed options as a whole (a usage error, exit status 2, as the old pd-send had it)."""
+    if not args.key:
+        return f"-k/--routing-key is required (or {ROUTING_KEY_ENV} in the environment)"
+    if args.change:
+        return "--change and --api cannot be used together" if args.api else None
+    if not args.event_type:
+        return "-t/--event-type is required (trigger, acknowledge or resolve) unless --change"
+    if args.event_type == "trigger" and not (args.description or "").strip():
+        return "a trigger needs -d/--description (the incident's summary)"
+    if args.event_type != "trigger" and not args.incident_key:
+        return f"-t {args.event_type} needs -i/--incident-key (the dedup key of the incident)"
+    return None
+
+
 def _main(argv: List[str]) -> int:
     args = COMMAND.parse(argv)
     if not args.key:
         vars(args)["key"] = os.environ.get(ROUTING_KEY_ENV, "")  # a name (@ops) or a key, for scripts
-        if not args.key:
-            return usage_error(COMMAND, f"-k/--routing-key is required (or {ROUTING_KEY_ENV} in the environment)")
-    if args.change and args.api:
-        return usage_error(COMMAND, "--change and --api cannot be used together")
-    if not args.change and not args.event_type:
-        return usage_error(COMMAND, "-t/--event-type is required (trigger, acknowledge or resolve) unless --change")
+    problem = usage_problem(args)
+    if problem:
+        return usage_error(COMMAND, problem)
     try:
         event = build_event(args)
     except UsageError as error:

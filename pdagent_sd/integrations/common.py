@@ -11,8 +11,10 @@ import argparse
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from pdagent_sd.cli.args import expand_legacy_prefixes
+from pdagent_sd.cli.common import text_args
 from pdagent_sd.events import MAX_DEDUP_KEY, Action, Severity
 from pdagent_sd.limits import fit
 
@@ -28,7 +30,14 @@ EXIT_STATUS_HELP = (
 def clean_args(argv: List[str]) -> List[str]:
     """Arguments as valid Unicode. Plugin output in a legacy encoding reaches Python as lone surrogates,
     which cannot be sent as UTF-8; each bad byte becomes U+FFFD instead of costing the alert."""
-    return [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
+    return text_args(argv)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: List[str], legacy: Tuple[str, ...]) -> argparse.Namespace:
+    """Parse argv (cleaned to valid Unicode) with the prefixes that were unique among the old tool's long
+    options (legacy) keeping their old meaning, although options added since share them."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    return parser.parse_args(expand_legacy_prefixes(clean_args(argv), flags, legacy))
 
 
 def fit_dedup_key(key: str) -> str:

@@ -19,6 +19,7 @@ from pdagent_sd.integrations.common import (
     add_routing_key_option,
     clean_args,
     fit_dedup_key,
+    parse_args,
     v2_event,
 )
 
@@ -95,6 +96,10 @@ example:
   pd-nagios -k $KEY -n service -t PROBLEM -f HOSTNAME=web01 -f SERVICEDESC=Disk \\
       -f SERVICESTATE=CRITICAL -f "SERVICEOUTPUT=DISK CRITICAL - 2% free"
 """
+
+
+# The old pd-nagios's long options: a prefix unique among them (--s, --n) means that option still.
+LEGACY_OPTIONS = ("--service-key", "--event-type", "--incident-key", "--field", "--notification-type", "--help")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,7 +233,7 @@ def event_for(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None
 
 
 def _main(argv: List[str]) -> int:
-    args = parser().parse_args(clean_args(argv))
+    args = parse_args(parser(), argv, LEGACY_OPTIONS)
     api, body = event_for(args)
     return send_event(api, body, socket_path=args.socket, quiet=args.quiet)
 

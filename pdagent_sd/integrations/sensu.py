@@ -21,8 +21,8 @@ from pdagent_sd.integrations.common import (
     EXIT_STATUS_HELP,
     add_agent_options,
     add_routing_key_option,
-    clean_args,
     fit_dedup_key,
+    parse_args,
     v2_event,
 )
 
@@ -46,6 +46,10 @@ The whole event goes into custom_details.
 example:
   sensu-handler-output | pd-sensu -k $KEY
 """
+
+
+# The old pd-sensu's long options: a prefix unique among them means that option still.
+LEGACY_OPTIONS = ("--integration-key", "--incident-key", "--help")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,7 +169,7 @@ def event_for(args: argparse.Namespace, stdin: bytes) -> Tuple[str, Dict[str, An
 
 
 def _main(argv: List[str]) -> int:
-    args = parser().parse_args(clean_args(argv))
+    args = parse_args(parser(), argv, LEGACY_OPTIONS)
     if sys.stdin is None or sys.stdin.isatty():
         raise UsageError("pd-sensu reads a Sensu event as JSON on standard input (run it as a pipe handler)")
     # Read as bytes and decoded leniently: check output in a legacy encoding must not cost the alert.

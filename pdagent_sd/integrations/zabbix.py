@@ -85,47 +85,113 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_body(body: str) -> Dict[str, str]:
-    """name:value lines into a dict. A line is stripped and split at its first colon, the old agent's way,
-    so the values (and the dedup key built from them) are the very strings it used; a line without a colon
-    continues the previous value on a new line."""
-    fields: Dict[str, str] = {}
-    name = ""
+# Fields that decide what the event does rather than say something: who it is about (the dedup key) and
+# whether it closes the incident. Text inside another field's value (a trigger name with an item's value in
+# it) must not set them; see read_body.
+STRUCTURAL = ("id", "hostname", "incident_key")
+NOTE = "NOTE"
+
+
+class Body:
+    """A message body read: every field for custom_details, the structural fields that count, whether Zabbix
+    marked the escalation cancelled, and warnings worth a line on stderr."""
+
+    def __init__(self, fields: Dict[str, str], structural: Dict[str, str], escalation_cancelled: bool,
+                 warnings: List[str]) -> None:
+        self.fields = fields
+        self.structural = structural
+        self.escalation_cancelled = escalation_cancelled
+        self.warnings = warnings
+
+
+def _entries(body: str) -> List[List[str]]:
+    """name:value lines as [name, value] in order. A line is stripped and split at its first colon, the old
+    agent's way, so values (and the dedup key built from them) are the very strings it used; a line without
+    a colon continues the previous value on a new line."""
+    entries: List[List[str]] = []
     for line in body.strip().split("\n"):  # not splitlines(): the old agent split on newlines only
         line = line.strip()
         if not line:
             continue
         head, colon, value = line.partition(":")
         if colon and head.strip():
-            name = head.strip()
-            fields[name] = value
+            entries.append([head.strip(), value])
+        elif entries:
+            entries[-1][1] = f"{entries[-1][1]}\n{line}"
         else:
-            name = name or PREAMBLE
-            fields[name] = f"{fields[name]}\n{line}" if name in fields else line
-    return fields
+            entries.append([PREAMBLE, line])
+    return entries
 
 
-def action_for(subject: str, fields: Dict[str, str]) -> Action:
+def read_body(body: str) -> Body:
+    """Read a message body, so that no text inside a value can set the dedup key or resolve the incident.
+
+    - The escalation-cancelled marker counts only as the body's first line, where Zabbix puts it (it prepends
+      "NOTE: Escalation cancelled: <reason>" to the action's message).
+    - When the body begins with structural fields (id, hostname, incident_key: the shipped template, free
+      text last), only those leading lines set them, the first of each name winning; a line naming one of them
+      further down is text of the value before it (which is how it got there) and is warned about.
+    - A body that begins with free text (the old agent's guide put name:{TRIGGER.NAME} first) is read the old
+      way, the last line of each name winning: its template lines for id and hostname come after the name and
+      so still win, but an incident_key or id line in a value can set the key there. Put them first.
+    """
+    entries = _entries(body)
+    escalation_cancelled = bool(entries) and entries[0][0] == NOTE and ESCALATION_CANCELLED in entries[0][1].lower()
+    leading = 1 if escalation_cancelled or entries and entries[0][0] == NOTE else 0
+    header = leading
+    while header < len(entries) and entries[header][0] in STRUCTURAL:
+        header += 1
+    fields: Dict[str, str] = {}
+    structural: Dict[str, str] = {}
+    warnings: List[str] = []
+    if header > leading:  # structural fields first: only they count
+        for name, value in entries[:header]:
+            fields.setdefault(name, value)
+            if name in STRUCTURAL:
+                structural.setdefault(name, value)
+        previous = entries[header - 1][0]
+        for name, value in entries[header:]:
+            if name in STRUCTURAL or name == NOTE:
+                warnings.append(f"a {name}: line after the first fields is text of {previous}:, not a field "
+                                "(text inside a value cannot set it; see docs/integrations.md)")
+                fields[previous] = f"{fields[previous]}\n{name}:{value}"
+                continue
+            fields[name] = value
+            previous = name
+    else:  # the old layout: free text first, the last line of each name wins
+        for name, value in entries:
+            fields[name] = value
+            if name in STRUCTURAL:
+                structural[name] = value
+    return Body(fields, structural, escalation_cancelled, warnings)
+
+
+def parse_body(body: str) -> Dict[str, str]:
+    """Every field of a message body, as it goes into custom_details."""
+    return read_body(body).fields
+
+
+def action_for(subject: str, body: Body) -> Action:
     try:
         action = ACTION_OF_SUBJECT[subject.strip().lower()]
     except KeyError:
         raise UsageError(f"SUBJECT must be trigger, acknowledge or resolve (got {subject!r})") from None
-    if action is Action.TRIGGER and ESCALATION_CANCELLED in fields.get("NOTE", "").lower():
+    if action is Action.TRIGGER and body.escalation_cancelled:
         return Action.RESOLVE  # the problem will never be escalated again: close it rather than leave it open
     return action
 
 
-def dedup_key(fields: Dict[str, str]) -> str:
-    given = fields.get("incident_key", "").strip()
+def dedup_key(body: Body) -> str:
+    given = body.structural.get("incident_key", "")
     if given:
-        return given
-    missing = [name for name in ("id", "hostname") if name not in fields]
+        return given  # as the user's template made it, a space after the colon included (as the old agent did)
+    missing = [name for name in ("id", "hostname") if name not in body.structural]
     if missing:
         raise InvalidEvent(
             f"the message body has no {' or '.join(missing)} line, so no dedup key can be made; "
             "add id:{TRIGGER.ID} and hostname:{HOSTNAME}, or incident_key:..."
         )
-    return fit_dedup_key(f"{fields['id']}-{fields['hostname']}")
+    return fit_dedup_key(f"{body.structural['id']}-{body.structural['hostname']}")
 
 
 def summary(fields: Dict[str, str]) -> str:
@@ -142,12 +208,16 @@ def summary(fields: Dict[str, str]) -> str:
 
 def build_event(routing_key: str, subject: str, body: str) -> Tuple[str, Dict[str, Any]]:
     """The v2 event for one Zabbix alert: (api, body)."""
-    fields = parse_body(body)
+    return event_from(routing_key, subject, read_body(body))
+
+
+def event_from(routing_key: str, subject: str, body: Body) -> Tuple[str, Dict[str, Any]]:
+    fields = body.fields
     url = fields.get("url", "").strip()
     return "v2", v2_event(
-        routing_key, action_for(subject, fields), dedup_key(fields),
+        routing_key, action_for(subject, body), dedup_key(body),
         summary=summary(fields),
-        source=fields.get("hostname", "").strip() or fields.get("ip", "").strip(),
+        source=body.structural.get("hostname", "").strip() or fields.get("ip", "").strip(),
         severity=SEVERITY_OF_ZABBIX.get(fields.get("severity", "").strip().lower(), Severity.ERROR),
         custom_details=dict(fields),
         client="Zabbix" if url else None,
@@ -160,9 +230,48 @@ def event_for(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
     return build_event(args.routing_key, args.subject, args.body)
 
 
+def read_argv(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
+    """(KEY, SUBJECT, BODY and this command's options, the arguments left over).
+
+    The old pd-zabbix took its first three arguments as they were and ignored any others (a media type with
+    a fourth parameter kept working), so the three are taken by position, a dash-led body too, and the rest
+    is left over rather than an error. -q/--quiet, --socket PATH and -h/--help are this command's own."""
+    positional: List[str] = []
+    extra: List[str] = []
+    quiet, socket = False, None
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        if arg in ("-h", "--help"):
+            parser().parse_args(["--help"])
+        elif arg in ("-q", "--quiet"):
+            quiet = True
+        elif arg == "--socket" and index < len(argv):
+            socket = argv[index]
+            index += 1
+        elif arg.startswith("--socket="):
+            socket = arg.partition("=")[2]
+        elif len(positional) < 3:
+            positional.append(arg)
+        else:
+            extra.append(arg)
+    if len(positional) < 3:
+        missing = ("KEY", "SUBJECT", "BODY")[len(positional):]
+        parser().error("the following arguments are required: " + ", ".join(missing))
+    routing_key, subject, body = positional
+    return argparse.Namespace(routing_key=routing_key, subject=subject, body=body, quiet=quiet, socket=socket), extra
+
+
 def _main(argv: List[str]) -> int:
-    args = parser().parse_args(clean_args(argv))
-    api, event = event_for(args)
+    args, extra = read_argv(clean_args(argv))
+    if extra:
+        sys.stderr.write(f"pd-zabbix: warning: {len(extra)} argument{'s' if len(extra) > 1 else ''} after KEY "
+                         "SUBJECT BODY ignored (as the old pd-zabbix did)\n")
+    body = read_body(args.body)
+    for warning in body.warnings:
+        sys.stderr.write(f"pd-zabbix: warning: {warning}\n")
+    api, event = event_from(args.routing_key, args.subject, body)
     return send_event(api, event, socket_path=args.socket, quiet=args.quiet)
 
 
