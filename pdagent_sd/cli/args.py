@@ -48,25 +48,42 @@ class Args:
         raise AttributeError(name)
 
 
-def expand_legacy_prefixes(argv: List[str], flags: Iterable[str], legacy: Iterable[str]) -> List[str]:
-    """argv with each abbreviated long option that was unique among the old tool's option names (legacy)
-    written out in full, so that it keeps its old meaning although newer options share the prefix.
+def legacy_argv(argv: List[str], takes_value: Dict[str, bool], legacy: Tuple[str, ...]) -> List[str]:
+    """argv rewritten so that argparse, knowing every option of ours (takes_value: each option string, and
+    whether it takes a value), reads it as the old tool's argparse read it, knowing only the old option
+    strings (legacy):
 
-    argparse tells options from values by the text alone (a word that names an option is never a value), so
-    rewriting such a word cannot turn a value into an option or back. Nothing after a bare "--" is touched."""
-    names = set(flags)
+    - a long option abbreviated to a prefix that was unique among the old names is written out in full,
+      although newer options share the prefix (`--d`: `--description`, not also `--debug`);
+    - a value with a space that the old parser took as a value but ours would take for an option, because it
+      begins with a newer option (`-k "-q w"` where -q is new), is joined to its option (`-k=-q w`).
+
+    argparse tells options from values by the text alone (a word that reads as an option is never a value), so
+    neither rewrite can turn another word into an option or back. Nothing after a bare "--" is touched."""
     expanded: List[str] = []
     for index, arg in enumerate(argv):
         if arg == "--":
             return expanded + argv[index:]
         if arg.startswith("--") and len(arg) > 2:
             name, sep, value = arg.partition("=")
-            if len(name) > 2 and name not in names:
-                matches = [flag for flag in legacy if flag.startswith(name)]
+            if len(name) > 2 and name not in takes_value:
+                matches = [flag for flag in legacy if flag.startswith(name) and flag.startswith("--")]
                 if len(matches) == 1:
                     arg = matches[0] + sep + value
+        if (" " in arg and len(arg) > 1 and arg[0] == "-" and expanded and takes_value.get(expanded[-1])
+                and _reads_as_option(arg, takes_value) and not _reads_as_option(arg, legacy)):
+            expanded[-1] = f"{expanded[-1]}={arg}"
+            continue
         expanded.append(arg)
     return expanded
+
+
+def _reads_as_option(arg: str, flags: Iterable[str]) -> bool:
+    """Whether argparse knowing these option strings reads arg, a dash-led word with a space, as an option."""
+    if arg[1] == "-":
+        name = arg.partition("=")[0]
+        return any(flag.startswith(name) for flag in flags)
+    return arg[:2] in flags
 
 
 class Command:
@@ -76,12 +93,13 @@ class Command:
         self.description = description
         self.epilog = epilog
         self.options = options
-        self.legacy = legacy  # the old tool's long option names: their unique prefixes keep their meaning
+        self.legacy = legacy  # the old tool's option strings: see legacy_argv
         self.by_flag = {flag: option for option in options for flag in option.flags}
+        self.takes_value = {flag: option.kind != "flag" for flag, option in self.by_flag.items()}
 
     def parse(self, argv: List[str]) -> Args:
         """Parse argv quickly; anything unusual (help, an error, a dash-led value) is handed to argparse."""
-        argv = expand_legacy_prefixes(argv, self.by_flag, self.legacy)
+        argv = legacy_argv(argv, self.takes_value, self.legacy)
         values = self._fast_parse(argv)
         if values is None:
             return Args(vars(self.argparser().parse_args(argv)))

@@ -69,8 +69,8 @@ COMMAND = Command("pd-send", DESCRIPTION, EPILOG, (
     Option(("--socket",), "socket", metavar="PATH",
            help="agent socket (default: $PDAGENT_SOCKET or /run/pdagent/pdagent.sock)"),
     Option(("--debug",), "debug", kind="flag", help="show tracebacks of unexpected errors"),
-), legacy=("--service-key", "--event-type", "--description", "--incident-key", "--client", "--client-url",
-           "--field", "--quiet", "--help"))  # the old pd-send's options: their unique prefixes mean them still
+), legacy=("-k", "--service-key", "-t", "--event-type", "-d", "--description", "-i", "--incident-key", "-c",
+           "--client", "-u", "--client-url", "-f", "--field", "-q", "--quiet", "-h", "--help"))  # the old pd-send's
 
 
 def _links(values: List[str]) -> List[Dict[str, str]]:

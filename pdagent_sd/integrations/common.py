@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from pdagent_sd.cli.args import expand_legacy_prefixes
+from pdagent_sd.cli.args import legacy_argv
 from pdagent_sd.cli.common import text_args
 from pdagent_sd.events import MAX_DEDUP_KEY, Action, Severity
 from pdagent_sd.limits import fit
@@ -34,10 +34,10 @@ def clean_args(argv: List[str]) -> List[str]:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: List[str], legacy: Tuple[str, ...]) -> argparse.Namespace:
-    """Parse argv (cleaned to valid Unicode) with the prefixes that were unique among the old tool's long
-    options (legacy) keeping their old meaning, although options added since share them."""
-    flags = [flag for action in parser._actions for flag in action.option_strings]
-    return parser.parse_args(expand_legacy_prefixes(clean_args(argv), flags, legacy))
+    """Parse argv (cleaned to valid Unicode) as the old tool, whose option strings were legacy, read it
+    (see legacy_argv), with the options added since as well."""
+    takes_value = {flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings}
+    return parser.parse_args(legacy_argv(clean_args(argv), takes_value, legacy))
 
 
 def fit_dedup_key(key: str) -> str:

@@ -98,8 +98,9 @@ example:
 """
 
 
-# The old pd-nagios's long options: a prefix unique among them (--s, --n) means that option still.
-LEGACY_OPTIONS = ("--service-key", "--event-type", "--incident-key", "--field", "--notification-type", "--help")
+# The old pd-nagios's option strings: a prefix unique among them (--s, --n) means that option still.
+LEGACY_OPTIONS = ("-k", "--service-key", "-t", "--event-type", "-i", "--incident-key", "-f", "--field",
+                  "-n", "--notification-type", "-h", "--help")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -48,8 +48,8 @@ example:
 """
 
 
-# The old pd-sensu's long options: a prefix unique among them means that option still.
-LEGACY_OPTIONS = ("--integration-key", "--incident-key", "--help")
+# The old pd-sensu's option strings: a prefix unique among them means that option still.
+LEGACY_OPTIONS = ("-k", "--integration-key", "-i", "--incident-key", "-h", "--help")
 
 
 def parser() -> argparse.ArgumentParser:

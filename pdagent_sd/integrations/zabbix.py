@@ -53,16 +53,18 @@ and {{ALERT.MESSAGE}}; see integrations/zabbix/README and docs/integrations.md.
 
 SUBJECT is trigger, acknowledge or resolve (PROBLEM and OK/RESOLVED are accepted too).
 BODY is name:value lines, for example:
-  name:{{TRIGGER.NAME}}
   id:{{TRIGGER.ID}}
-  status:{{TRIGGER.STATUS}}
   hostname:{{HOSTNAME}}
+  status:{{TRIGGER.STATUS}}
+  severity:{{TRIGGER.SEVERITY}}
   ip:{{IPADDRESS}}
   value:{{TRIGGER.VALUE}}
   event_id:{{EVENT.ID}}
-  severity:{{TRIGGER.SEVERITY}}
   url:{{TRIGGER.URL}}
-A line without a colon continues the previous value. Every name goes into custom_details.
+  name:{{TRIGGER.NAME}}
+A line without a colon continues the previous value. Every name goes into custom_details. When BODY begins
+with id, hostname or incident_key, only those leading lines set them (text inside a later value cannot);
+so keep free text such as the name last. Arguments after BODY are ignored, with a warning.
 
 dedup key: the body's incident_key if not empty, else <id>-<hostname> (the old agent's).
 severity: Disaster critical; High, Average error; Warning warning; Information, Not classified info.
@@ -152,8 +154,8 @@ def read_body(body: str) -> Body:
         previous = entries[header - 1][0]
         for name, value in entries[header:]:
             if name in STRUCTURAL or name == NOTE:
-                warnings.append(f"a {name}: line after the first fields is text of {previous}:, not a field "
-                                "(text inside a value cannot set it; see docs/integrations.md)")
+                warnings.append(f"'{name}:' after the leading fields is read as text of '{previous}:', not as a "
+                                "field (text inside a value cannot set it; see docs/integrations.md)")
                 fields[previous] = f"{fields[previous]}\n{name}:{value}"
                 continue
             fields[name] = value
