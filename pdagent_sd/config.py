@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/pdagent/agent.conf"
 SECTION = "Agent"
+# Sections that other parts of the agent read from the same files (unitalert.py: [UnitAlerts]).
+OTHER_SECTIONS = ("UnitAlerts",)
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d|w)?\s*$")
 UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
                 "d": 86400.0, "w": 604800.0}
@@ -222,6 +224,8 @@ def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
         if section == keys_module.SECTION:
             for name, raw in parser.items(section):
                 named[name] = keys_module.check_key(name, raw, f"{filename} [{keys_module.SECTION}]")
+            continue
+        if section in OTHER_SECTIONS:
             continue
         if section != SECTION:
             logger.warning("%s: ignoring unknown section [%s]", filename, section)

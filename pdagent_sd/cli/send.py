@@ -40,6 +40,7 @@ examples:
   pd-send -k @ops -t trigger -d "Server is on fire" -i srv01/fire
   pd-send -k @ops -t resolve -i srv01/fire
   pd-send -k @ops --change -d "Deployed v1.2.3" --link "https://ci.example/42|build 42"
+  pd-send -k @ops -t trigger -d "backup incomplete" --unit backup.service
 """
 
 COMMAND = Command("pd-send", DESCRIPTION, EPILOG, (
@@ -64,6 +65,8 @@ COMMAND = Command("pd-send", DESCRIPTION, EPILOG, (
     Option(("--link",), "link", kind="append", metavar="HREF[|TEXT]", help="attach a link (repeatable)"),
     Option(("--image",), "image", kind="append", metavar="SRC[|HREF[|ALT]]",
            help="attach an image; SRC must be https:// (repeatable)"),
+    Option(("--unit",), "unit", metavar="UNIT",
+           help="attach a systemd unit's state and the journal lines of its last run as custom details"),
     Option(("--api",), "api", choices=("v1", "v2"), help="Events API version (default: v2)"),
     Option(("--change",), "change", kind="flag", help="send a change event instead of an alert"),
     Option(("--socket",), "socket", metavar="PATH",
@@ -151,6 +154,18 @@ def usage_problem(args: Args) -> Optional[str]:
     return None
 
 
+def attach_unit(api: str, event: Dict[str, Any], unit: str) -> None:
+    """The unit's state and journal tail as the detail "systemd_unit". Imported here, only for --unit: the
+    journal reader must not weigh on every other alert."""
+    from pdagent_sd.unitalert import describe_unit
+
+    described = describe_unit(unit)
+    if api == "v1":
+        event.setdefault("details", {})["systemd_unit"] = described
+    else:
+        event.setdefault("payload", {}).setdefault("custom_details", {})["systemd_unit"] = described
+
+
 def _main(argv: List[str]) -> int:
     args = COMMAND.parse(argv)
     if not args.key:
@@ -163,6 +178,10 @@ def _main(argv: List[str]) -> int:
     except UsageError as error:
         return usage_error(COMMAND, error.message)
     api = "change" if args.change else (args.api or "v2")
+    if args.unit:
+        if api != "change" and args.event_type != "trigger":
+            return usage_error(COMMAND, "--unit adds details, which only a trigger or a change event carries")
+        attach_unit(api, event, args.unit)
     if description_too_long(args) and (api != "v2" or args.event_type == "trigger"):
         where = ("details" if api == "v1" else "custom_details") + ".description"
         own = "description" in parse_pairs(args.field, "-f/--field")  # already checked by build_event

@@ -28,6 +28,7 @@ DELIVERED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c502"
 DEPENDENCIES = ("python3-systemd", "python3-sdnotify", "python3-requests")
 OLD_INTEGRATION_COMMANDS = ("pd-nagios", "pd-zabbix", "pd-sensu")
 UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service")
+UNIT_ALERT_TEMPLATES = ("pdagent-unit-failed@.service", "pdagent-unit-ok@.service")
 
 
 def deb_field(deb: Path, field: str) -> str:
@@ -90,6 +91,17 @@ def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltD
         assert path in files
     for command in ("pd-send", "pd-queue", "pdagentd"):
         assert f"/usr/share/man/man1/{command}.1.gz" in files
+    # Unit alerts (docs/systemd-alerts.md): the templates, the doc their Documentation= names, uncompressed,
+    # and the drop-in that keeps the host-wide pdagent-alert.conf off each of the agent's own services.
+    for unit in UNIT_ALERT_TEMPLATES:
+        assert f"/usr/lib/systemd/system/{unit}" in files
+    for unit in ("pdagent.service", "pdagent-retry.service", "pdagent-boot.service", *UNIT_ALERT_TEMPLATES):
+        assert f"/usr/lib/systemd/system/{unit}.d/pdagent-alert.conf" in files, unit
+    for path in ("/usr/bin/pd-unit-alert", "/usr/share/man/man1/pd-unit-alert.1.gz",
+                 "/usr/share/doc/pdagent-sd/systemd-alerts.md",
+                 "/usr/share/doc/pdagent-sd/examples/unit-alert.conf.example",
+                 "/usr/share/doc/pdagent-sd/examples/service-alert.conf.example"):
+        assert path in files
     if (Path(__file__).resolve().parents[2] / "integrations").is_dir():
         assert any(f.startswith("/usr/share/pdagent-sd/") and not f.endswith("/") for f in files)
     conffiles = subprocess.run(["dpkg-deb", "--info", str(built_deb.path), "conffiles"], stdout=subprocess.PIPE,

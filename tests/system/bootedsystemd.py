@@ -55,7 +55,10 @@ SOURCE_IN_CONTAINER = "/srv/pdagent-sd"
 DEBIAN_PYTHON = "/usr/bin/python3"
 PYTHON_MODULES = {"systemd.daemon": "python3-systemd", "systemd.journal": "python3-systemd",
                   "sdnotify": "python3-sdnotify", "requests": "python3-requests"}
-UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service", "pdagent-boot.service")
+UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service", "pdagent-boot.service",
+         "pdagent-unit-failed@.service", "pdagent-unit-ok@.service")
+# The agent's own units carry a drop-in that masks the host-wide pdagent-alert.conf (docs/systemd-alerts.md).
+NO_UNIT_ALERT = tuple(unit for unit in UNITS if unit.endswith(".service"))
 UNIT_DIR = "/etc/systemd/system"
 SYSUSERS_FILE = "/usr/lib/sysusers.d/pdagent.conf"
 CATALOG_FILE = "/usr/lib/systemd/catalog/pdagent.catalog"
@@ -63,7 +66,8 @@ CATALOG_FILE = "/usr/lib/systemd/catalog/pdagent.catalog"
 SHIPPED_FILES = tuple((f"units/{unit}", f"{UNIT_DIR}/{unit}") for unit in UNITS) + (
     ("units/pdagent.sysusers", SYSUSERS_FILE),
     ("units/pdagent.catalog", CATALOG_FILE),
-)
+) + tuple(("units/pdagent-no-unit-alert.conf", f"{UNIT_DIR}/{unit}.d/pdagent-alert.conf")
+          for unit in NO_UNIT_ALERT)
 PTH_FILE = "/usr/lib/python3/dist-packages/pdagent_sd_source.pth"
 STATE_DIR = "/var/lib/pdagent"
 SOCKET_PATH = "/run/pdagent/pdagent.sock"

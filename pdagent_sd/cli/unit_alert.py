@@ -1,0 +1,208 @@
+"""pd-unit-alert: page when a systemd unit fails, resolve when it recovers.
+
+Started by systemd, not by people:
+
+- pdagent-unit-failed@UNIT.service (from UNIT's `OnFailure=pdagent-unit-failed@%n.service`) runs
+  `pd-unit-alert failed UNIT`: a trigger with the unit's state and journal tail, dedup key
+  systemd/HOST/UNIT, at most one per unit per rate_limit_sec while its incident is open.
+- That unit stays active (RemainAfterExit=) and conflicts with UNIT, so starting UNIT again stops it; its
+  ExecStop= starts pdagent-unit-ok@UNIT.service, which runs `pd-unit-alert recovered UNIT`: it watches the new
+  start, and resolves once a oneshot job has succeeded or a service has stayed up for stay_up_sec.
+
+What is open is remembered in $STATE_DIRECTORY (/var/lib/pdagent-unit-alert), one file per unit, so the rate
+limit and the resolve survive the agent's restarts and a reboot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from pdagent_sd import exitcodes, unitalert
+from pdagent_sd.cli.common import run
+from pdagent_sd.errors import PdagentError
+
+USAGE = """\
+usage: pd-unit-alert failed UNIT | recovered UNIT
+
+Started by pdagent-unit-failed@.service and pdagent-unit-ok@.service (see docs/systemd-alerts.md):
+  failed UNIT      page: UNIT has failed (its state and journal tail as custom details)
+  recovered UNIT   watch UNIT's new start; resolve the page once it has succeeded or stayed up
+Settings: [UnitAlerts] in /etc/pdagent/agent.conf (key, service_severity, timer_severity, rate_limit_sec,
+journal_lines, stay_up_sec, recovery_timeout_sec).
+"""
+DEFAULT_STATE_DIR = "/var/lib/pdagent-unit-alert"
+POLL_SEC = 1.0
+START_GRACE_SEC = 30.0  # how long the new start may take to show up after the page's unit was stopped
+
+
+def say(message: str) -> None:
+    print(f"pd-unit-alert: {message}", file=sys.stderr, flush=True)
+
+
+def state_dir() -> str:
+    # systemd sets STATE_DIRECTORY from StateDirectory= (a colon-separated list if several).
+    return (os.environ.get("PDAGENT_UNIT_ALERT_STATE") or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+            or DEFAULT_STATE_DIR)
+
+
+class OpenIncidents:
+    """One JSON file per unit with an open incident; a lock file serialises the failed and recovered paths."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._lock_fd = -1
+
+    def __enter__(self) -> OpenIncidents:
+        self._lock_fd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._lock_fd)
+
+    def _path(self, unit: str) -> str:
+        return os.path.join(self.directory, unitalert.check_unit_name(unit))
+
+    def get(self, unit: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self._path(unit), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # damaged: still an open incident, with nothing known about it
+        return record if isinstance(record, dict) else {}
+
+    def put(self, unit: str, record: Dict[str, Any]) -> None:
+        path = self._path(unit)
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    def remove(self, unit: str) -> None:
+        try:
+            os.unlink(self._path(unit))
+        except FileNotFoundError:
+            pass
+
+
+def _send(event: Dict[str, Any]) -> Dict[str, Any]:
+    from pdagent_sd.protocol import request
+
+    return request({"op": "send", "api": "v2", "event": event})
+
+
+def failed(unit: str) -> int:
+    settings, warnings = unitalert.load_settings()
+    for warning in warnings:
+        say(warning)
+    host = socket.gethostname()
+    with OpenIncidents(state_dir()) as incidents:
+        record = incidents.get(unit)
+        if record is not None:
+            age = time.time() - float(record.get("triggered_at", 0) or 0)
+            if 0 <= age < settings.rate_limit_sec:
+                say(f"{unit} failed again {age:.0f}s after its last page; its incident "
+                    f"{unitalert.dedup_key(host, unit)} is still open, so no new trigger "
+                    f"(rate_limit_sec={settings.rate_limit_sec:g})")
+                return exitcodes.OK
+        properties = unitalert.read_properties(unit)
+        properties.setdefault("Id", unit)
+        # systemd 251+ passes the watched unit's invocation to a handler only it starts.
+        invocation = properties.get("InvocationID") or os.environ.get("MONITOR_INVOCATION_ID", "")
+        properties["InvocationID"] = invocation
+        lines, why = unitalert.read_journal(invocation, settings.journal_lines)
+        if why:
+            say(f"the page goes out without journal lines: {why}")
+        event = unitalert.failure_event(properties, host, settings, lines, why)
+        reply = _send(event)
+        incidents.put(unit, {"dedup_key": reply.get("dedup_key", event["dedup_key"]), "triggered_at": time.time(),
+                             "invocation": invocation})
+    say(f"paged: {event['payload']['summary']} (dedup key {event['dedup_key']}, "
+        f"{len(lines)} journal lines, key @{settings.key})")
+    return exitcodes.OK
+
+
+def recovered(unit: str) -> int:
+    settings, warnings = unitalert.load_settings()
+    for warning in warnings:
+        say(warning)
+    host = socket.gethostname()
+    incidents = OpenIncidents(state_dir())
+    with incidents:
+        record = incidents.get(unit)
+    if record is None:
+        say(f"{unit} has no open incident: nothing to resolve")
+        return exitcodes.OK
+    failed_invocation = str(record.get("invocation", ""))
+    started = time.monotonic()
+    deadline = started + settings.recovery_timeout_sec
+    while True:
+        properties = unitalert.read_properties(unit)
+        verdict = unitalert.recovery_verdict(properties, failed_invocation, settings.stay_up_sec,
+                                             unitalert.monotonic_usec())
+        if verdict == "recovered":
+            break
+        if verdict == "failed":
+            say(f"{unit} failed again (invocation {properties.get('InvocationID')}): the incident stays open")
+            return exitcodes.OK
+        if verdict == "not-started" and time.monotonic() - started > START_GRACE_SEC:
+            say(f"{unit} was not started again: the incident stays open")
+            return exitcodes.OK
+        if time.monotonic() > deadline:
+            say(f"{unit} has neither succeeded nor failed within recovery_timeout_sec="
+                f"{settings.recovery_timeout_sec:g}: the incident stays open")
+            return exitcodes.OK
+        time.sleep(POLL_SEC)
+    with incidents:
+        if incidents.get(unit) != record:
+            say(f"{unit}: its incident changed while it was watched; leaving it to the newer page")
+            return exitcodes.OK
+        event = unitalert.resolve_event(unit, host, settings)
+        if record.get("dedup_key"):
+            event["dedup_key"] = record["dedup_key"]
+        _send(event)
+        incidents.remove(unit)
+    say(f"resolved {event['dedup_key']}: {unit} is {properties.get('ActiveState')} again "
+        f"(invocation {properties.get('InvocationID')})")
+    return exitcodes.OK
+
+
+def _main(argv: List[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE)
+        return exitcodes.OK
+    if len(argv) != 2 or argv[0] not in ("failed", "recovered"):
+        sys.stderr.write(USAGE)
+        return exitcodes.USAGE
+    action, unit = argv
+    try:
+        unitalert.check_unit_name(unit)
+    except PdagentError as error:
+        say(error.message)
+        return exitcodes.USAGE
+    if unitalert.is_own_unit(unit):
+        # The agent's own units carry drop-ins that reset OnFailure=; this is the second line of defence, so that
+        # a failure of the pager can never page through the pager in a loop.
+        say(f"{unit} is one of the agent's own units: not paging about it through the agent itself")
+        return exitcodes.OK
+    return failed(unit) if action == "failed" else recovered(unit)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run("pd-unit-alert", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

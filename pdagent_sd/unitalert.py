@@ -1,0 +1,373 @@
+"""Alerts about systemd units: what a failed unit looks like as a PagerDuty event, and when it has recovered.
+
+Read by pd-unit-alert (started by the templates pdagent-unit-failed@.service and pdagent-unit-ok@.service) and
+by `pd-send --unit`. Everything a unit's own processes control (its journal lines, its description) is data
+here, never a key, a file name or a command: the routing key is taken by name from agent.conf, the unit name
+is checked against systemd's own rules before it names a state file.
+
+The unit's properties come from `systemctl show` (plain text, no D-Bus binding needed); its journal lines from
+python-systemd's reader, imported only when they are wanted.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from pdagent_sd.errors import InvalidEvent, PdagentError
+from pdagent_sd.limits import MAX_SUMMARY, fit
+
+SECTION = "UnitAlerts"
+PROPERTIES = ("Id", "Description", "LoadState", "ActiveState", "SubState", "Result", "Type", "ExecMainCode",
+              "ExecMainStatus", "NRestarts", "InvocationID", "InactiveEnterTimestamp", "ActiveEnterTimestamp",
+              "ActiveEnterTimestampMonotonic", "TriggeredBy")
+# The properties an alert carries in custom_details, under systemd's own names.
+DETAIL_PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "InactiveEnterTimestamp",
+                     "InvocationID")
+# systemd's rules for a unit name (unit_name_is_valid): at most 255 characters of these, a known suffix.
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,246}\.(service|socket|target|device|mount|automount|swap|timer|"
+                       r"path|slice|scope)", re.ASCII)
+KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+INVOCATION_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
+# The agent's own units never page through the agent: a failing pager must not start itself in a loop.
+OWN_UNIT = re.compile(r"pdagent[.@-]", re.ASCII)
+MAX_JOURNAL_LINE = 2000  # characters of one journal line in an event; 50 of them stay far below 512 KB
+# ExecMainCode is the si_code of the main process's end (CLD_* in <signal.h>).
+EXIT_CODES = {"1": "exited", "2": "killed", "3": "dumped", "4": "trapped", "5": "stopped", "6": "continued"}
+SYSTEMCTL_TIMEOUT_SEC = 15.0
+JOURNAL_ATTEMPTS = 4
+JOURNAL_RETRY_SEC = 0.5
+
+
+class UnitError(PdagentError):
+    """The unit cannot be looked at (a bad name, systemctl failed); the message says which and why."""
+
+    code = "invalid_event"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The [UnitAlerts] section of agent.conf."""
+
+    key: str = "systemd"
+    service_severity: str = "critical"
+    timer_severity: str = "error"
+    rate_limit_sec: float = 300.0
+    journal_lines: int = 50
+    stay_up_sec: float = 10.0
+    recovery_timeout_sec: float = 3600.0
+
+
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
+def load_settings(path: Optional[str] = None) -> Tuple[Settings, List[str]]:
+    """[UnitAlerts] from agent.conf and agent.conf.d/*.conf; a bad value keeps its default and is reported
+    (an alert about a failed unit must not be lost to a typo in the agent's configuration)."""
+    from pdagent_sd.config import DEFAULT_CONFIG, config_files, parse_count, parse_duration
+
+    main = path or os.environ.get("PDAGENT_CONFIG") or DEFAULT_CONFIG
+    defaults = Settings()
+    values: Dict[str, Any] = {}
+    warnings: List[str] = []
+    parsers = {
+        "key": _key_name, "service_severity": _severity, "timer_severity": _severity,
+        "rate_limit_sec": parse_duration, "journal_lines": parse_count, "stay_up_sec": parse_duration,
+        "recovery_timeout_sec": parse_duration,
+    }
+    for filename in config_files(main):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(filename, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+            warnings.append(f"{filename}: cannot read, unit alert defaults used: {exc}")
+            continue
+        if not parser.has_section(SECTION):
+            continue
+        for name, raw in parser.items(SECTION):
+            parse = parsers.get(name)
+            if parse is None:
+                warnings.append(f"{filename} [{SECTION}]: ignoring unknown key {name}")
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                warnings.append(f"{filename} [{SECTION}]: bad value {raw!r} for {name} ({exc}); "
+                                f"using {getattr(defaults, name)!r}")
+    return Settings(**values), warnings
+
+
+def _key_name(text: str) -> str:
+    name = text.strip().lstrip("@")
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError("expected the name of a key in [Keys]: letters, digits, '_', '.', '-'")
+    return name
+
+
+def _severity(text: str) -> str:
+    value = text.strip().lower()
+    if value not in SEVERITIES:
+        raise ValueError(f"expected one of {', '.join(SEVERITIES)}")
+    return value
+
+
+def check_unit_name(unit: str) -> str:
+    if not UNIT_NAME.fullmatch(unit) or unit.startswith(".") or ".." in unit:
+        raise UnitError(f"not a systemd unit name: {unit!r}")
+    return unit
+
+
+def is_own_unit(unit: str) -> bool:
+    return bool(OWN_UNIT.match(unit))
+
+
+# --- reading a unit -------------------------------------------------------------------------------------------
+
+
+def read_properties(unit: str, systemctl: str = "systemctl") -> Dict[str, str]:
+    """`systemctl show -p ...` of one unit as a dict of strings (systemd's own formatting)."""
+    check_unit_name(unit)
+    argv = [systemctl, "show", "--no-pager", "-p", ",".join(PROPERTIES), "--", unit]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                                timeout=SYSTEMCTL_TIMEOUT_SEC, env={**os.environ, "SYSTEMD_PAGER": "", "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UnitError(f"cannot run systemctl show {unit}: {exc}") from None
+    if result.returncode != 0:
+        raise UnitError(f"systemctl show {unit} exited {result.returncode}: {result.stderr.strip()[:500]}")
+    return parse_properties(result.stdout)
+
+
+def parse_properties(text: str) -> Dict[str, str]:
+    properties: Dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            properties[name] = value
+    return properties
+
+
+def read_journal(invocation_id: str, lines: int) -> Tuple[List[str], str]:
+    """The last `lines` journal lines of one invocation (the unit's own output and systemd's messages about
+    it), oldest first, and why none could be read ("" when some could)."""
+    if lines <= 0:
+        return [], ""
+    if not INVOCATION_ID.fullmatch(invocation_id or ""):
+        return [], "the unit has no invocation ID (it never ran), so it has no journal lines to show"
+    sync_journal()
+    try:
+        from systemd import journal
+    except ImportError as exc:
+        return [], f"the journal cannot be read here: python3-systemd is missing ({exc})"
+    try:
+        for attempt in range(JOURNAL_ATTEMPTS):
+            entries = _tail(journal, invocation_id, lines)
+            # The unit's own output comes through its stdout stream, which journald may write out a little
+            # after systemd's messages about the unit: wait briefly for at least one line of it.
+            if any("_SYSTEMD_INVOCATION_ID" in entry for entry in entries) or attempt + 1 == JOURNAL_ATTEMPTS:
+                break
+            time.sleep(JOURNAL_RETRY_SEC)
+            sync_journal()
+    except (OSError, ValueError) as exc:
+        return [], f"the journal cannot be read: {exc}"
+    if not entries:
+        return [], (f"no journal entries of invocation {invocation_id} could be read (the journal may be "
+                    f"unreadable to uid {os.getuid()}: root and members of group systemd-journal or adm can "
+                    "read it; or the entries have been rotated away)")
+    return [format_entry(entry) for entry in reversed(entries)], ""
+
+
+def _tail(journal: Any, invocation_id: str, lines: int) -> List[Dict[str, Any]]:
+    """The last entries of one invocation, newest first: the unit's processes (_SYSTEMD_INVOCATION_ID) and
+    systemd's messages about it (INVOCATION_ID)."""
+    reader = journal.Reader()
+    try:
+        reader.add_match(_SYSTEMD_INVOCATION_ID=invocation_id)
+        reader.add_disjunction()
+        reader.add_match(INVOCATION_ID=invocation_id)
+        reader.seek_tail()
+        entries: List[Dict[str, Any]] = []
+        while len(entries) < lines:
+            entry = reader.get_previous()
+            if not entry:
+                break
+            entries.append(entry)
+        return entries
+    finally:
+        reader.close()
+
+
+def sync_journal() -> None:
+    """Have journald write out what it has received: a unit's last lines, sent through its stdout stream just
+    before it failed, may otherwise not be in the journal files yet when the handler reads them. Only root may
+    ask; for anyone else (pd-send --unit by a user) this is skipped."""
+    if os.geteuid() != 0:
+        return
+    try:
+        subprocess.run(["journalctl", "--sync"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def format_entry(entry: Dict[str, Any]) -> str:
+    """One journal entry as a short line: time, identifier[pid]: message (cut to MAX_JOURNAL_LINE)."""
+    stamp: Any = entry.get("__REALTIME_TIMESTAMP")
+    when = stamp.strftime("%Y-%m-%dT%H:%M:%S.%f%z") if hasattr(stamp, "strftime") else ""
+    ident = str(entry.get("SYSLOG_IDENTIFIER") or entry.get("_COMM") or "")
+    pid = entry.get("_PID") or entry.get("SYSLOG_PID")
+    message = entry.get("MESSAGE", "")
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    origin = f"{ident}[{pid}]" if pid else ident
+    return fit(" ".join(part for part in (when, f"{origin}:" if origin else "", str(message)) if part),
+               MAX_JOURNAL_LINE)
+
+
+def journal_command(unit: str, invocation_id: str) -> str:
+    if INVOCATION_ID.fullmatch(invocation_id or ""):
+        return f"journalctl _SYSTEMD_INVOCATION_ID={invocation_id} + INVOCATION_ID={invocation_id}"
+    return f"journalctl -u {unit}"
+
+
+# --- building events -------------------------------------------------------------------------------------------
+
+
+def dedup_key(host: str, unit: str) -> str:
+    return f"systemd/{host}/{unit}"
+
+
+def routing_key(settings: Settings) -> str:
+    """The key by name (`@name`): the daemon resolves it from [Keys] in agent.conf, so no command line of a
+    unit, and no unit name, ever carries a routing key."""
+    return "@" + settings.key
+
+
+def is_timer_job(properties: Dict[str, str]) -> bool:
+    return any(name.endswith(".timer") for name in properties.get("TriggeredBy", "").split())
+
+
+def how_it_ended(properties: Dict[str, str]) -> str:
+    """`exit-code (status 2)`, `signal (SIGKILL)`, `timeout`: systemd's Result, with the main process's end."""
+    result = properties.get("Result") or "unknown"
+    code = EXIT_CODES.get(properties.get("ExecMainCode", ""), "")
+    status = properties.get("ExecMainStatus", "")
+    if code == "exited" and status not in ("", "0"):
+        return f"{result} (status {status})"
+    if code in ("killed", "dumped") and status.isdigit():
+        return f"{result} ({_signal_name(int(status))})"
+    return result
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def unit_details(properties: Dict[str, str], journal_lines: List[str], journal_error: str) -> Dict[str, Any]:
+    """What an event says about a unit: systemd's properties under their own names, the journal tail."""
+    unit = properties.get("Id", "")
+    details: Dict[str, Any] = {"unit": unit}
+    if properties.get("Description"):
+        details["Description"] = fit(properties["Description"], MAX_SUMMARY)
+    details["ActiveState"] = f"{properties.get('ActiveState', '')} ({properties.get('SubState', '')})"
+    for name in DETAIL_PROPERTIES:
+        value = properties.get(name, "")
+        if name == "ExecMainCode":
+            value = EXIT_CODES.get(value, value)
+        if value != "":
+            details[name] = value
+    if properties.get("TriggeredBy"):
+        details["TriggeredBy"] = properties["TriggeredBy"]
+    if journal_lines:
+        details["journal"] = journal_lines
+    if journal_error:
+        details["journal_missing"] = journal_error
+    details["journal_command"] = journal_command(unit, properties.get("InvocationID", ""))
+    return details
+
+
+def failure_event(properties: Dict[str, str], host: str, settings: Settings, journal_lines: List[str],
+                  journal_error: str) -> Dict[str, Any]:
+    """The Events API v2 trigger for a failed unit. The source is left to the agent, which sets its FQDN."""
+    unit = properties.get("Id", "")
+    short_host = host.split(".")[0] or host
+    timer = is_timer_job(properties)
+    summary = fit(f"{unit} failed on {short_host}: {how_it_ended(properties)}")
+    return {
+        "routing_key": routing_key(settings),
+        "event_action": "trigger",
+        "dedup_key": dedup_key(host, unit),
+        "client": "pdagent-sd unit alerts",
+        "payload": {
+            "summary": summary,
+            "severity": settings.timer_severity if timer else settings.service_severity,
+            "component": unit,
+            "class": "systemd timer job" if timer else "systemd unit",
+            "custom_details": unit_details(properties, journal_lines, journal_error),
+        },
+    }
+
+
+def resolve_event(unit: str, host: str, settings: Settings) -> Dict[str, Any]:
+    return {"routing_key": routing_key(settings), "event_action": "resolve", "dedup_key": dedup_key(host, unit)}
+
+
+def describe_unit(unit: str, lines: int = 50) -> Dict[str, Any]:
+    """A unit's state and journal tail as custom details (pd-send --unit); the unit's last invocation."""
+    properties = read_properties(unit)
+    if properties.get("LoadState") == "not-found":
+        raise InvalidEvent(f"--unit {unit}: no such unit")
+    journal_lines, journal_error = read_journal(properties.get("InvocationID", ""), lines)
+    return unit_details(properties, journal_lines, journal_error)
+
+
+# --- recovery ------------------------------------------------------------------------------------------------
+
+
+def recovery_verdict(properties: Dict[str, str], failed_invocation: str, stay_up_sec: float,
+                     now_monotonic_usec: int) -> str:
+    """One look at a unit after it was started again: "recovered", "failed", "wait" or "not-started".
+
+    recovered: a later invocation than the failed one finished with success (a oneshot job), or has been
+    active for stay_up_sec (a service that stays up). failed: that invocation failed (its own OnFailure= pages
+    again). not-started: still the failed invocation, nothing running.
+    """
+    invocation = properties.get("InvocationID", "")
+    state = properties.get("ActiveState", "")
+    if not invocation:
+        # systemd unloads a unit that ended inactive without failing once nothing refers to it, and then shows
+        # it with no invocation and Result=success. A failed unit is never unloaded that way, and this is only
+        # asked after the unit was started again: it ran, and it succeeded.
+        if state == "inactive" and properties.get("Result", "success") == "success":
+            return "recovered"
+        return "not-started"
+    if invocation == failed_invocation:
+        return "wait" if state in ("activating", "reloading") else "not-started"
+    if state == "failed" or (state == "inactive" and properties.get("Result", "success") != "success"):
+        return "failed"
+    if state == "inactive":
+        return "recovered"
+    if state == "active":
+        if properties.get("Type") == "oneshot":
+            return "recovered"
+        entered = properties.get("ActiveEnterTimestampMonotonic", "0")
+        entered_usec = int(entered) if entered.isdigit() else 0
+        if entered_usec and now_monotonic_usec - entered_usec >= stay_up_sec * 1_000_000:
+            return "recovered"
+    return "wait"
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds: the clock of systemd's *TimestampMonotonic properties."""
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)

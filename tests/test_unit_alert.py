@@ -1,0 +1,210 @@
+"""Unit alerts as pure code: the event built from a recorded unit state (a golden test), when a unit counts as
+recovered, the settings, and what pd-unit-alert refuses before it looks at anything.
+
+The recorded state is what `systemctl show -p ...` printed for a failed oneshot on Debian 12 (systemd 252) and
+what python-systemd's journal reader returned for its invocation; the system tier runs the same path live.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdagent_sd import unitalert
+from pdagent_sd.events import validate
+from pdagent_sd.unitalert import Settings
+
+from agentproc import ROOT, base_env
+
+pytestmark = pytest.mark.unit
+
+RECORDED_SHOW = """\
+Type=oneshot
+Result=exit-code
+ExecMainCode=1
+ExecMainStatus=2
+NRestarts=0
+Id=backup.service
+Description=Nightly backup of /srv to the NAS
+LoadState=loaded
+ActiveState=failed
+SubState=failed
+InactiveEnterTimestamp=Mon 2026-11-30 03:00:07 UTC
+ActiveEnterTimestamp=
+ActiveEnterTimestampMonotonic=0
+InvocationID=5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b
+TriggeredBy=backup.timer
+"""
+UTC = datetime.timezone.utc
+RECORDED_JOURNAL = [  # newest first, as the reader walks back from the tail
+    {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 30, 3, 0, 7, 120000, tzinfo=UTC),
+     "SYSLOG_IDENTIFIER": "systemd", "_PID": 1, "INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+     "MESSAGE": "backup.service: Failed with result 'exit-code'."},
+    {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 30, 3, 0, 7, 100000, tzinfo=UTC),
+     "SYSLOG_IDENTIFIER": "backup.sh", "_PID": 4242, "_SYSTEMD_INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+     "MESSAGE": b"rsync: connection to nas01 refused \xff"},
+    {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 30, 3, 0, 0, 5000, tzinfo=UTC),
+     "SYSLOG_IDENTIFIER": "backup.sh", "_PID": 4242, "_SYSTEMD_INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+     "MESSAGE": "starting backup of /srv"},
+]
+GOLDEN = {
+    "routing_key": "@systemd",
+    "event_action": "trigger",
+    "dedup_key": "systemd/db1.example.org/backup.service",
+    "client": "pdagent-sd unit alerts",
+    "payload": {
+        "summary": "backup.service failed on db1: exit-code (status 2)",
+        "severity": "error",
+        "component": "backup.service",
+        "class": "systemd timer job",
+        "custom_details": {
+            "unit": "backup.service",
+            "Description": "Nightly backup of /srv to the NAS",
+            "ActiveState": "failed (failed)",
+            "Result": "exit-code",
+            "ExecMainCode": "exited",
+            "ExecMainStatus": "2",
+            "NRestarts": "0",
+            "InactiveEnterTimestamp": "Mon 2026-11-30 03:00:07 UTC",
+            "InvocationID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+            "TriggeredBy": "backup.timer",
+            "journal": [
+                "2026-11-30T03:00:00.005000+0000 backup.sh[4242]: starting backup of /srv",
+                "2026-11-30T03:00:07.100000+0000 backup.sh[4242]: rsync: connection to nas01 refused \ufffd",
+                "2026-11-30T03:00:07.120000+0000 systemd[1]: backup.service: Failed with result 'exit-code'.",
+            ],
+            "journal_command": "journalctl _SYSTEMD_INVOCATION_ID=5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b"
+                               " + INVOCATION_ID=5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+        },
+    },
+}
+
+
+def recorded_event() -> dict:
+    properties = unitalert.parse_properties(RECORDED_SHOW)
+    lines = [unitalert.format_entry(entry) for entry in reversed(RECORDED_JOURNAL)]
+    return unitalert.failure_event(properties, "db1.example.org", Settings(), lines, "")
+
+
+def test_golden_event_from_a_recorded_unit_state() -> None:
+    assert recorded_event() == GOLDEN
+
+
+def test_the_golden_event_is_valid_once_the_agent_has_resolved_the_key_name() -> None:
+    body = recorded_event()
+    body["routing_key"] = "c0ffee0123456789abcdef0123456789"  # what the daemon puts in place of @systemd
+    event = validate("v2", body, default_source="db1.example.org")
+    assert event.dedup_key == "systemd/db1.example.org/backup.service"
+    assert event.body["payload"]["source"] == "db1.example.org"
+
+
+def test_a_service_is_critical_a_signal_is_named_and_severities_are_configurable() -> None:
+    properties = unitalert.parse_properties(RECORDED_SHOW.replace("TriggeredBy=backup.timer", "TriggeredBy=")
+                                            .replace("ExecMainCode=1", "ExecMainCode=2")
+                                            .replace("ExecMainStatus=2", "ExecMainStatus=9")
+                                            .replace("Result=exit-code", "Result=signal"))
+    event = unitalert.failure_event(properties, "db1", Settings(), [], "")
+    assert event["payload"]["severity"] == "critical"
+    assert event["payload"]["summary"] == "backup.service failed on db1: signal (SIGKILL)"
+    assert event["payload"]["class"] == "systemd unit"
+    event = unitalert.failure_event(properties, "db1", Settings(service_severity="warning", key="ops"), [], "")
+    assert event["payload"]["severity"] == "warning" and event["routing_key"] == "@ops"
+
+
+def test_missing_journal_lines_are_explained_and_everything_stays_within_the_limits() -> None:
+    properties = unitalert.parse_properties(RECORDED_SHOW)
+    event = unitalert.failure_event(properties, "db1", Settings(), [], "the journal cannot be read: EACCES")
+    details = event["payload"]["custom_details"]
+    assert "journal" not in details and details["journal_missing"] == "the journal cannot be read: EACCES"
+    huge = {"MESSAGE": "x" * 100000, "SYSLOG_IDENTIFIER": "spam", "_PID": 7}
+    line = unitalert.format_entry(huge)
+    assert len(line) == unitalert.MAX_JOURNAL_LINE and line.endswith("…")
+    properties["Description"] = "d" * 5000
+    body = unitalert.failure_event(properties, "db1", Settings(), [line] * 50, "")
+    body["routing_key"] = "c0ffee0123456789abcdef0123456789"
+    validate("v2", body, default_source="db1")  # under 512 KB, every text field within its limit
+
+
+def test_recovery_verdicts() -> None:
+    failed = "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b"
+    new = "0123456789abcdef0123456789abcdef"
+    second = 1_000_000
+
+    def verdict(now: int = 100 * second, **properties: str) -> str:
+        return unitalert.recovery_verdict(properties, failed, 10.0, now)
+
+    assert verdict(InvocationID=failed, ActiveState="failed") == "not-started"
+    assert verdict(InvocationID=failed, ActiveState="activating") == "wait"
+    assert verdict(InvocationID=new, ActiveState="activating") == "wait"
+    assert verdict(InvocationID=new, ActiveState="inactive", Result="success") == "recovered"
+    assert verdict(InvocationID=new, ActiveState="failed", Result="exit-code") == "failed"
+    assert verdict(InvocationID=new, ActiveState="active", Type="oneshot") == "recovered"
+    up_since = str(95 * second)
+    assert verdict(InvocationID=new, ActiveState="active", Type="simple", ActiveEnterTimestampMonotonic=up_since) \
+        == "wait"
+    assert verdict(110 * second, InvocationID=new, ActiveState="active", Type="simple",
+                   ActiveEnterTimestampMonotonic=up_since) == "recovered"
+    # A oneshot that succeeded and was unloaded shows no invocation at all.
+    assert verdict(InvocationID="", ActiveState="inactive", Result="success") == "recovered"
+    assert verdict(InvocationID="", ActiveState="failed", Result="exit-code") == "not-started"
+
+
+@pytest.mark.parametrize("name", ["", "../../etc/passwd", "a/b.service", "foo", "foo.service\n", ".service",
+                                  "x" * 300 + ".service", "foo..service", "-k KEY.service"])
+def test_hostile_unit_names_are_refused(name: str) -> None:
+    with pytest.raises(unitalert.UnitError):
+        unitalert.check_unit_name(name)
+
+
+@pytest.mark.parametrize("name", ["backup.service", "systemd-fsck@dev-disk-by\\x2duuid-1.service",
+                                  "getty@tty1.service", "foo.timer"])
+def test_real_unit_names_are_accepted(name: str) -> None:
+    assert unitalert.check_unit_name(name) == name
+
+
+def test_the_agents_own_units_are_recognised() -> None:
+    own = ("pdagent.service", "pdagent-retry.service", "pdagent-unit-failed@backup.service.service",
+           "pdagent-unit-ok@x.service.service")
+    assert all(unitalert.is_own_unit(unit) for unit in own)
+    assert not any(unitalert.is_own_unit(unit) for unit in ("backup.service", "pdagentfoo.service"))
+
+
+def test_settings_from_agent_conf_bad_values_keep_their_defaults(tmp_path: Path) -> None:
+    main = tmp_path / "agent.conf"
+    main.write_text("[Agent]\nidle_exit_sec = 5\n[UnitAlerts]\nkey = @ops\nservice_severity = ERROR\n")
+    (tmp_path / "agent.conf.d").mkdir()
+    (tmp_path / "agent.conf.d" / "50-x.conf").write_text(
+        "[UnitAlerts]\nrate_limit_sec = 10min\ntimer_severity = loud\njournal_lines = -1\nbogus = 1\n")
+    settings, warnings = unitalert.load_settings(str(main))
+    assert settings == Settings(key="ops", service_severity="error", rate_limit_sec=600.0)
+    assert len(warnings) == 3 and any("timer_severity" in w for w in warnings) and any("bogus" in w for w in warnings)
+    main.write_text("[UnitAlerts]\nkey = ops key with spaces\n")
+    settings, warnings = unitalert.load_settings(str(main))
+    assert settings.key == "systemd" and "key" in warnings[0]
+
+
+def run_alert(*args: str) -> subprocess.CompletedProcess:
+    env = base_env(PDAGENT_SOCKET="/nonexistent/pdagent.sock", PDAGENT_UNIT_ALERT_STATE="/nonexistent/state")
+    return subprocess.run([sys.executable, "-m", "pdagent_sd.cli.unit_alert", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_pd_unit_alert_refuses_the_agents_own_units_without_touching_anything() -> None:
+    result = run_alert("failed", "pdagent.service")
+    assert result.returncode == 0, result.stderr
+    assert "one of the agent's own units" in result.stderr
+    result = run_alert("failed", "pdagent-unit-failed@backup.service.service")
+    assert result.returncode == 0 and "own units" in result.stderr
+
+
+def test_pd_unit_alert_usage_and_bad_names() -> None:
+    assert run_alert().returncode == 2
+    assert run_alert("page", "backup.service").returncode == 2
+    result = run_alert("failed", "../x.service")
+    assert result.returncode == 2 and "not a systemd unit name" in result.stderr and "Traceback" not in result.stderr
+    result = run_alert("--help")
+    assert result.returncode == 0 and "recovered UNIT" in result.stdout
