@@ -17,7 +17,7 @@ import threading
 import time
 from typing import List, Optional, Tuple
 
-from pdagent_sd import __version__, exitcodes, journal, marker
+from pdagent_sd import __version__, exitcodes, journal, marker, statedir
 from pdagent_sd import config as config_module
 from pdagent_sd.connections import ConnectionServer
 from pdagent_sd.errors import ConfigError, PdagentError, StorageError
@@ -82,8 +82,8 @@ def _listen_fds() -> List[int]:
 
 def bind_socket(path: str) -> socket.socket:
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    if os.path.exists(path):
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):  # lstat: a symlink planted here is not our socket
             raise ConfigError(f"{path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -95,8 +95,13 @@ def bind_socket(path: str) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o666)  # any local user may send, as with the old agent
+    # Any local user may send, as with the old agent: the socket is made 0666 by the umask at bind(), not by a
+    # chmod(path) afterwards, which would follow a symlink swapped in at the path in between.
+    old_umask = os.umask(0o111)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
     sock.listen(socket.SOMAXCONN)  # what systemd's Backlog= defaults to: bursts of pd-send wait, not fail
     return sock
 
@@ -171,6 +176,7 @@ class Daemon:
         since = time.monotonic()
         while True:
             try:
+                statedir.prepare(self.store.state_dir)  # owner and mode, before any file in it is opened
                 self.store.open()
             except StorageError as error:
                 if failure is None:
