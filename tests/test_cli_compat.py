@@ -294,6 +294,26 @@ def test_usage_errors_of_the_old_pd_send_exit_2(argv: List[str], message: str,
 
 
 @unit
+@pytest.mark.parametrize("main, argv", [
+    (send.main, [KEY, "-t", "trigger", "-d", "x"]),  # -k forgotten: argparse names the stray key
+    (send.main, ["-k", KEY, "-t", "trigger", "-d", "x", "-f", KEY]),  # not KEY=VALUE
+    (nagios.main, ["-k", KEY, "-t", "PROBLEM", "-n", "host", KEY]),
+    (sensu.main, ["-k", KEY, KEY]),
+    (zabbix.main, ["trigger", KEY]),
+])
+def test_usage_errors_never_print_a_routing_key_whole(main: Callable[[List[str]], int], argv: List[str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        status = main(argv + ["--socket", "/nonexistent/pdagent.sock"])
+    except SystemExit as exit_:  # argparse's own errors exit from inside main
+        status = exit_.code  # type: ignore[assignment]
+    assert status == OLD_USAGE_EXIT
+    err = capsys.readouterr().err
+    assert KEY not in err and "error" in err
+    assert mask(KEY) in err or main is zabbix.main  # pd-zabbix's message names no argument
+
+
+@unit
 def test_arguments_that_are_not_utf8_become_replacement_characters() -> None:
     latin1 = b"caf\xe9 \xfc".decode("utf-8", "surrogateescape")  # as Python hands such bytes in argv
     assert text_args(["ok", latin1, "\ud800x"]) == ["ok", "caf\ufffd \ufffd", "\ufffdx"]
@@ -330,6 +350,19 @@ def test_pd_zabbix_ignores_extra_arguments_with_a_warning() -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             zabbix.read_argv([KEY, "trigger"])
     assert exit_.value.code == 2
+
+
+OWN_ZABBIX_WORDS = ("-q", "--quiet", "--socket", "-h", "--help")
+
+
+@unit
+@PROFILE
+@given(st.lists(plain_value.filter(lambda word: word not in OWN_ZABBIX_WORDS and not word.startswith("--socket=")),
+                min_size=3, max_size=6))
+def test_pd_zabbix_reads_its_arguments_as_the_old_one_did(argv: List[str]) -> None:
+    # The old pd-zabbix: KEY, SUBJECT and BODY were argv[1], argv[2] and argv[3], as they were; the rest ignored.
+    args, extra = zabbix.read_argv(argv)
+    assert [args.routing_key, args.subject, args.body] == argv[:3] and extra == argv[3:]
 
 
 @unit

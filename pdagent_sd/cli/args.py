@@ -17,7 +17,7 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+    from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple, Type
 
 
 class Option:
@@ -156,7 +156,7 @@ class Command:
     def argparser(self) -> argparse.ArgumentParser:
         import argparse
 
-        parser = argparse.ArgumentParser(prog=self.prog, description=self.description, epilog=self.epilog,
+        parser = parser_class()(prog=self.prog, description=self.description, epilog=self.epilog,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         for option in self.options:
             keywords: Dict[str, Any] = {"dest": option.dest, "help": option.help}
@@ -171,8 +171,24 @@ class Command:
         return parser
 
 
+def parser_class() -> Type[argparse.ArgumentParser]:
+    """argparse's parser, its error messages with any word shaped like a routing key masked (`pd-send KEY ...`
+    without -k names the key as an unrecognized argument). Made on demand: pd-send imports argparse only then."""
+    import argparse
+
+    from pdagent_sd.cli.common import redact
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            super().error(redact(message))
+
+    return Parser
+
+
 def usage_error(command: Command, message: str) -> int:
     """Report a usage error the way argparse does, exit status 2."""
+    from pdagent_sd.cli.common import redact
+
     command.argparser().print_usage(sys.stderr)
-    print(f"{command.prog}: error: {message}", file=sys.stderr)
+    print(f"{command.prog}: error: {redact(message)}", file=sys.stderr)
     return 2

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 def fail(program: str, error: PdagentError) -> int:
     from pdagent_sd.safetext import safe  # a message may quote what a user or a monitored system wrote
 
-    print(f"{program}: {safe(error.message)}", file=sys.stderr)
+    print(f"{program}: {safe(redact(error.message, limit=2000))}", file=sys.stderr)
     if error.hint:
-        print(f"{program}: hint: {safe(error.hint)}", file=sys.stderr)
+        print(f"{program}: hint: {safe(redact(error.hint, limit=2000))}", file=sys.stderr)
     return exitcodes.for_error_code(error.code)
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from pdagent_sd.cli.args import parser_class
 from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
 from pdagent_sd.events import Action, Severity
 from pdagent_sd.integrations.common import (
@@ -104,7 +105,7 @@ LEGACY_OPTIONS = ("-k", "--service-key", "-t", "--event-type", "-i", "--incident
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = parser_class()(
         prog="pd-nagios", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

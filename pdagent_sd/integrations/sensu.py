@@ -14,6 +14,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
+from pdagent_sd.cli.args import parser_class
 from pdagent_sd.cli.common import UsageError, run, send_event
 from pdagent_sd.errors import InvalidEvent
 from pdagent_sd.events import MAX_DEPTH, Action, Severity, check_depth
@@ -53,7 +54,7 @@ LEGACY_OPTIONS = ("-k", "--integration-key", "-i", "--incident-key", "-h", "--he
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = parser_class()(
         prog="pd-sensu", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

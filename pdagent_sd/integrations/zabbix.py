@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from pdagent_sd.cli.args import parser_class
 from pdagent_sd.cli.common import UsageError, run, send_event
 from pdagent_sd.errors import InvalidEvent
 from pdagent_sd.events import Action, Severity
@@ -76,7 +77,7 @@ sends one when a host, trigger or action is disabled) becomes a resolve.
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = parser_class()(
         prog="pd-zabbix", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
