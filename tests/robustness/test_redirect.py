@@ -13,9 +13,8 @@ from standin import StandIn
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("status", [307, 301])
-def test_a_redirect_is_a_failed_attempt_and_the_other_host_gets_nothing(make_agent: Any, standin: StandIn,
-                                                                        status: int) -> None:
+def test_a_redirect_is_a_failed_attempt_and_the_other_host_gets_nothing(make_agent: Any, standin: StandIn) -> None:
+    status = 307  # every 3xx takes the same path (delivery.redirected)
     with StandIn() as elsewhere:
         standin.add_fault(status=status, count=2, location=elsewhere.endpoint("v2"))
         agent = make_agent()

@@ -16,6 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from pdagent_sd import statedir
+from pdagent_sd.errors import StorageError
+
 from agentproc import KEY_A, Agent, send_many, trigger
 from asuser import OtherUser, available
 from standin import StandIn
@@ -60,19 +63,26 @@ def test_a_state_directory_others_can_write_is_refused_until_fixed(other_user: O
         agent.stop()
 
 
-@pytest.mark.integration
-def test_a_state_directory_owned_by_another_uid_is_refused(other_user: OtherUser, standin: StandIn) -> None:
-    agent = Agent(other_user.workdir, standin.url)
-    os.makedirs(agent.state_dir, mode=0o700)
-    os.chown(agent.state_dir, other_user.uid, other_user.gid)
-    agent.start()
-    try:
-        refused = _send(agent)
-        assert refused.returncode == 75
-        assert (f"the state directory {agent.state_dir} is owned by uid {other_user.uid}, not by the daemon's uid "
-                f"{os.geteuid()}") in refused.stderr
-    finally:
-        agent.stop()
+@pytest.mark.unit
+def test_a_state_directory_owned_by_another_uid_is_refused(tmp_path: Any) -> None:
+    """The same check as above, without a daemon: the 0777 test shows the daemon's answer."""
+    if os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)  # nobody
+    with pytest.raises(StorageError) as caught:
+        statedir.prepare(str(state))
+    assert caught.value.message == (f"the state directory {state} is owned by uid 65534, not by the daemon's uid "
+                                    f"{os.geteuid()}")
+    assert caught.value.hint and "chown" in caught.value.hint
+    os.chown(state, 0, 0)
+    os.chmod(state, 0o720)
+    with pytest.raises(StorageError, match=r"can be written by its group \(mode 0720\)"):
+        statedir.prepare(str(state))
+    os.chmod(state, 0o700)
+    statedir.prepare(str(state))  # passes
+    statedir.prepare(str(tmp_path / "new" / "dir"))  # made 0700 (umask permitting), then passes
 
 
 @pytest.mark.integration
