@@ -174,5 +174,14 @@ def test_another_user_pages_by_name_but_never_sees_a_key_or_a_dedup_key(other_us
         assert stat.S_IMODE(os.stat(agent.config).st_mode) == 0o600
         peek = other_user.run(["-c", "open(__import__('sys').argv[1]).read()", agent.config])
         assert peek.returncode != 0 and "PermissionError" in peek.stderr
+
+        # The SocketGroup=/SocketMode=0660 drop-in of docs/security.md, done by hand on this socket: a user
+        # outside the group cannot send at all (exit 69, "Permission denied"); a member can.
+        os.chown(agent.socket, -1, 0)
+        os.chmod(agent.socket, 0o660)
+        argv = ["-m", "pdagent_sd.cli.send", "-k", "@ops", "-t", "trigger", "-d", "by name"]
+        outside = other_user.run(argv, env=env)
+        assert outside.returncode == 69 and "Permission denied" in outside.stderr, outside.stderr
+        assert other_user.run(argv, env=env, extra_groups=[0]).returncode == 0
     finally:
         agent.stop()
