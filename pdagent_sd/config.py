@@ -265,4 +265,8 @@ def render_ini() -> str:
         else:
             shown = str(default)
         lines += ["", f"# {setting.help}", f"#{setting.name} = {shown}"]
+    lines += ["", "# Named routing keys: `pd-send -k @ops` sends the key named ops, so no key is on a command line",
+              "# that other users can read. Keep keys in a file only root and group pdagent can read (this one",
+              "# is 0640 root:pdagent), or in systemd credentials key.NAME. See docs/security.md.",
+              f"#[{keys_module.SECTION}]", "#ops = 0123456789abcdef0123456789abcdef"]
     return "\n".join(lines) + "\n"

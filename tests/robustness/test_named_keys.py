@@ -113,12 +113,18 @@ def test_pd_send_with_a_name_delivers_the_real_key(make_agent: Any, standin: Sta
     nagios = agent.client("pdagent_sd.integrations.nagios", "-k", "@ops", "-n", "host", "-t", "PROBLEM",
                           "-f", "HOSTNAME=web01", "-f", "HOSTSTATE=DOWN")
     assert nagios.returncode == 0, nagios.stderr
-    assert standin.wait_for(4, timeout=15), agent.log()
-    assert [body["event_action"] for body in standin.bodies(KEY_A)] == ["trigger", "resolve", "trigger"]
-    assert len(standin.bodies(KEY_B)) == 1
+    zabbix = agent.client("pdagent_sd.integrations.zabbix", "@db", "trigger",
+                          "name:Disk full\nid:13502\nstatus:PROBLEM\nhostname:db01\nseverity:High")
+    assert zabbix.returncode == 0, zabbix.stderr
+    sensu = agent.client("pdagent_sd.integrations.sensu", "-k", "@ops", stdin=json.dumps(
+        {"client": {"name": "web01"}, "check": {"name": "http", "status": 2, "output": "down"}, "action": "create"}))
+    assert sensu.returncode == 0, sensu.stderr
+    assert standin.wait_for(6, timeout=15), agent.log()
+    assert [body["event_action"] for body in standin.bodies(KEY_A)] == ["trigger", "resolve", "trigger", "trigger"]
+    assert len(standin.bodies(KEY_B)) == 2
     assert "@" not in json.dumps(standin.bodies())  # no name reached the API
     listed = agent.request({"op": "list", "routing_key": "@ops"})  # pd-queue -k @name works as well
-    assert {row["routing_key"] for row in listed["events"]} == {KEY_A} and len(listed["events"]) == 3
+    assert {row["routing_key"] for row in listed["events"]} == {KEY_A} and len(listed["events"]) == 4
 
     missing = agent.pd_send("-k", "@nope", "-t", "trigger", "-d", "x")
     assert missing.returncode == 65 and "@nope is not a configured key name" in missing.stderr
