@@ -25,7 +25,7 @@ from pdagent_sd.limits import MAX_SUMMARY, fit
 SECTION = "UnitAlerts"
 PROPERTIES = ("Id", "Description", "LoadState", "ActiveState", "SubState", "Result", "Type", "ExecMainCode",
               "ExecMainStatus", "NRestarts", "InvocationID", "InactiveEnterTimestamp", "ActiveEnterTimestamp",
-              "ActiveEnterTimestampMonotonic", "TriggeredBy")
+              "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic", "TriggeredBy")
 # The properties an alert carries in custom_details, under systemd's own names.
 DETAIL_PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "InactiveEnterTimestamp",
                      "InvocationID")
@@ -40,7 +40,7 @@ MAX_JOURNAL_LINE = 2000  # characters of one journal line in an event; 50 of the
 # ExecMainCode is the si_code of the main process's end (CLD_* in <signal.h>).
 EXIT_CODES = {"1": "exited", "2": "killed", "3": "dumped", "4": "trapped", "5": "stopped", "6": "continued"}
 SYSTEMCTL_TIMEOUT_SEC = 15.0
-JOURNAL_ATTEMPTS = 4
+JOURNAL_ATTEMPTS = 6
 JOURNAL_RETRY_SEC = 0.5
 
 
@@ -153,9 +153,13 @@ def parse_properties(text: str) -> Dict[str, str]:
     return properties
 
 
-def read_journal(invocation_id: str, lines: int) -> Tuple[List[str], str]:
+def read_journal(invocation_id: str, lines: int, unit: str = "", since_usec: int = 0) -> Tuple[List[str], str]:
     """The last `lines` journal lines of one invocation (the unit's own output and systemd's messages about
-    it), oldest first, and why none could be read ("" when some could)."""
+    it), oldest first, and why none could be read ("" when some could).
+
+    since_usec: the monotonic time the invocation started (InactiveExitTimestampMonotonic). A process that
+    exits at once can be gone before journald looks up who wrote its last lines; they then carry the unit's
+    name (from the stream's header) but no invocation ID, and are taken if they are not older than that."""
     if lines <= 0:
         return [], ""
     if not INVOCATION_ID.fullmatch(invocation_id or ""):
@@ -167,10 +171,10 @@ def read_journal(invocation_id: str, lines: int) -> Tuple[List[str], str]:
         return [], f"the journal cannot be read here: python3-systemd is missing ({exc})"
     try:
         for attempt in range(JOURNAL_ATTEMPTS):
-            entries = _tail(journal, invocation_id, lines)
+            entries = _tail(journal, invocation_id, lines, unit, since_usec)
             # The unit's own output comes through its stdout stream, which journald may write out a little
             # after systemd's messages about the unit: wait briefly for at least one line of it.
-            if any("_SYSTEMD_INVOCATION_ID" in entry for entry in entries) or attempt + 1 == JOURNAL_ATTEMPTS:
+            if any(_from_the_unit(entry) for entry in entries) or attempt + 1 == JOURNAL_ATTEMPTS:
                 break
             time.sleep(JOURNAL_RETRY_SEC)
             sync_journal()
@@ -183,24 +187,60 @@ def read_journal(invocation_id: str, lines: int) -> Tuple[List[str], str]:
     return [format_entry(entry) for entry in reversed(entries)], ""
 
 
-def _tail(journal: Any, invocation_id: str, lines: int) -> List[Dict[str, Any]]:
-    """The last entries of one invocation, newest first: the unit's processes (_SYSTEMD_INVOCATION_ID) and
-    systemd's messages about it (INVOCATION_ID)."""
+def _from_the_unit(entry: Dict[str, Any]) -> bool:
+    """Written by the unit's processes, not by systemd about the unit."""
+    return "INVOCATION_ID" not in entry
+
+
+def _tail(journal: Any, invocation_id: str, lines: int, unit: str, since_usec: int) -> List[Dict[str, Any]]:
+    """The last entries of one invocation, newest first: the unit's processes (_SYSTEMD_INVOCATION_ID), its
+    lines journald could not attribute to an invocation (see read_journal), and systemd's messages about it
+    (INVOCATION_ID)."""
     reader = journal.Reader()
     try:
         reader.add_match(_SYSTEMD_INVOCATION_ID=invocation_id)
         reader.add_disjunction()
         reader.add_match(INVOCATION_ID=invocation_id)
+        if unit and since_usec:
+            reader.add_disjunction()
+            reader.add_match(_SYSTEMD_UNIT=unit)
         reader.seek_tail()
         entries: List[Dict[str, Any]] = []
+        boot: Any = _boot_id()
         while len(entries) < lines:
             entry = reader.get_previous()
             if not entry:
                 break
+            ours = invocation_id in (entry.get("_SYSTEMD_INVOCATION_ID"), entry.get("INVOCATION_ID"))
+            if ours:
+                entries.append(entry)
+                continue
+            if "_SYSTEMD_INVOCATION_ID" in entry or "INVOCATION_ID" in entry:
+                continue  # another run of the unit
+            monotonic = entry.get("__MONOTONIC_TIMESTAMP")
+            usec = _usec(monotonic[0]) if isinstance(monotonic, tuple) and monotonic else 0
+            if entry.get("_BOOT_ID") != boot or usec < since_usec:
+                break  # older than this run: nothing further back belongs to it
             entries.append(entry)
         return entries
     finally:
         reader.close()
+
+
+def _boot_id() -> Any:
+    import uuid
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return uuid.UUID(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _usec(value: Any) -> int:
+    if hasattr(value, "total_seconds"):
+        return int(value.days * 86_400_000_000 + value.seconds * 1_000_000 + value.microseconds)
+    return 0
 
 
 def sync_journal() -> None:
@@ -328,7 +368,8 @@ def describe_unit(unit: str, lines: int = 50) -> Dict[str, Any]:
     properties = read_properties(unit)
     if properties.get("LoadState") == "not-found":
         raise InvalidEvent(f"--unit {unit}: no such unit")
-    journal_lines, journal_error = read_journal(properties.get("InvocationID", ""), lines)
+    journal_lines, journal_error = read_journal(properties.get("InvocationID", ""), lines, unit,
+                                                start_usec(properties))
     return unit_details(properties, journal_lines, journal_error)
 
 
@@ -366,6 +407,12 @@ def recovery_verdict(properties: Dict[str, str], failed_invocation: str, stay_up
         if entered_usec and now_monotonic_usec - entered_usec >= stay_up_sec * 1_000_000:
             return "recovered"
     return "wait"
+
+
+def start_usec(properties: Dict[str, str]) -> int:
+    """When the unit's current (or last) run began, on the monotonic clock; 0 if unknown."""
+    value = properties.get("InactiveExitTimestampMonotonic", "")
+    return int(value) if value.isdigit() else 0
 
 
 def monotonic_usec() -> int:

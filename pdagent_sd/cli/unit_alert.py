@@ -122,7 +122,8 @@ def failed(unit: str) -> int:
         # systemd 251+ passes the watched unit's invocation to a handler only it starts.
         invocation = properties.get("InvocationID") or os.environ.get("MONITOR_INVOCATION_ID", "")
         properties["InvocationID"] = invocation
-        lines, why = unitalert.read_journal(invocation, settings.journal_lines)
+        lines, why = unitalert.read_journal(invocation, settings.journal_lines, unit,
+                                            unitalert.start_usec(properties))
         if why:
             say(f"the page goes out without journal lines: {why}")
         event = unitalert.failure_event(properties, host, settings, lines, why)

@@ -164,6 +164,7 @@ def test_failed_timer_job_pages_with_severity_error(machine: BootedSystemd, api:
     machine.systemctl("start", "alert-backup.timer")
     key = f"systemd/{host(machine)}/{unit}"
     payload = wait_events(api, key, 1, machine, unit)[0]["payload"]
+    print(payload)
     assert payload["severity"] == "error"
     assert payload["summary"].endswith(": exit-code (status 2)")
     assert payload["custom_details"]["TriggeredBy"] == "alert-backup.timer"
