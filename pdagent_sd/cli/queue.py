@@ -483,7 +483,7 @@ def _shown(text: str) -> str:
     service key an old event file is named after masked, as everywhere else."""
     from pdagent_sd.events import mask  # re and uuid: only for this command, not for a fast `status`
 
-    text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    text = safe(text)
     subdir, slash, name = text.rpartition("/")
     micros, sep, rest = name.partition("_")
     if slash and sep and micros.isdigit() and rest.endswith(".txt"):
