@@ -156,19 +156,26 @@ def test_restart_loop_opens_one_incident_and_staying_up_resolves(machine: Booted
     machine.systemctl("stop", unit)
 
 
-def test_failed_timer_job_pages_with_severity_error(machine: BootedSystemd, api: StandIn) -> None:
+def test_failed_timer_job_pages_with_severity_error_even_while_the_api_is_down(machine: BootedSystemd,
+                                                                               api: StandIn) -> None:
     unit = "alert-backup.service"
     add_unit(machine, unit, oneshot("echo backup target unreachable; exit 2"))
     machine.write_file(f"{UNIT_DIR}/alert-backup.timer", "[Timer]\nOnActiveSec=1s\nAccuracySec=100ms\n")
     machine.systemctl("daemon-reload")
-    machine.systemctl("start", "alert-backup.timer")
+    api.refuse_connections()
+    try:
+        machine.systemctl("start", "alert-backup.timer")
+        handler = f"pdagent-unit-failed@{unit}.service"
+        wait_until(lambda: machine.show(handler, "ActiveState") == "active", 30, "the page to be queued")
+        assert machine.show(handler, "Result") == "success", machine.unit_log(handler)
+    finally:
+        api.accept_connections()
     key = f"systemd/{host(machine)}/{unit}"
     payload = wait_events(api, key, 1, machine, unit)[0]["payload"]
-    print(payload)
-    assert payload["severity"] == "error"
+    assert payload["severity"] == "error", payload
     assert payload["summary"].endswith(": exit-code (status 2)")
     assert payload["custom_details"]["TriggeredBy"] == "alert-backup.timer"
-    assert any(line.endswith("backup target unreachable") for line in payload["custom_details"]["journal"])
+    assert any(line.endswith("backup target unreachable") for line in payload["custom_details"]["journal"]), payload
 
 
 def test_unreadable_journal_still_pages(machine: BootedSystemd, api: StandIn) -> None:
