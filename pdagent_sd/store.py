@@ -247,15 +247,6 @@ class Store:
             conn.close()
             raise StorageError(f"cannot read the queue at {self.path}: {exc}",
                                hint="check free space and the disk under the state directory") from None
-        try:
-            # SQLite syncs the directory when it creates a WAL, never when it creates the database file itself;
-            # a new queue.db, or a damaged one moved aside, must be in the directory before anything is
-            # acknowledged, or a power cut can leave a WAL whose database is gone.
-            marker.fsync_directory(self.state_dir)
-        except OSError as exc:
-            conn.close()
-            raise StorageError(f"cannot sync the state directory {self.state_dir}: {exc.strerror or exc}",
-                               hint="check the health of the disk under the state directory") from None
         self._write_conn = conn
         self._sync_marker()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
