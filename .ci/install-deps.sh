@@ -16,6 +16,8 @@ APT_PACKAGES=(
   rpm rpmlint fakeroot devscripts
   # benchmarks
   hyperfine
+  # the power-cut layer (tests/reliability/lazyfs.py): FUSE, and fusepy for Debian's python3
+  fuse3 python3-fusepy
 )
 
 missing=()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
+
 from schedrig import DELIVERED, KEY_A, KEY_B, Answer, Rig, refused, server_error, throttled, unreachable
 
 pytestmark = pytest.mark.unit
