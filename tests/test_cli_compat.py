@@ -375,6 +375,16 @@ def test_pd_zabbix_sends_an_incident_key_as_the_user_wrote_it() -> None:
 
 
 @unit
+def test_pd_zabbix_joins_a_continued_key_field_as_the_old_agent_did() -> None:
+    # The old agent ran a line without a colon on into the value before it, no separator: so does the key.
+    _, event = zabbix.build_event(KEY, "resolve", "id:1\nhostname:h\nincident_key:db01\n/disk\nname:x\ny")
+    assert event["dedup_key"] == "db01/disk"
+    _, event = zabbix.build_event(KEY, "trigger", "id:1\nhostname:web\n01\nname:Disk\nfull")
+    assert event["dedup_key"] == "1-web01"
+    assert event["payload"]["custom_details"]["name"] == "Disk\nfull"  # shown as lines
+
+
+@unit
 def test_text_inside_a_value_cannot_set_the_key_or_resolve_with_the_shipped_template() -> None:
     api, event = zabbix.build_event(KEY, "trigger", ZABBIX_SAFE.format(name=INJECTION))
     assert (event["event_action"], event["dedup_key"]) == ("trigger", "13502-web01")

@@ -108,9 +108,10 @@ class Body:
 
 
 def _entries(body: str) -> List[List[str]]:
-    """name:value lines as [name, value] in order. A line is stripped and split at its first colon, the old
-    agent's way, so values (and the dedup key built from them) are the very strings it used; a line without
-    a colon continues the previous value on a new line."""
+    """name:value lines as [name, value, key_value] in order. A line is stripped and split at its first colon,
+    the old agent's way, so values (and the dedup key built from them) are the very strings it used. A line
+    without a colon continues the previous value: on a new line in value, shown in custom_details; run on in
+    key_value, which id, hostname and incident_key are read from, as the old agent joined them for its key."""
     entries: List[List[str]] = []
     for line in body.strip().split("\n"):  # not splitlines(): the old agent split on newlines only
         line = line.strip()
@@ -118,11 +119,12 @@ def _entries(body: str) -> List[List[str]]:
             continue
         head, colon, value = line.partition(":")
         if colon and head.strip():
-            entries.append([head.strip(), value])
+            entries.append([head.strip(), value, value])
         elif entries:
             entries[-1][1] = f"{entries[-1][1]}\n{line}"
+            entries[-1][2] += line
         else:
-            entries.append([PREAMBLE, line])
+            entries.append([PREAMBLE, line, line])
     return entries
 
 
@@ -148,12 +150,12 @@ def read_body(body: str) -> Body:
     structural: Dict[str, str] = {}
     warnings: List[str] = []
     if header > leading:  # structural fields first: only they count
-        for name, value in entries[:header]:
+        for name, value, key_value in entries[:header]:
             fields.setdefault(name, value)
             if name in STRUCTURAL:
-                structural.setdefault(name, value)
+                structural.setdefault(name, key_value)
         previous = entries[header - 1][0]
-        for name, value in entries[header:]:
+        for name, value, _ in entries[header:]:
             if name in STRUCTURAL or name == NOTE:
                 warnings.append(f"'{name}:' after the leading fields is read as text of '{previous}:', not as a "
                                 "field (text inside a value cannot set it; see docs/integrations.md)")
@@ -162,10 +164,10 @@ def read_body(body: str) -> Body:
             fields[name] = value
             previous = name
     else:  # the old layout: free text first, the last line of each name wins
-        for name, value in entries:
+        for name, value, key_value in entries:
             fields[name] = value
             if name in STRUCTURAL:
-                structural[name] = value
+                structural[name] = key_value
     return Body(fields, structural, escalation_cancelled, warnings)
 
 
