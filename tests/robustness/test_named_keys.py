@@ -90,6 +90,19 @@ def test_keys_come_from_files_and_credentials_and_a_bad_one_names_file_and_name_
     assert KEY_A not in caught.value.message and KEY_B not in caught.value.message
 
 
+@pytest.mark.unit
+def test_the_integrations_take_pdagent_routing_key_when_no_k_is_given(monkeypatch: Any) -> None:
+    from pdagent_sd.integrations import nagios, sensu
+
+    argv = ["-n", "host", "-t", "PROBLEM", "-f", "HOSTNAME=web01", "-f", "HOSTSTATE=DOWN"]
+    with pytest.raises(SystemExit):  # no -k and no environment: argparse's usage error
+        nagios.parser().parse_args(argv)
+    monkeypatch.setenv("PDAGENT_ROUTING_KEY", "@nagios")
+    assert nagios.event_for(nagios.parser().parse_args(argv))[1]["routing_key"] == "@nagios"
+    assert sensu.parser().parse_args([]).routing_key == "@nagios"
+    assert nagios.parser().parse_args(["-k", "@other", *argv]).routing_key == "@other"  # -k wins
+
+
 # --- the real daemon ------------------------------------------------------------------------------------------
 
 
