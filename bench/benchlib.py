@@ -23,9 +23,9 @@ from agentproc import Agent  # noqa: E402
 class StandInProcess:
     """tests/standin.py in its own process, so it never shares a GIL with what is being measured."""
 
-    def __init__(self, port: int = 0) -> None:
-        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "standin.py"), "--port", str(port)],
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, port: int = 0, extra: Optional[List[str]] = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "standin.py"), "--port", str(port),
+                                      *(extra or [])], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening on "):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("bench_core.py", "bench_systemd.py", "bench_queue.py")
+SCRIPTS = ("bench_core.py", "bench_systemd.py", "bench_queue.py", "bench_storm.py")
 
 
 def main() -> int:

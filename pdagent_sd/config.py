@@ -90,6 +90,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "Events sent per minute per routing key, just under PagerDuty's ~120; 0 turns the throttle off."),
     Setting("rate_limit_burst", parse_count, 20,
             "Events a routing key may send at once before the per-minute rate applies."),
+    Setting("coalesce", parse_bool, True,
+            "Skip pending events a later event of the same incident makes redundant, and send first triggers and "
+            "resolves before updates (see README, How delivery works); no = strict FIFO per routing key."),
     Setting("max_pending_events", parse_count, 1000000,
             "Pending events the queue holds; past it a send is refused with queue_full (never dropped)."),
     Setting("max_attempts", parse_count, 0,
@@ -120,6 +123,7 @@ class Config:
     ca_bundle: str
     rate_limit_per_minute: int
     rate_limit_burst: int
+    coalesce: bool
     max_pending_events: int
     max_attempts: int
     keep_delivered: float

@@ -25,7 +25,7 @@ from pdagent_sd.handlers import Handlers, Unavailable
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.protocol import socket_path
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Store
+from pdagent_sd.store import Store, Superseded
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ class Daemon:
                            on_marker_error=lambda path, error: report(
                                Kind.MARKER_FAILED, f"cannot create {path} ({error}): after a stop or a crash of "
                                "pdagentd, pending events wait for the next pd-send or the next boot",
-                               error=error))
+                               error=error),
+                           coalesce=config.coalesce, on_superseded=_report_superseded)
         self.scheduler = Scheduler(self.store, config)
         self.started = time.time()
         self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn,
@@ -281,6 +282,14 @@ class Daemon:
             report(Kind.STOPPED, "pdagentd stopped before the queue could be opened; it was left as it was")
 
 _FQDN: List[str] = []
+
+
+def _report_superseded(events: List[Superseded]) -> None:
+    """One journal record per event coalesced away: nothing leaves the queue unsaid."""
+    for event in events:
+        report(Kind.SUPERSEDED, f"event {event.id} ({event.api} {event.action}) superseded by event {event.by} of "
+               "the same incident; it will not be sent", event_id=event.id, dedup_key=event.dedup_key,
+               routing_key=event.routing_key, action=event.action, api=event.api, superseded_by=event.by)
 
 
 def _fqdn() -> str:

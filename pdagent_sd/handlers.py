@@ -154,7 +154,7 @@ class Handlers:
     def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
         now = time.time()
         keys = []
-        totals = {"pending": 0, "delivered": 0, "failed": 0}
+        totals = {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0}
         held_keys = 0
         for key, counts in sorted(self.store.counts_by_key().items()):
             # a key's backoff outlives its last pending event (dropped, say): only keys that wait count as held

@@ -39,6 +39,7 @@ class Kind(str, Enum):
     STOPPED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c509"
     CORRUPT_QUEUE = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a"
     MARKER_FAILED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5d1"
+    SUPERSEDED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c515"
 
 
 LEVELS = {Kind.FAILED: logging.ERROR, Kind.CORRUPT_QUEUE: logging.CRITICAL, Kind.DEFERRED: logging.WARNING,

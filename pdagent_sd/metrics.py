@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-STATES = ("pending", "delivered", "failed")
+STATES = ("pending", "delivered", "failed", "superseded")
 
 
 def _label(value: str) -> str:
@@ -41,7 +41,7 @@ def _merge_masked(keys: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         entry = merged.setdefault(key["routing_key"], {**{state: 0 for state in STATES},
                                                        "oldest_pending_age": None, "held": False})
         for state in STATES:
-            entry[state] += key[state]
+            entry[state] += key.get(state, 0)  # an agent older than coalescing has no superseded count
         age = key.get("oldest_pending_age")
         if age is not None and (entry["oldest_pending_age"] is None or age > entry["oldest_pending_age"]):
             entry["oldest_pending_age"] = age
@@ -63,7 +63,8 @@ def render(status: Dict[str, Any]) -> str:
                 for key, entry in keys.items() if entry["oldest_pending_age"] is not None])
     doc.family("pdagent_key_held", "1 while a routing key (masked) is throttled or backing off.",
                [f"pdagent_key_held{{{labels[key]}}} {int(entry['held'])}" for key, entry in keys.items()])
-    totals = status.get("totals") or {state: sum(entry[state] for entry in keys.values()) for state in STATES}
+    totals = {state: sum(entry[state] for entry in keys.values()) for state in STATES}
+    totals.update(status.get("totals") or {})
     doc.family("pdagent_queue_events", "Events in the queue by state, all routing keys together.",
                [f'pdagent_queue_events{{state="{state}"}} {totals[state]}' for state in STATES])
     doc.family("pdagent_throttled_keys", "Routing keys throttled or backing off now.",

@@ -1,5 +1,6 @@
-"""Who sends what, when: FIFO per routing key, keys in parallel on a bounded pool of workers, exponential
-backoff with full jitter and Retry-After per key, and a token bucket per key.
+"""Who sends what, when: FIFO per routing key (with coalescing: truth first, in order per incident), keys in
+parallel on a bounded pool of workers, exponential backoff with full jitter and Retry-After per key, and a token
+bucket per key.
 
 A key is in exactly one place at a time: idle (nothing known to send), ready (waiting for a worker),
 waiting (backing off or throttled until a time), or busy (a worker is sending its oldest event).
@@ -14,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
@@ -53,6 +54,12 @@ class TokenBucket:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate
+
+    def available(self, now: float) -> Optional[int]:
+        """Whole tokens there are now, without taking one; None when the throttle is off."""
+        if self.rate <= 0:
+            return None
+        return int(min(self.capacity, self.tokens + (now - self.stamp) * self.rate))
 
 
 @dataclass
@@ -239,12 +246,18 @@ class Scheduler:
         before the key is released. The writer commits in order, so after a crash the pending events of a
         key are always a suffix of what was sent, and re-sending them keeps the order.
         """
-        events = self.store.oldest_pending(state.routing_key, BATCH_PER_TURN)
+        limit = self._turn_size(state)
+        events = self.store.next_pending(state.routing_key, limit) if self.config.coalesce \
+            else self.store.oldest_pending(state.routing_key, limit)
         commits: List[Commit] = []
+        claimed: List[int] = []
+        passed_over: Set[str] = set()  # incidents with an event superseded under this turn: keep their order
         try:
             for event in events:
                 if self.stopping:
                     return None
+                if event.dedup_key in passed_over:
+                    continue
                 wait = max(event.next_attempt - self.wall_clock(), state.backoff_until - self.clock())
                 if wait > 0:
                     return wait
@@ -259,16 +272,33 @@ class Scheduler:
                     commits[-1].exception()  # no sending ahead of the commits while they fail: wait for it
                 if any(commit.done() and commit.exception() is not None for commit in commits):
                     break  # a result could not be recorded: every event sent now would have to go again
+                if not self.store.claim(event.id):
+                    passed_over.add(event.dedup_key)  # superseded since it was read: not sent, and nothing
+                    continue  # after it in its incident goes this turn
+                claimed.append(event.id)
                 delay, commit = self._attempt(state, event, deliverer)
                 commits.append(commit)
                 if delay is not None:
                     return delay
         finally:
-            _wait_all(commits)
-        if len(events) == BATCH_PER_TURN:
+            try:
+                _wait_all(commits)
+            finally:
+                self.store.release(claimed)
+        if len(events) == limit or passed_over:
             with self.cond:
                 state.woken = True  # more may be left: go to the back of the line so other keys get a turn
         return None
+
+    def _turn_size(self, state: KeyState) -> int:
+        """How many events one turn reads. FIFO: BATCH_PER_TURN. With coalescing the order is truth first (the
+        first triggers and resolves before the updates, in order per incident), and a turn reads only as many
+        as the token bucket lets go now, so that a throttled key picks again from what is pending at each
+        token: a resolve that arrives while the key waits goes ahead of the updates read before it."""
+        if not self.config.coalesce:
+            return BATCH_PER_TURN
+        tokens = state.bucket.available(self.clock())
+        return BATCH_PER_TURN if tokens is None else max(1, min(BATCH_PER_TURN, tokens))
 
     def _attempt(self, state: KeyState, event: QueuedEvent,
                  deliverer: Deliverer) -> Tuple[Optional[float], Commit]:

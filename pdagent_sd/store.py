@@ -15,11 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, cast
 
 from pdagent_sd import marker
+from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
-from pdagent_sd.events import Event
+from pdagent_sd.events import Action, Event
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ CREATE TABLE IF NOT EXISTS legacy_imports (
     imported REAL NOT NULL
 );
 """
+# Added for coalescing (issue 15); a queue.db of 0.1 gets them at open (see _add_coalescing_columns).
+COALESCING_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"))
+COALESCING_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_by_incident ON events (routing_key, dedup_key, state);
+CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
+"""
+SUPERSEDED_MEMORY_SEC = 900.0  # how long the writer remembers an id it superseded, for claim()
 
 
 # What SQLite says of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB. Anything else (full,
@@ -104,6 +112,7 @@ class State(str, Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    SUPERSEDED = "superseded"  # made redundant by a later event of its incident before it was sent
 
 
 STATE_NAMES = frozenset(state.value for state in State)
@@ -131,6 +140,18 @@ class LegacyEntry:
     state: State
     queued_at: float
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """An event coalesced away, told to on_superseded once its transaction has committed."""
+
+    id: int
+    by: int
+    routing_key: str
+    dedup_key: str
+    action: str
+    api: str
 
 
 # A write operation runs inside the writer's transaction and returns (result, change in pending count).
@@ -203,7 +224,10 @@ class Store:
 
     def __init__(self, state_dir: str, *, max_pending: int = 1000000, clock: Callable[[], float] = time.time,
                  on_corrupt: Optional[Callable[[str, str], None]] = None,
-                 on_marker_error: Optional[Callable[[str, str], None]] = None) -> None:
+                 on_marker_error: Optional[Callable[[str, str], None]] = None,
+                 coalesce: bool = False,
+                 on_superseded: Optional[Callable[[List[Superseded]], None]] = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, DB_NAME)
         self.marker = os.path.join(state_dir, PENDING_MARKER)
@@ -212,6 +236,15 @@ class Store:
         self.on_corrupt = on_corrupt
         self.on_marker_error = on_marker_error
         self.marker_error: Optional[str] = None  # why the marker could not be created, while that lasts
+        self.coalesce = coalesce
+        self.on_superseded = on_superseded
+        self.monotonic = monotonic
+        # Events being sent (claimed by a delivery worker) are never superseded, and an event superseded is
+        # never sent: both sides decide under this lock (see claim()).
+        self._claim_lock = threading.Lock()
+        self._claimed: Set[int] = set()
+        self._superseded_ids: Dict[int, float] = {}  # id -> when, committed or in the open transaction
+        self._batch_superseded: List[Superseded] = []  # in the open transaction
         self.pending_count = 0
         self.commits = 0  # transactions committed: fewer than writes when group commit works
         self.damage: Optional[str] = None  # what SQLite said when a read or write met a damaged file
@@ -281,6 +314,7 @@ class Store:
         try:
             conn = self._connect()
             conn.executescript(SCHEMA)
+            _add_coalescing_columns(conn)
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
         except sqlite3.Error as exc:
             if conn is not None:
@@ -369,6 +403,7 @@ class Store:
         assert conn is not None
         outcomes: List[Tuple[Commit, Any, Optional[BaseException]]] = []
         pending_delta = 0
+        self._batch_superseded = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
@@ -389,6 +424,10 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            with self._claim_lock:  # still pending after all: they may be sent
+                for note in self._batch_superseded:
+                    self._superseded_ids.pop(note.id, None)
+            self._batch_superseded = []
             logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
             self._noticed(exc)
             self.writes_failing = True
@@ -398,6 +437,12 @@ class Store:
                     hint="check free space and the health of the disk under the state directory"))
             return
         self._sync_marker()
+        if self._batch_superseded and self.on_superseded is not None:
+            try:
+                self.on_superseded(self._batch_superseded)
+            except Exception:  # noqa: BLE001 - a failing report must not stop the writer
+                logger.exception("reporting superseded events failed")
+        self._batch_superseded = []
         for future, result, failure in outcomes:
             if failure is not None:
                 future.set_exception(failure)
@@ -442,27 +487,80 @@ class Store:
                 raise QueueFull(f"the queue already holds {self.pending_count} pending events "
                                 f"(max_pending_events = {self.max_pending})",
                                 hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
+            decision, waiting = self._coalesce(conn, event) if self.coalesce else (NOT_COALESCED, {})
             cursor = conn.execute(
-                "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, priority) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 (event.routing_key, event.api.value, event.action.value, event.dedup_key, event.encoded(),
-                 now, now))
-            return int(cursor.lastrowid or 0), 1
+                 now, now, int(decision.priority)))
+            event_id = int(cursor.lastrowid or 0)
+            if decision.superseded:
+                conn.executemany("UPDATE events SET state = 'superseded', superseded_by = ?, updated = ? "
+                                 "WHERE id = ? AND state = 'pending'",
+                                 [(event_id, now, old) for old in decision.superseded])
+                self._batch_superseded.extend(
+                    Superseded(old, event_id, event.routing_key, event.dedup_key, *waiting[old])
+                    for old in decision.superseded)
+            return event_id, 1 - len(decision.superseded)
 
         return self.submit(op)
+
+    def _coalesce(self, conn: sqlite3.Connection, event: Event) -> Tuple[Decision, Dict[int, Tuple[str, str]]]:
+        """What the new event makes redundant among its incident's pending events (coalesce.decide), and those
+        events' (action, api). Reads only the incident's own rows, through events_by_incident: no scan of the
+        queue per enqueue. The ids it supersedes are marked under the claim lock, so no worker starts sending
+        one of them."""
+        if event.action is Action.CHANGE:
+            return NOT_COALESCED, {}
+        key = (event.routing_key, event.dedup_key)
+        rows = conn.execute("SELECT id, action, api FROM events WHERE routing_key = ? AND dedup_key = ? "
+                            "AND state = 'pending' ORDER BY id", key).fetchall()
+        last = conn.execute("SELECT action FROM events WHERE routing_key = ? AND dedup_key = ? "
+                            "AND state = 'delivered' AND action IN ('trigger', 'resolve') "
+                            "ORDER BY id DESC LIMIT 1", key).fetchone()
+        incident_open = last is not None and last[0] == Action.TRIGGER.value
+        with self._claim_lock:
+            decision = decide([Waiting(row[0], row[1], row[0] in self._claimed) for row in rows], incident_open,
+                              event.action.value)
+            if decision.superseded:
+                stamp = self.monotonic()
+                if len(self._superseded_ids) > 10000:  # forget ids no worker can still hold from a read
+                    self._superseded_ids = {old: when for old, when in self._superseded_ids.items()
+                                            if stamp - when < SUPERSEDED_MEMORY_SEC}
+                for old in decision.superseded:
+                    self._superseded_ids[old] = stamp
+        return decision, {row[0]: (row[1], row[2]) for row in rows}
+
+    def claim(self, event_id: int) -> bool:
+        """A delivery worker is about to send this event: False if it was superseded (do not send it), else it
+        is never superseded until release()."""
+        with self._claim_lock:
+            if event_id in self._superseded_ids:
+                return False
+            self._claimed.add(event_id)
+            return True
+
+    def release(self, event_ids: Iterable[int]) -> None:
+        """The results of these events are settled (on disk, or failed to be): they may be superseded again."""
+        with self._claim_lock:
+            self._claimed.difference_update(event_ids)
 
     def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
                        error: str, next_attempt: float = 0.0) -> Commit:
         """Record one delivery attempt and the state it leaves the event in; the future resolves on commit.
 
         An event is settled (delivered, failed) only while no earlier event of its key is pending, so a key's
-        pending events are always a suffix of what was sent and sending them again keeps the order: if the
+        pending events (with coalescing: an incident's) are always a suffix of what was sent and sending them
+        again keeps the order: if the
         result of one event could not be committed (disk full) but that of the next one could, both stay
         pending, rather than the trigger going again after its resolve was recorded as delivered."""
         now = self.clock()
+        # With coalescing, order is kept per incident (events of different dedup keys may go in any order), so
+        # the rule holds per incident; without, per routing key.
+        same_order = " AND earlier.dedup_key = events.dedup_key" if self.coalesce else ""
         head_only = "" if state is State.PENDING else (
             " AND NOT EXISTS (SELECT 1 FROM events AS earlier WHERE earlier.state = 'pending' "
-            "AND earlier.routing_key = events.routing_key AND earlier.id < events.id)")
+            "AND earlier.routing_key = events.routing_key" + same_order + " AND earlier.id < events.id)")
 
         def op(conn: sqlite3.Connection) -> Tuple[None, int]:
             changed = conn.execute(
@@ -542,7 +640,8 @@ class Store:
         return self.write(op)
 
     def purge_expired(self, keep_delivered: float, keep_failed: float) -> Commit:
-        """Retention: delete delivered and failed events older than their keep_* setting; the future resolves
+        """Retention: delete delivered (and superseded) and failed events older than their keep_* setting; the
+        future resolves
         to how many once all are gone.
 
         At most PURGE_CHUNK events go per transaction, and the next chunk queues behind the writes that arrived
@@ -554,7 +653,8 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
             ids: List[Tuple[int]] = []
-            for state, keep in ((State.DELIVERED, keep_delivered), (State.FAILED, keep_failed)):
+            for state, keep in ((State.DELIVERED, keep_delivered), (State.SUPERSEDED, keep_delivered),
+                                (State.FAILED, keep_failed)):
                 ids += conn.execute("SELECT id FROM events WHERE state = ? AND updated < ? LIMIT ?",
                                     (state.value, now - keep, PURGE_CHUNK - len(ids))).fetchall()
             conn.executemany("DELETE FROM attempts WHERE event_id = ?", ids)
@@ -582,9 +682,37 @@ class Store:
     def oldest_pending(self, routing_key: str, limit: int) -> List[QueuedEvent]:
         """A key's oldest pending events, in the order they must be sent."""
         rows = self.reader().execute(
-            "SELECT id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created FROM events "
-            "WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT ?", (routing_key, limit))
+            f"SELECT {QUEUED_FIELDS} FROM events WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT ?",
+            (routing_key, limit))
         return [QueuedEvent(*row) for row in rows]
+
+    @_read_op
+    def next_pending(self, routing_key: str, limit: int) -> List[QueuedEvent]:
+        """A key's pending events in the order they should go with coalescing: the first triggers and resolves
+        first, then acknowledges and change events, then updates, oldest first within each; an event is
+        preceded by the earlier pending events of its own incident, so each incident keeps its order."""
+        conn = self.reader()
+        plan: List[QueuedEvent] = []
+        seen: Set[int] = set()
+        conn.execute("BEGIN")  # one snapshot for every query of the plan
+        try:
+            candidates = conn.execute(
+                "SELECT id, dedup_key FROM events WHERE state = 'pending' AND routing_key = ? "
+                "ORDER BY priority DESC, id LIMIT ?", (routing_key, limit)).fetchall()
+            for event_id, dedup_key in candidates:
+                if event_id in seen:
+                    continue
+                for row in conn.execute(
+                        f"SELECT {QUEUED_FIELDS} FROM events WHERE routing_key = ? AND dedup_key = ? "
+                        "AND state = 'pending' AND id <= ? ORDER BY id", (routing_key, dedup_key, event_id)):
+                    if row[0] not in seen:
+                        seen.add(row[0])
+                        plan.append(QueuedEvent(*row))
+                if len(plan) >= limit:
+                    break
+        finally:
+            conn.execute("COMMIT")
+        return plan[:limit]
 
     def pending_keys(self) -> List[str]:
         rows = self.reader().execute(
@@ -602,7 +730,8 @@ class Store:
                     "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
                 if not isinstance(key, str) or state not in STATE_NAMES:
                     continue  # a damaged page SQLite has not noticed yet: no row of ours looks like this
-                entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "oldest_pending": None})
+                entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0,
+                                              "oldest_pending": None})
                 entry[state] = count
             for key, entry in keys.items():
                 if entry["pending"]:  # one index seek per key, not a scan of every pending row
@@ -646,8 +775,19 @@ class Store:
         return [dict(zip(ROW_FIELDS, row)) for row in rows]
 
 
+QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created"
 ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
-              "next_attempt", "last_status", "last_error", "body")
+              "next_attempt", "last_status", "last_error", "superseded_by", "body")
+NOT_COALESCED = Decision((), Priority.OTHER)
+
+
+def _add_coalescing_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a queue.db made before coalescing in place: add its columns if missing, then its indexes."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, declaration in COALESCING_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
+    conn.executescript(COALESCING_INDEXES)
 
 
 def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:

@@ -12,11 +12,13 @@ In a test::
 As a process (system tests, ``make demo``)::
 
     python3 tests/standin.py [--host 127.0.0.1] [--port N] [--certfile F --keyfile F] [--record FILE]
+    [--rate-limit N]
 
 prints ``listening on URL`` and serves control endpoints for other processes: ``GET /_stand_in/events``,
-``GET /_stand_in/stats``, ``DELETE /_stand_in/events``, ``POST /_stand_in/faults`` (a JSON rule with the
-arguments of :meth:`StandIn.add_fault`), ``DELETE /_stand_in/faults`` and ``POST /_stand_in/outage``
-(``{"seconds": N}``: refuse connections for N seconds).
+``GET /_stand_in/stats``, ``GET /_stand_in/incidents`` (per dedup key, the actions received and when),
+``DELETE /_stand_in/events``, ``POST /_stand_in/faults`` (a JSON rule with the arguments of
+:meth:`StandIn.add_fault`), ``DELETE /_stand_in/faults`` and ``POST /_stand_in/outage`` (``{"seconds": N}``:
+refuse connections for N seconds).
 
 Pure standard library. The HTTP side is a lean HTTP/1.1 keep-alive loop on raw sockets (one thread per
 connection) rather than http.server, so that it is never the bottleneck of a delivery benchmark: each response
@@ -26,6 +28,7 @@ leaves in one send, with TCP_NODELAY, and always with Content-Length.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import http
 import json
@@ -38,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 
 V2_PATH = "/v2/enqueue"
 V1_PATH = "/generic/2010-04-15/create_event.json"
@@ -400,8 +403,12 @@ class StandIn:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, certfile: Optional[str] = None,
                  keyfile: Optional[str] = None, record: Optional[str] = None, delay: float = 0.0,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+                 log: Optional[Callable[[str], None]] = None, rate_limit_per_minute: int = 0) -> None:
         self.host = host
+        # PagerDuty's per-integration-key limit: past this many accepted events in the last 60 s a key gets 429
+        # (0: no limit). May be changed while running.
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self._accepted_at: Dict[Optional[str], Deque[float]] = {}
         self.port = port
         self.delay = delay  # seconds added to every API request; may be changed while running
         self._log = log
@@ -629,6 +636,9 @@ class StandIn:
                 headers += (("Location", fault.location),)
             body_out = fault.body if fault.body is not None else default_fault_body(status)
             return json_response(status, body_out, headers)
+        if self._over_rate_limit(routing_key):
+            self._note_request(RequestRecord(api, request.path, routing_key, 429, time.monotonic(), False))
+            return json_response(429, default_fault_body(429))
         errors = [parse_error] if parse_error else VALIDATORS[api](body)
         if len(request.body) > MAX_EVENT_BYTES:
             errors.append(f"The event is larger than {MAX_EVENT_BYTES // 1024} KB")
@@ -653,6 +663,36 @@ class StandIn:
         event = EventRecord(api, request.path, body, routing_key, key, now, time.time(), request.headers)
         self._note_request(RequestRecord(api, request.path, routing_key, status, now, False), event)
         return json_response(status, answer)
+
+    def _over_rate_limit(self, routing_key: Optional[str]) -> bool:
+        """PagerDuty's rate limit: True (answer 429) when the key had its fill of accepted events in the last
+        minute; otherwise the event counts against it."""
+        if self.rate_limit_per_minute <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            window = self._accepted_at.setdefault(routing_key, collections.deque())
+            while window and window[0] <= now - 60.0:
+                window.popleft()
+            if len(window) >= self.rate_limit_per_minute:
+                return True
+            window.append(now)
+            return False
+
+    def incidents(self, routing_key: Optional[str] = None) -> Dict[str, List[Tuple[str, float]]]:
+        """Per dedup key (v2 dedup_key, v1 incident_key): every action accepted, in order, with its arrival time
+        (time.monotonic()). Change events have no dedup key and are left out."""
+        history: Dict[str, List[Tuple[str, float]]] = {}
+        for event in self.received(routing_key):
+            if event.key is not None and event.api != "change":
+                history.setdefault(event.key, []).append((str(event.action), event.time))
+        return history
+
+    def resolved_at(self, routing_key: Optional[str] = None) -> Dict[str, Optional[float]]:
+        """Per dedup key: when PagerDuty's incident was last resolved, or None while it is open."""
+        from storm import resolved_at
+
+        return resolved_at(self.incidents(routing_key))
 
     def _take_fault(self, api: str, routing_key: Optional[str]) -> Optional[Fault]:
         with self._lock:
@@ -696,6 +736,8 @@ class StandIn:
             if route == ("DELETE", "events"):
                 self.reset(faults=False)
                 return json_response(200, {"ok": True})
+            if route == ("GET", "incidents"):
+                return json_response(200, self.incidents())
             if route == ("GET", "stats"):
                 return json_response(200, self.stats())
             if route == ("POST", "faults"):
@@ -822,6 +864,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     parser.add_argument("--record", metavar="FILE", help="append each accepted event to FILE as a JSON line")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before every answer")
+    parser.add_argument("--rate-limit", type=int, default=0, metavar="N",
+                        help="answer 429 past N accepted events per minute per routing key, as PagerDuty does")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per request on stderr")
     args = parser.parse_args(argv)
     if bool(args.certfile) != bool(args.keyfile):
@@ -832,7 +876,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.verbose else None
     with StandIn(args.host, args.port, certfile=args.certfile, keyfile=args.keyfile, record=args.record,
-                 delay=args.delay, log=log) as api:
+                 delay=args.delay, log=log, rate_limit_per_minute=args.rate_limit) as api:
         print(f"listening on {api.url}", flush=True)
         signal.sigwait(signals)
     return 0

@@ -60,7 +60,8 @@ def test_v1_and_change_events_reach_their_endpoints(agent, standin):
 def test_server_errors_and_throttling_delay_only_that_key_and_keep_its_order(make_agent, standin):
     standin.add_fault(status=500, count=2, routing_key=KEY_A)
     standin.add_fault(status=429, count=1, routing_key=KEY_A, retry_after=1)
-    agent = make_agent(PDAGENT_BACKOFF_MAX_SEC="2")  # Retry-After is honoured up to backoff_max_sec
+    # Retry-After is honoured up to backoff_max_sec; strict FIFO, so the acknowledge is not coalesced away
+    agent = make_agent(PDAGENT_BACKOFF_MAX_SEC="2", PDAGENT_COALESCE="no")
     send_many(agent, [trigger(KEY_A, "a1", "a1"), action(KEY_A, "acknowledge", "a1"),
                       action(KEY_A, "resolve", "a1")])
     send_many(agent, [trigger(KEY_B, f"b{i}", f"b{i}") for i in range(3)])

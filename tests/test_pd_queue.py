@@ -117,7 +117,7 @@ def test_a_key_whose_pending_events_were_dropped_no_longer_counts_as_held(agent,
 def test_status_json_is_the_daemons_answer(agent, standin):
     make_failed(agent, standin, KEY_A, 2)
     reply = json.loads(ok(pd_queue(agent, "status", "--json")))
-    assert reply["totals"] == {"pending": 0, "delivered": 0, "failed": 2}
+    assert reply["totals"] == {"pending": 0, "delivered": 0, "failed": 2, "superseded": 0}
     assert reply["keys"][0]["routing_key"] == KEY_A
     assert reply["redacted"] is False
     assert reply["warnings"] == [] and reply["daemon"]["pid"] == agent.pid
@@ -376,7 +376,7 @@ def test_metrics_parse_with_prometheus_client(agent, standin):
         families = {family.name: family for family in parse(text)}
         assert families["pdagent_events"].type == "gauge"
         assert {s.labels["state"]: s.value for s in families["pdagent_events"].samples} == \
-            {"pending": 0, "delivered": 1, "failed": 0}
+            {"pending": 0, "delivered": 1, "failed": 0, "superseded": 0}
         assert families["pdagent_up"].samples[0].value == 1
 
 

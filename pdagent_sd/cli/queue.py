@@ -24,7 +24,7 @@ from pdagent_sd.safetext import safe, safe_json
 
 PROGRAM = "pd-queue"
 DECLINED = 1  # the operator answered no at a confirmation prompt
-STATES = ("pending", "failed", "delivered")
+STATES = ("pending", "failed", "delivered", "superseded")
 ADMIN_ADVICE = "use sudo, or join group pdagent (sudo usermod -aG pdagent $USER, then log in again)"
 
 DESCRIPTION = "Access the local queue of the PagerDuty agent."
@@ -137,6 +137,8 @@ def _key_details(key: Dict[str, Any], now: float) -> List[str]:
         parts.append(f"throttled until {_when(key['throttled_until'], now)}")
     if key.get("backoff_until"):
         parts.append(f"backing off until {_when(key['backoff_until'], now)}")
+    if key.get("superseded"):
+        parts.append(f"{key['superseded']} superseded (coalesced, not sent: list --state superseded)")
     return [f"{safe(key['routing_key'])}: {'; '.join(parts)}"] if parts else []
 
 
@@ -199,7 +201,7 @@ def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List
     table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "DEDUP KEY", "DETAIL"]]
     for row in rows:
         detail = f"error: {row['last_error']}" if row["state"] == "failed" and row.get("last_error") \
-            else _summary(row)
+            else f"superseded by {row['superseded_by']}" if row.get("superseded_by") else _summary(row)
         table.append([str(row["id"]), row["state"], safe(row["routing_key"]), safe(f"{row['api']} {row['action']}"),
                       str(row["attempts"]), f"{_age(now - row['created'])} ago",
                       str(row["last_status"] or "-"), _shorten(row["dedup_key"], 40), _shorten(detail)])
@@ -241,6 +243,8 @@ def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str
         f"  Updated:       {_when(event['updated'], now)}",
         f"  Attempts:      {event['attempts']}",
     ]
+    if event.get("superseded_by"):
+        lines.append(f"  Superseded by: event {event['superseded_by']} (of the same incident; this one is not sent)")
     if event["state"] == "pending" and event.get("next_attempt", 0) > now:
         lines.append(f"  Next attempt:  {_when(event['next_attempt'], now)}")
     if event.get("last_status") is not None or event.get("last_error"):

@@ -1,0 +1,111 @@
+"""Integration: an alert storm on one routing key, through the real daemon, socket, SQLite file and a stand-in that
+limits each key as PagerDuty does (issue 15). PagerDuty must show the truth soon after the storm ends: every
+incident resolved, each having received its trigger, and no incident's order changed.
+
+The full storms (5,000 events over 50 dedup keys at the default rate limit, 60 s to the truth; the same behind a
+minute of 429s) are `slow`; `make test` runs the same checks on storms scaled down in size and in time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from agentproc import KEY_A, Agent
+from standin import StandIn
+from storm import send_storm, storm_events, wrongs
+
+pytestmark = pytest.mark.integration
+
+PAGERDUTY_PER_MINUTE = 120  # what the stand-in allows per key, as PagerDuty does
+
+
+def check_truth(standin: StandIn, events: List[Tuple[str, str]], since: float, within: float) -> Dict[str, float]:
+    """Wait up to `within` seconds after `since` for every incident to be resolved at the stand-in, then check
+    what each received; returns the seconds from `since` to each incident's resolve."""
+    wanted = {dedup_key for dedup_key, _ in events}
+    deadline = since + within
+    while time.monotonic() < deadline:
+        if all(standin.resolved_at(KEY_A).get(key) is not None for key in wanted):
+            break
+        time.sleep(0.1)
+    resolved = standin.resolved_at(KEY_A)
+    late = sorted(key for key in wanted if resolved.get(key) is None)
+    assert not late, f"{len(late)} incidents not resolved {within:.0f}s after the storm: {late[:5]}"
+    problems = wrongs(standin.incidents(KEY_A), events)
+    assert not problems, problems[:5]
+    return {key: float(resolved[key] or 0.0) - since for key in wanted}
+
+
+def run_storm(make_agent: Any, standin: StandIn, *, incidents: int, per_incident: int, flapping: int,
+              per_minute: int, within: float, throttled_for: float = 0.0, retry_after: float = 1.0,
+              **settings: str) -> Tuple[Agent, Dict[str, float], int]:
+    standin.rate_limit_per_minute = round(per_minute * PAGERDUTY_PER_MINUTE / 110)
+    agent = make_agent(PDAGENT_RATE_LIMIT_PER_MINUTE=str(per_minute), **settings)
+    events = storm_events(incidents, per_incident, flapping)
+    fault: Optional[Any] = None
+    started = time.monotonic()
+    if throttled_for:
+        fault = standin.add_fault(status=429, routing_key=KEY_A, retry_after=retry_after)
+        timer = threading.Timer(throttled_for, standin.clear_faults)
+        timer.start()
+    try:
+        storm_end = send_storm(agent.socket, KEY_A, events)
+        since = max(storm_end, started + throttled_for)  # PagerDuty accepts again from here
+        times = check_truth(standin, events, since, within)
+    finally:
+        if throttled_for:
+            timer.cancel()
+    if fault is not None:
+        assert fault.hits > 0  # the agent did meet the 429s
+    assert agent.wait_until(lambda: agent.pending() == 0, timeout=30)
+    status = agent.status()["totals"]
+    assert status["delivered"] + status["superseded"] == len(events)  # each event sent or superseded
+    return agent, times, len(standin.received(KEY_A))
+
+
+def test_storm_scaled_down_shows_the_truth_in_time(make_agent, standin):
+    # 20 incidents x 15 events at 1200/min: ten times PagerDuty's rate, so the 60 s of the full storm are 5.5 s
+    agent, times, received = run_storm(make_agent, standin, incidents=20, per_incident=15, flapping=3,
+                                       per_minute=1200, within=5.5)
+    assert received < 300 / 2  # FIFO would have sent all 300
+    assert "superseded by event" in agent.log()
+
+
+def test_storm_scaled_down_behind_429s_shows_the_truth_in_time(make_agent, standin):
+    agent, times, received = run_storm(make_agent, standin, incidents=20, per_incident=15, flapping=3,
+                                       per_minute=1200, within=5.5, throttled_for=3.0, retry_after=0.5)
+    assert received < 300 / 2
+
+
+def test_storm_without_coalescing_sends_everything_in_fifo_order(make_agent, standin):
+    # the same storm with coalesce = no: every event goes, in arrival order per key
+    events = storm_events(10, 6, 2)
+    standin.rate_limit_per_minute = 0
+    agent = make_agent(PDAGENT_COALESCE="no")
+    send_storm(agent.socket, KEY_A, events)
+    assert standin.wait_for(len(events), timeout=30), agent.log()
+    by_key = {key: [kind for kind, _ in history] for key, history in standin.incidents(KEY_A).items()}
+    for key, history in by_key.items():
+        assert history == [kind for dedup_key, kind in events if dedup_key == key]
+    assert agent.status()["totals"]["superseded"] == 0
+
+
+@pytest.mark.slow
+def test_storm_of_5000_events_at_the_default_rate_limit_shows_the_truth_within_60s(make_agent, standin):
+    agent, times, received = run_storm(make_agent, standin, incidents=50, per_incident=100, flapping=5,
+                                       per_minute=110, within=60.0, PDAGENT_BACKOFF_MIN_SEC="1",
+                                       PDAGENT_BACKOFF_MAX_SEC="300")
+    print(f"\nstorm of 5000: {received} events sent; truth {max(times.values()):.1f}s after the storm's end")
+
+
+@pytest.mark.slow
+def test_storm_of_5000_events_behind_a_minute_of_429s_shows_the_truth_within_60s(make_agent, standin):
+    agent, times, received = run_storm(make_agent, standin, incidents=50, per_incident=100, flapping=5,
+                                       per_minute=110, within=60.0, throttled_for=60.0, retry_after=5.0,
+                                       PDAGENT_BACKOFF_MIN_SEC="1", PDAGENT_BACKOFF_MAX_SEC="300")
+    print(f"\nstorm of 5000 behind 60 s of 429: {received} events sent; truth {max(times.values()):.1f}s after "
+          "PagerDuty accepted again")
