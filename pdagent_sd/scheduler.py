@@ -26,6 +26,7 @@ from pdagent_sd.store import Commit, QueuedEvent, State, Store
 
 logger = logging.getLogger(__name__)
 
+THROTTLE_BACKOFF_MAX_SEC = 15.0  # the longest wait after a throttle answer (429) without Retry-After
 BATCH_PER_TURN = 32  # events a worker sends for one key before letting other ready keys have a turn
 
 
@@ -343,6 +344,10 @@ class Scheduler:
             # Honoured, within the backoff bounds: "Retry-After: 0" or a date in the past must not turn into a
             # hot loop, and a huge one (a confused proxy) must not hold alerts back longer than the cap.
             delay = min(high, max(low, delay if not result.throttled else 0.0, result.retry_after))
+        elif result.throttled:
+            # PagerDuty counts its limit per minute and says nothing of when to come back: a backoff grown to
+            # minutes would hold the truth back long after the limit has let go (issue 15).
+            delay = backoff_delay(state.failures, low, min(high, THROTTLE_BACKOFF_MAX_SEC), self.rng)
         state.backoff_until = self.clock() + delay
         commit = self.store.record_attempt(event.id, State.PENDING, "deferred", result.http_status, result.error,
                                            next_attempt=self.wall_clock() + delay)

@@ -6,6 +6,7 @@ ceiling, and nothing is acknowledged before it is on disk.
 from __future__ import annotations
 
 import _thread
+import collections
 import functools
 import logging
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, cast
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, cast
 
 from pdagent_sd import marker
 from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
@@ -243,7 +244,8 @@ class Store:
         # never sent: both sides decide under this lock (see claim()).
         self._claim_lock = threading.Lock()
         self._claimed: Set[int] = set()
-        self._superseded_ids: Dict[int, float] = {}  # id -> when, committed or in the open transaction
+        self._superseded_ids: Set[int] = set()  # committed or in the open transaction, for SUPERSEDED_MEMORY_SEC
+        self._superseded_order: Deque[Tuple[float, int]] = collections.deque()  # (when, id), oldest first
         self._batch_superseded: List[Superseded] = []  # in the open transaction
         self.pending_count = 0
         self.commits = 0  # transactions committed: fewer than writes when group commit works
@@ -426,7 +428,7 @@ class Store:
                 pass
             with self._claim_lock:  # still pending after all: they may be sent
                 for note in self._batch_superseded:
-                    self._superseded_ids.pop(note.id, None)
+                    self._superseded_ids.discard(note.id)
             self._batch_superseded = []
             logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
             self._noticed(exc)
@@ -524,11 +526,12 @@ class Store:
                               event.action.value)
             if decision.superseded:
                 stamp = self.monotonic()
-                if len(self._superseded_ids) > 10000:  # forget ids no worker can still hold from a read
-                    self._superseded_ids = {old: when for old, when in self._superseded_ids.items()
-                                            if stamp - when < SUPERSEDED_MEMORY_SEC}
+                order = self._superseded_order
+                while order and stamp - order[0][0] > SUPERSEDED_MEMORY_SEC:  # no worker still holds these
+                    self._superseded_ids.discard(order.popleft()[1])
                 for old in decision.superseded:
-                    self._superseded_ids[old] = stamp
+                    self._superseded_ids.add(old)
+                    order.append((stamp, old))
         return decision, {row[0]: (row[1], row[2]) for row in rows}
 
     def claim(self, event_id: int) -> bool:

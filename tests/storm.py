@@ -35,18 +35,24 @@ def body(routing_key: str, dedup_key: str, kind: str, index: int) -> Dict[str, A
     return {"routing_key": routing_key, "event_action": kind, "dedup_key": dedup_key}
 
 
-def send_storm(socket_path: str, routing_key: str, events: List[Tuple[str, str]]) -> float:
-    """Send every event, each incident's in order; return time.monotonic() once the last one is committed."""
+def send_storm(socket_path: str, routing_key: str, events: List[Tuple[str, str]], duration: float = 0.0) -> float:
+    """Send every event, each incident's in order, as fast as possible or spread evenly over `duration` seconds;
+    return time.monotonic() once the last one is committed."""
     from pdagent_sd.protocol import Client
 
-    shares: List[List[Dict[str, Any]]] = [[] for _ in range(SENDERS)]
+    shares: List[List[Tuple[int, Dict[str, Any]]]] = [[] for _ in range(SENDERS)]
     for index, (dedup_key, kind) in enumerate(events):
-        shares[hash(dedup_key) % SENDERS].append(body(routing_key, dedup_key, kind, index))
+        shares[hash(dedup_key) % SENDERS].append((index, body(routing_key, dedup_key, kind, index)))
     failures: List[str] = []
+    spacing = duration / len(events) if events else 0.0
+    start = time.monotonic()
 
-    def sender(bodies: List[Dict[str, Any]]) -> None:
+    def sender(bodies: List[Tuple[int, Dict[str, Any]]]) -> None:
         with Client(socket_path) as conn:
-            for event in bodies:
+            for index, event in bodies:
+                pause = start + index * spacing - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
                 reply = conn.request({"op": "send", "api": "v2", "event": event})
                 if not reply.get("ok"):
                     failures.append(str(reply))

@@ -20,7 +20,7 @@ from pdagent_sd.coalesce import Priority, Waiting, decide
 from pdagent_sd.delivery import Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
-from pdagent_sd.scheduler import KeyState, Scheduler, TokenBucket
+from pdagent_sd.scheduler import THROTTLE_BACKOFF_MAX_SEC, KeyState, Scheduler, TokenBucket
 from pdagent_sd.store import State, Store, Superseded
 
 pytestmark = pytest.mark.unit
@@ -382,6 +382,30 @@ def test_a_throttled_first_trigger_is_kept_and_sent_before_its_resolve(store: St
     run_turns(scheduler, deliverer, clock)
     assert pagerduty.received["db"] == [T, R]
     assert pagerduty.incidents["db"] == 1 and not pagerduty.open["db"]
+
+
+def test_a_429_without_retry_after_backs_off_no_longer_than_the_throttle_cap(store: Store) -> None:
+    clock = store.clock  # type: ignore[assignment]
+    deliverer = ScriptedDeliverer(PagerDuty(), clock)
+    deliverer.answers = [Result(Outcome.RETRY, 429, "slow down", throttled=True)] * 30
+    scheduler = make_scheduler(store, clock, rate_limit_per_minute=0, backoff_max_sec=300.0)
+    scheduler.rng = lambda: 1.0  # the top of every jitter range
+    enqueue(store, T, "db")
+    state = scheduler._key(KEY)
+
+    def delays() -> List[float]:
+        waited = []
+        for _ in range(30):
+            delay = scheduler._serve_key(state, deliverer)  # type: ignore[arg-type]
+            assert delay is not None
+            waited.append(delay)
+            clock.now += delay
+        return waited
+
+    throttled = delays()
+    assert throttled[-1] == THROTTLE_BACKOFF_MAX_SEC and max(throttled) <= THROTTLE_BACKOFF_MAX_SEC
+    deliverer.answers = [Result(Outcome.RETRY, 503, "unavailable")] * 30
+    assert delays()[-1] == 300.0  # other failures keep the whole backoff
 
 
 def test_bucket_available_does_not_take_a_token() -> None:
