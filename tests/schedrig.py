@@ -155,7 +155,8 @@ class Rig:
                  **settings: object) -> None:
         self.clock = FakeClock()
         self.config = make_config(**settings)
-        self.store = Store(state_dir, max_pending=self.config.max_pending_events, clock=self.clock.wall)
+        self.store = Store(state_dir, max_pending=self.config.max_pending_events, clock=self.clock.wall,
+                           coalesce=self.config.coalesce)  # as the daemon builds it
         self.store.open()
         self.deliverer = ScriptedDeliverer(self.clock)
         self.scheduler = Scheduler(self.store, self.config, deliverer_factory=lambda: self.deliverer,
