@@ -53,7 +53,7 @@ def test_import_delivers_pending_in_order_keeps_failed_and_names_every_bad_file(
     dry = import_legacy(agent, outqueue, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would import: 4 (3 pending from pdq/, 1 failed from err/)" in dry.stdout, dry.stdout
-    assert agent.status()["totals"] == {"pending": 0, "delivered": 0, "failed": 0}
+    assert agent.status()["totals"] == {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0}
 
     done = import_legacy(agent, outqueue)
     print(done.stdout)
@@ -85,7 +85,8 @@ def test_import_delivers_pending_in_order_keeps_failed_and_names_every_bad_file(
     again = import_legacy(agent, outqueue)
     assert again.returncode == 0, again.stderr
     assert "imported: 0 (0 pending" in again.stdout and "already imported before: 4" in again.stdout
-    assert agent.wait_until(lambda: agent.status()["totals"] == {"pending": 0, "delivered": 3, "failed": 1})
+    assert agent.wait_until(lambda: agent.status()["totals"] == {"pending": 0, "delivered": 3, "failed": 1,
+                                                                 "superseded": 0})
     after = sorted(os.listdir(os.path.join(outqueue, "pdq"))) + sorted(os.listdir(os.path.join(outqueue, "err")))
     assert after == before  # the old files are left in place
 
