@@ -251,6 +251,17 @@ class BootedSystemd:
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """Power cut, as far as a container can have one: SIGKILL to its PID 1 (the whole PID namespace dies at
+        once, no unit is stopped, nothing is synced or unmounted in order), then to nspawn. The host's page
+        cache survives, so files written inside are not lost as at a real power cut: tests/reliability's
+        lazyfs layer models that. Our files are removed as by stop()."""
+        try:
+            if self.nspawn.poll() is None:
+                self._kill()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
     def _kill(self) -> None:
         if self.init_pid and self.init_pid in _children(self.nspawn.pid):
             os.kill(self.init_pid, signal.SIGKILL)  # PID 1 of a PID namespace: takes the whole container
