@@ -42,6 +42,7 @@ bench: venv
 reliability: venv
 	RELIABILITY_FULL=1 $(PY) -m pytest -ra -m slow tests/reliability tests/robustness $(PYTEST_ARGS)
 	RELIABILITY_FULL=1 $(PY) -m pytest -ra tests/robustness/test_properties.py
+	RELIABILITY_FULL=1 $(PY) -m pytest -ra -m unit tests/test_cli_compat.py
 
 deb: deps
 	./packaging/build-deb.sh
