@@ -115,6 +115,12 @@ def test_failed_unit_pages_with_its_journal_and_a_successful_run_resolves(machin
     sent = wait_events(api, "pd-send-unit", 1, machine, unit)[0]["payload"]["custom_details"]["systemd_unit"]
     assert sent["unit"] == unit and sent["Result"] == "exit-code" and sent["InvocationID"] == invocation
     assert any(line.endswith("the reason: disk gone") for line in sent["journal"])
+    # A user who may not read the system journal (pdagent is not in systemd-journal or adm) still sends, and
+    # is told why the lines are missing.
+    machine.pd_send(KEY, "backup check", dedup_key="pd-send-unit-pdagent", extra=["--unit", unit], user="pdagent")
+    sent = wait_events(api, "pd-send-unit-pdagent", 1, machine, unit)[0]["payload"]["custom_details"]["systemd_unit"]
+    assert sent["Result"] == "exit-code" and "journal" not in sent
+    assert "unreadable to uid" in sent["journal_missing"], sent
 
     add_unit(machine, unit, oneshot("echo fixed"))
     machine.systemctl("start", unit)
