@@ -516,3 +516,13 @@ def test_the_fast_parser_reads_as_argparse_does_or_hands_over(argv: List[str]) -
     fast = send.COMMAND._fast_parse(argv)
     if fast is not None:
         assert fast == refused(lambda: vars(send.COMMAND.argparser().parse_args(argv)))
+
+
+@integration
+def test_a_routing_key_from_the_environment_in_latin1_is_refused_as_invalid_not_a_crash(agent: Any) -> None:
+    env_bytes = {key.encode(): value.encode() for key, value in agent.env.items()}
+    env_bytes[b"PDAGENT_ROUTING_KEY"] = b"caf\xe9"  # Latin-1: not UTF-8
+    result = subprocess.run([agent.python.encode(), b"-m", b"pdagent_sd.cli.send", b"-t", b"trigger", b"-d", b"x"],
+                            env=env_bytes, capture_output=True, timeout=30)
+    assert result.returncode == 65, result.stderr
+    assert result.stderr.startswith(b"pd-send: routing_key must be 32 letters and digits")

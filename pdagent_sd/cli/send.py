@@ -11,7 +11,7 @@ import os
 import sys
 
 from pdagent_sd.cli.args import Args, Command, Option, usage_error
-from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
+from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event, text_args
 from pdagent_sd.limits import MAX_SUMMARY, fit
 
 ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
@@ -169,7 +169,7 @@ def attach_unit(api: str, event: Dict[str, Any], unit: str) -> None:
 def _main(argv: List[str]) -> int:
     args = COMMAND.parse(argv)
     if not args.key:
-        vars(args)["key"] = os.environ.get(ROUTING_KEY_ENV, "")  # a name (@ops) or a key, for scripts
+        vars(args)["key"] = text_args([os.environ.get(ROUTING_KEY_ENV, "")])[0]  # a name (@ops) or a key
     problem = usage_problem(args)
     if problem:
         return usage_error(COMMAND, problem)

@@ -135,7 +135,7 @@ ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
 
 def add_routing_key_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
     """-k KEY, or -k @NAME for a key named in the agent's configuration; $PDAGENT_ROUTING_KEY when not given."""
-    default = os.environ.get(ROUTING_KEY_ENV) or None
+    default = text_args([os.environ.get(ROUTING_KEY_ENV, "")])[0] or None
     parser.add_argument("-k", *aliases, "--routing-key", dest="routing_key", required=default is None,
                         default=default, metavar="KEY",
                         help="integration (routing) key of the PagerDuty service (32 letters and digits), or "
