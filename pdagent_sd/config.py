@@ -64,6 +64,28 @@ def parse_positive(text: str) -> float:
     return value
 
 
+SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.I)
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def parse_size(text: str) -> int:
+    match = SIZE.match(text)
+    if not match:
+        raise ValueError("expected a size in bytes such as 1048576, 512K, 256M or 1G")
+    return int(match.group(1)) * SIZE_UNITS[(match.group(2) or "")[:1].lower()]
+
+
+GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
+
+
+def parse_groups(text: str) -> str:
+    names = text.replace(",", " ").split()
+    for name in names:
+        if not GROUP_NAME.match(name):
+            raise ValueError(f"{name!r} is not a group name")
+    return " ".join(names)
+
+
 def parse_url(text: str) -> str:
     url = text.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", url):
@@ -95,6 +117,18 @@ SETTINGS: Tuple[Setting, ...] = (
             "resolves before updates (see README, How delivery works); no = strict FIFO per routing key."),
     Setting("max_pending_events", parse_count, 1000000,
             "Pending events the queue holds; past it a send is refused with queue_full (never dropped)."),
+    Setting("reserved_pending_events", parse_count, 100000,
+            "Part of max_pending_events only trusted senders may fill: root, the service's user, group pdagent "
+            "and trusted_groups; other senders are refused with queue_full once the rest is taken."),
+    Setting("sender_max_events", parse_count, 100000,
+            "Pending and failed events one sender (a uid outside the trusted ones) may have in the queue; "
+            "past it that sender's events are refused with queue_full. 0 = no limit."),
+    Setting("sender_max_bytes", parse_size, 256 * 1024 ** 2,
+            "Bytes of event bodies one sender outside the trusted ones may have stored, pending, failed or "
+            "delivered and kept (K, M, G suffixes); past it its events are refused with queue_full. 0 = no limit."),
+    Setting("trusted_groups", parse_groups, "",
+            "Groups whose members are trusted senders like root and group pdagent (e.g. nagios zabbix): "
+            "no per-sender quota, and the reserved queue room and connection slots are theirs too."),
     Setting("max_attempts", parse_count, 0,
             "Attempts before a retryable event is given up as failed; 0 = retry for as long as it takes."),
     Setting("keep_delivered", parse_duration, 7 * 86400.0, "How long delivered events stay in the queue."),
@@ -108,9 +142,17 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("request_timeout_sec", parse_positive, 15.0, "Time allowed for the Events API to answer."),
     Setting("delivery_workers", parse_count, 8, "Routing keys delivered in parallel."),
     Setting("max_connections", parse_count, 256, "Client connections served at once; more wait."),
+    Setting("reserved_connections", parse_count, 64,
+            "Part of max_connections only trusted senders may use; other senders are told to come back "
+            "(pd-send retries) once the rest is taken."),
+    Setting("sender_max_connections", parse_count, 32,
+            "Connections one sender outside the trusted ones may hold at once; more are told to come back "
+            "(pd-send retries)."),
+    Setting("first_line_timeout_sec", parse_positive, 2.0,
+            "A client that has not sent a whole request line this long after connecting is closed."),
     Setting("client_timeout_sec", parse_positive, 30.0,
-            "A client that has not sent a whole request line this long after connecting or after its last "
-            "reply is closed."),
+            "A client that has not sent its next whole request line this long after its last reply, or not "
+            "read a reply this long, is closed."),
     Setting("watchdog", parse_bool, True, "Send WATCHDOG=1 when systemd asks for it (WatchdogSec=)."),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -125,6 +167,10 @@ class Config:
     rate_limit_burst: int
     coalesce: bool
     max_pending_events: int
+    reserved_pending_events: int
+    sender_max_events: int
+    sender_max_bytes: int
+    trusted_groups: str
     max_attempts: int
     keep_delivered: float
     keep_failed: float
@@ -135,6 +181,9 @@ class Config:
     request_timeout_sec: float
     delivery_workers: int
     max_connections: int
+    reserved_connections: int
+    sender_max_connections: int
+    first_line_timeout_sec: float
     client_timeout_sec: float
     watchdog: bool
     keys: KeyBook = field(default_factory=KeyBook)  # named routing keys ([Keys], credentials key.NAME)

@@ -6,10 +6,22 @@ to the store's writer and its reply comes back through a wake-up pipe once the c
 answers every client whose event it carried. Other ops run on the handlers' own thread and come back the same
 way.
 
-Per connection: one request at a time, replies in order; each line must arrive whole within client_timeout of
-the moment the daemon starts waiting for it (a client sending a byte now and then cannot hold its slot); a
-line longer than MAX_LINE is refused and the connection closed; after the client's end of stream, what it sent
-is still answered, then the connection closes.
+Per connection: one request at a time, replies in order; the first line must arrive whole within
+first_line_timeout of the connection being accepted, and each later one within client_timeout of the last
+reply (a client sending a byte now and then cannot hold its slot); a line longer than MAX_LINE is refused and
+the connection closed; after the client's end of stream, what it sent is still answered, then the connection
+closes. A send whose client has closed its connection completely before the line is read (it gave up waiting)
+is not committed: nobody would learn that it was, and a caller that retries would send it twice.
+
+Slots: trusted senders (root, the service's user, group pdagent, trusted_groups) may use all of
+max_connections; every other uid at most sender_max_connections, and all of them together no more than
+max_connections - reserved_connections. A connection beyond that waits in its uid's own line inside the
+daemon (accepted, not read) and is served when one of that uid's slots frees up, or answered `busy` and
+closed after client_timeout (pd-send then tries again). Waiting there rather than in the kernel's listen
+backlog is what keeps a trusted client from queueing behind thousands of another user's connections: the
+backlog is first come, first served. Past PARK_PER_SENDER waiting connections of one uid (or the file
+descriptors left), more are answered `busy` at once, and a user reconnecting faster than the daemon can turn
+it away fills the backlog again.
 """
 
 from __future__ import annotations
@@ -18,24 +30,30 @@ import collections
 import errno
 import logging
 import os
+import resource
+import select
 import selectors
 import socket
 import time
-from typing import Deque, Dict, Optional, Tuple, Union
+from typing import Deque, Dict, FrozenSet, Optional, Tuple, Union
 
-from pdagent_sd.errors import BadRequest, PdagentError
+from pdagent_sd.errors import BadRequest, Busy, PdagentError
 from pdagent_sd.handlers import Dispatcher, Later, Peer, peer_of
 from pdagent_sd.protocol import MAX_LINE, Message, decode_request, encode, error_reply
 
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
+ACCEPTS_PER_POLL = 64  # a user reconnecting in a loop must not keep the loop from its other work
+PARK_PER_SENDER = 4096  # connections of one untrusted uid waiting for a slot inside the daemon
+FDS_KEPT_FREE = 128  # for the queue, the journal, HTTPS connections: never used by waiting connections
 INTERNAL_ERROR: Message = {"ok": False, "code": "internal_error",
                            "error": "internal error in pdagentd; see its journal"}
 
 
 class Connection:
-    __slots__ = ("sock", "peer", "inbox", "scanned", "outbox", "deadline", "busy", "ended", "closing", "events")
+    __slots__ = ("sock", "peer", "inbox", "scanned", "outbox", "deadline", "busy", "ended", "closing", "events",
+                 "counted")
 
     def __init__(self, sock: socket.socket, peer: Peer) -> None:
         self.sock = sock
@@ -48,6 +66,7 @@ class Connection:
         self.ended = False  # the client shut down its end: answer what it sent, then close
         self.closing = False  # close once the outbox is written
         self.events = 0  # what the selector watches for
+        self.counted = False  # holds one of its (untrusted) uid's slots
 
     def next_line(self) -> Optional[bytes]:
         """A complete line from the inbox, or MAX_LINE + 1 bytes of one too long (the caller refuses it), or
@@ -65,11 +84,24 @@ class Connection:
 
 class ConnectionServer:
     def __init__(self, listener: socket.socket, handlers: Dispatcher, *, max_connections: int,
-                 timeout: float) -> None:
+                 timeout: float, first_line_timeout: Optional[float] = None, reserved: int = 0,
+                 per_sender: int = 0, trusted_gids: FrozenSet[int] = frozenset()) -> None:
         self.listener = listener
         self.handlers = handlers
         self.max_connections = max_connections
         self.timeout = timeout
+        self.first_line_timeout = timeout if first_line_timeout is None else first_line_timeout
+        self.untrusted_max = max(1, max_connections - reserved)  # slots for all untrusted uids together
+        self.per_sender = per_sender or max_connections
+        self.trusted_gids = trusted_gids
+        self.untrusted = 0
+        self.by_uid: Dict[int, int] = {}
+        self.refused = 0  # connections answered busy: a figure for the tests
+        self.parked: Dict[int, Deque[Connection]] = {}  # per untrusted uid, connections waiting for a slot
+        self.parked_total = 0
+        self.park_max = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - max_connections - FDS_KEPT_FREE)
+        self._promote_wanted = False
+        self._hangup = select.poll()
         self.selector = selectors.DefaultSelector()
         self.connections: Dict[int, Connection] = {}
         self.accepting = True
@@ -105,6 +137,8 @@ class ConnectionServer:
             else:
                 self._read(key.data)
         self._finish_done()
+        if self._promote_wanted:
+            self._promote(time.monotonic())
 
     def wake(self) -> None:
         """From any thread: make the loop look at finished work now."""
@@ -116,7 +150,7 @@ class ConnectionServer:
                 pass
 
     def busy(self) -> bool:
-        return bool(self.connections)
+        return bool(self.connections or self.parked_total)
 
     def stop_accepting(self) -> None:
         self.accepting = False
@@ -131,6 +165,10 @@ class ConnectionServer:
     def close(self) -> None:
         for conn in list(self.connections.values()):
             self._close(conn)
+        for line in self.parked.values():
+            for conn in line:
+                conn.sock.close()
+        self.parked.clear()
         self.selector.close()
         os.close(self.wake_read)
         os.close(self.wake_fd)
@@ -147,25 +185,117 @@ class ConnectionServer:
             self.listening = wanted
 
     def _accept(self) -> None:
-        while len(self.connections) < self.max_connections:
+        for _ in range(ACCEPTS_PER_POLL):
+            if len(self.connections) >= self.max_connections:
+                break
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # EMFILE and the like: the client waits in the backlog for a later try
                 logger.warning("cannot accept a client connection: %s", exc)
-                return
+                break
             try:
-                peer = peer_of(sock, os.geteuid())
+                peer = peer_of(sock, os.geteuid(), self.trusted_gids)
             except OSError:
                 sock.close()
                 continue
             sock.setblocking(False)
             conn = Connection(sock, peer)
+            if not peer.trusted and not self._take_slot(conn):
+                continue
             self.connections[sock.fileno()] = conn
-            self._set_deadline(conn, time.monotonic())
+            self._set_deadline(conn, time.monotonic(), self.first_line_timeout)
             self._watch(conn)
         self._update_listening()
+
+    def _slot_free(self, uid: int) -> bool:
+        return self.by_uid.get(uid, 0) < self.per_sender and self.untrusted < self.untrusted_max
+
+    def _take_slot(self, conn: Connection) -> bool:
+        """Count an untrusted connection against its uid's slots; when none is free, make it wait in its uid's
+        line, or answer busy and close it when that line is full too."""
+        uid = conn.peer.uid
+        if self._slot_free(uid) and uid not in self.parked:
+            self.by_uid[uid] = self.by_uid.get(uid, 0) + 1
+            self.untrusted += 1
+            conn.counted = True
+            return True
+        line = self.parked.get(uid)
+        if self.parked_total < self.park_max and (line is None or len(line) < PARK_PER_SENDER):
+            if line is None:
+                line = self.parked[uid] = collections.deque()
+            conn.deadline = time.monotonic() + self.timeout
+            if conn.deadline < self.next_expiry:
+                self.next_expiry = conn.deadline
+            line.append(conn)
+            self.parked_total += 1
+            return False
+        self._refuse(conn)
+        return False
+
+    def _refuse(self, conn: Connection) -> None:
+        uid = conn.peer.uid
+        held = self.by_uid.get(uid, 0)
+        if held >= self.per_sender:
+            why = f"uid {uid} already holds {held} connections (sender_max_connections = {self.per_sender})"
+        else:
+            why = (f"{self.untrusted} connections from senders outside the trusted ones are open; the other "
+                   f"{self.max_connections - self.untrusted_max} are reserved (reserved_connections)")
+        self.refused += 1
+        try:
+            conn.sock.send(encode(error_reply(Busy(why, hint="try again in a moment"))))
+        except OSError:
+            pass
+        conn.sock.close()
+
+    def _promote(self, now: float) -> None:
+        """Serve waiting connections whose uid has a free slot again, taking the uids in turn."""
+        self._promote_wanted = False
+        moved = True
+        while moved and self.parked and self.untrusted < self.untrusted_max:
+            moved = False
+            for uid in list(self.parked):
+                if not self._slot_free(uid):
+                    continue
+                line = self.parked[uid]
+                conn = line.popleft()
+                self.parked_total -= 1
+                if not line:
+                    del self.parked[uid]
+                self.by_uid[uid] = self.by_uid.get(uid, 0) + 1
+                self.untrusted += 1
+                conn.counted = True
+                self.connections[conn.sock.fileno()] = conn
+                self._set_deadline(conn, now, self.first_line_timeout)
+                self._watch(conn)
+                moved = True
+                if self.untrusted >= self.untrusted_max:
+                    break
+        self._update_listening()
+
+    def _expire_parked(self, now: float) -> float:
+        """Answer busy the waiting connections that waited client_timeout; return the next such deadline."""
+        earliest = float("inf")
+        for uid in list(self.parked):
+            line = self.parked[uid]
+            while line and line[0].deadline <= now:
+                self.parked_total -= 1
+                self._refuse(line.popleft())
+            if line:
+                earliest = min(earliest, line[0].deadline)
+            else:
+                del self.parked[uid]
+        return earliest
+
+    def _gave_up(self, conn: Connection) -> bool:
+        """The client closed its connection completely (not only its sending side): nobody reads the reply."""
+        fileno = conn.sock.fileno()
+        self._hangup.register(fileno, 0)  # POLLHUP is reported whatever the mask
+        try:
+            return any(mask & select.POLLHUP for _, mask in self._hangup.poll(0))
+        finally:
+            self._hangup.unregister(fileno)
 
     # --- reading and answering --------------------------------------------------------------------------------
 
@@ -209,7 +339,13 @@ class ConnectionServer:
     def _handle(self, conn: Connection, line: bytes) -> None:
         answer: Union[Message, Later]
         try:
-            answer = self.handlers.dispatch(decode_request(line), conn.peer)
+            message = decode_request(line)
+            if message["op"] == "send" and self._gave_up(conn):
+                logger.warning("not queueing an event from uid %d: its client closed the connection before "
+                               "the request was read (it gave up waiting, so it was never told)", conn.peer.uid)
+                self._close(conn)
+                return
+            answer = self.handlers.dispatch(message, conn.peer)
         except PdagentError as error:
             answer = error_reply(error)
         except Exception:  # noqa: BLE001 - a bug answers this request, it must not end the daemon
@@ -281,12 +417,11 @@ class ConnectionServer:
             return
         del conn.outbox[:sent]
         if first or not conn.outbox:
-            self._set_deadline(conn, time.monotonic())
+            self._set_deadline(conn, time.monotonic(), self.timeout)
 
-    def _set_deadline(self, conn: Connection, now: float) -> None:
-        conn.deadline = now + self.timeout
-        # a deadline set now is the latest there is, so the earliest one stands unless there was none
-        if self.next_expiry == float("inf"):
+    def _set_deadline(self, conn: Connection, now: float, timeout: float) -> None:
+        conn.deadline = now + timeout
+        if conn.deadline < self.next_expiry:
             self.next_expiry = conn.deadline
 
     def _watch(self, conn: Connection) -> None:
@@ -320,7 +455,7 @@ class ConnectionServer:
                 self._close(conn)
             else:
                 earliest = min(earliest, conn.deadline)
-        self.next_expiry = earliest
+        self.next_expiry = min(earliest, self._expire_parked(now))
 
     def _close(self, conn: Connection) -> None:
         fileno = conn.sock.fileno()
@@ -330,5 +465,14 @@ class ConnectionServer:
             self.selector.unregister(conn.sock)
             conn.events = 0
         del self.connections[fileno]
+        if conn.counted:
+            conn.counted = False
+            self.untrusted -= 1
+            left = self.by_uid[conn.peer.uid] - 1
+            if left:
+                self.by_uid[conn.peer.uid] = left
+            else:
+                del self.by_uid[conn.peer.uid]
+            self._promote_wanted = bool(self.parked)
         conn.sock.close()
 

@@ -9,23 +9,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
 import sys
 import threading
 import time
-from typing import List, Optional, Tuple
+from typing import FrozenSet, List, Optional, Tuple
 
 from pdagent_sd import __version__, exitcodes, journal, marker, statedir
 from pdagent_sd import config as config_module
 from pdagent_sd.connections import ConnectionServer
 from pdagent_sd.errors import ConfigError, PdagentError, StorageError
-from pdagent_sd.handlers import Handlers, Unavailable
+from pdagent_sd.handlers import Handlers, Unavailable, group_id
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.protocol import socket_path
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Store, Superseded
+from pdagent_sd.store import Quotas, Store, Superseded
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,18 @@ def bind_socket(path: str) -> socket.socket:
     return sock
 
 
+def trusted_gids(names: str) -> FrozenSet[int]:
+    """The gids of trusted_groups; a group that does not exist (yet) is named in the log and left out."""
+    gids = set()
+    for name in names.split():
+        gid = group_id(name)
+        if gid is None:
+            logger.warning("trusted_groups: there is no group %s on this system; ignoring it", name)
+        else:
+            gids.add(gid)
+    return frozenset(gids)
+
+
 def state_directory(explicit: Optional[str]) -> str:
     from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return explicit or os.environ.get("PDAGENT_STATE_DIR") or from_systemd or DEFAULT_STATE_DIR
@@ -118,7 +131,10 @@ class Daemon:
         self.listener = sock
         self.activated = activated
         self.bound_path = bound_path
-        self.store = Store(state_dir, max_pending=config.max_pending_events,
+        self.store = Store(state_dir, quotas=Quotas(
+                               max_pending=config.max_pending_events,
+                               reserved_pending=min(config.reserved_pending_events, config.max_pending_events),
+                               sender_events=config.sender_max_events, sender_bytes=config.sender_max_bytes),
                            on_corrupt=lambda target, reason: report(
                                Kind.CORRUPT_QUEUE, f"queue database damaged ({reason}); moved aside to {target}; "
                                "the agent goes on with an empty queue", error=reason),
@@ -142,9 +158,12 @@ class Daemon:
     # --- the main loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
-        server = self.server = ConnectionServer(self.listener, self.handlers,
-                                                max_connections=self.config.max_connections,
-                                                timeout=self.config.client_timeout_sec)
+        config = self.config
+        server = self.server = ConnectionServer(
+            self.listener, self.handlers, max_connections=config.max_connections,
+            timeout=config.client_timeout_sec, first_line_timeout=config.first_line_timeout_sec,
+            reserved=config.reserved_connections, per_sender=config.sender_max_connections,
+            trusted_gids=trusted_gids(config.trusted_groups))
         signal.set_wakeup_fd(server.wake_fd)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_requested.set())
@@ -313,6 +332,21 @@ def check_pending(state_dir: str) -> int:
     return exitcodes.OK if pending else exitcodes.NOTHING_PENDING
 
 
+FD_LIMIT = 65536
+
+
+def _raise_fd_limit() -> None:
+    """Room for connections waiting for a slot (connections.py): the soft limit up to FD_LIMIT, within the
+    hard limit (systemd's default soft limit is 1024, its hard one 524288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_LIMIT if hard == resource.RLIM_INFINITY else min(FD_LIMIT, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open files limit to %d: %s", wanted, exc)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdagentd",
@@ -339,6 +373,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     journal.setup(debug=args.debug)
     os.umask(0o077)  # queue.db and its WAL are readable by the service alone
+    _raise_fd_limit()
     if args.check_pending:
         return check_pending(state_directory(args.state_dir))
     try:

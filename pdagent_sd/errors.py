@@ -48,6 +48,12 @@ class QueueFull(PdagentError):
     code = "queue_full"
 
 
+class Busy(PdagentError):
+    """Every connection slot this sender may use is taken; nothing was read: try again."""
+
+    code = "busy"
+
+
 class StorageError(PdagentError):
     """The queue could not be written (disk full, I/O error); the event was not accepted."""
 
@@ -80,7 +86,7 @@ class DeliveryError(PdagentError):
 
 ERRORS_BY_CODE = {
     cls.code: cls
-    for cls in (InvalidEvent, BadRequest, Forbidden, QueueFull, StorageError, NotFound, AgentUnreachable)
+    for cls in (InvalidEvent, BadRequest, Forbidden, QueueFull, Busy, StorageError, NotFound, AgentUnreachable)
 }
 
 

@@ -7,7 +7,7 @@ DATAERR = 65  # the event was rejected as invalid
 UNAVAILABLE = 69  # the agent cannot be reached
 SOFTWARE = 70  # a bug: reported with a traceback only under --debug
 IOERR = 74  # pdagentd: the queue file was found damaged while running; the next start moves it aside
-TEMPFAIL = 75  # temporary refusal: queue full, storage error
+TEMPFAIL = 75  # temporary refusal: queue full, storage error, no connection slot free
 NOPERM = 77  # the operation needs root or group pdagent
 CONFIG = 78  # a configuration file is wrong
 
@@ -21,6 +21,7 @@ def for_error_code(code: str) -> int:
         "forbidden": NOPERM,
         "queue_full": TEMPFAIL,
         "storage_error": TEMPFAIL,
+        "busy": TEMPFAIL,
         "unreachable": UNAVAILABLE,
         "config_error": CONFIG,
     }.get(code, SOFTWARE)

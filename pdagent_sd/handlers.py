@@ -13,7 +13,7 @@ import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple, Union
 
 from pdagent_sd import __version__
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
@@ -23,7 +23,7 @@ from pdagent_sd.keys import KeyBook
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import LEGACY_BATCH, Message
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Commit, LegacyEntry, State, Store
+from pdagent_sd.store import Commit, LegacyEntry, Sender, State, Store
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ ADMIN_GROUP = "pdagent"
 ADMIN_OPS = ("show", "retry", "drop", "import_legacy")
 LEGACY_STATES = {"pending": State.PENDING, "failed": State.FAILED}
 MAX_LIST_LIMIT = 10000
+# Bodies in one `list` reply at most: the whole reply is built in memory (an admin's list of 10,000 events of
+# 512 KB would be 5 GB); past it the reply holds fewer rows and says truncated.
+MAX_LIST_BODY_BYTES = 16 * 1024 * 1024
 NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
 
 
@@ -54,33 +57,60 @@ class Peer:
     uid: int
     gid: int
     admin: bool
+    trusted: bool = False  # admin, or a member of trusted_groups: no per-sender quotas, the reserved room
+
+    @property
+    def sender(self) -> Sender:
+        return Sender(self.uid, self.trusted or self.admin)
 
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; Python has no name for it yet
 MAX_GROUPS_BYTES = 1024  # the most Python's getsockopt() will read: 256 groups
 
 
-def peer_of(conn: socket.socket, service_uid: int) -> Peer:
-    """Who is on the other end (SO_PEERCRED): root, the service's own user and group pdagent are admins."""
+def peer_of(conn: socket.socket, service_uid: int, trusted_gids: FrozenSet[int] = frozenset()) -> Peer:
+    """Who is on the other end (SO_PEERCRED): root, the service's own user and group pdagent are admins;
+    members of `trusted_gids` (trusted_groups) are trusted senders."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
-    return Peer(pid, uid, gid, uid in (0, service_uid) or _in_admin_group(conn, gid))
+    if uid in (0, service_uid):
+        return Peer(pid, uid, gid, True, True)
+    admin_gid = group_id(ADMIN_GROUP)
+    wanted = trusted_gids | ({admin_gid} if admin_gid is not None else set())
+    if not wanted:
+        return Peer(pid, uid, gid, False, False)
+    groups = _peer_groups(conn, gid)
+    admin = admin_gid in groups
+    return Peer(pid, uid, gid, admin, admin or bool(groups & trusted_gids))
 
 
-def _in_admin_group(conn: socket.socket, gid: int) -> bool:
+GROUP_CACHE_SEC = 1.0
+_groups: Dict[str, Tuple[float, Optional[int]]] = {}
+
+
+def group_id(name: str) -> Optional[int]:
+    """A group's gid, or None if there is none; looked up at most once a second (every connection asks, and
+    a user reconnecting in a loop must not make the daemon read /etc/group thousands of times a second)."""
+    now = time.monotonic()
+    cached = _groups.get(name)
+    if cached is not None and now - cached[0] < GROUP_CACHE_SEC:
+        return cached[1]
+    try:
+        gid: Optional[int] = grp.getgrnam(name).gr_gid
+    except KeyError:
+        gid = None
+    _groups[name] = (now, gid)
+    return gid
+
+
+def _peer_groups(conn: socket.socket, gid: int) -> FrozenSet[int]:
     """Group membership from the kernel (SO_PEERGROUPS): /proc is hidden from the hardened service
     (ProtectProc=invisible), and reading it by pid could be fooled by pid reuse."""
     try:
-        admin_gid = grp.getgrnam(ADMIN_GROUP).gr_gid
-    except KeyError:
-        return False
-    if gid == admin_gid:
-        return True
-    try:
         raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, MAX_GROUPS_BYTES)
     except OSError:  # ERANGE: a peer in more than 256 groups must use its primary group or sudo
-        return False
-    return admin_gid in struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+        return frozenset((gid,))
+    return frozenset((gid, *struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])))
 
 
 class Dispatcher(Protocol):
@@ -133,13 +163,13 @@ class Handlers:
         event = validate(message.get("api", "v2"), event, default_source=source, owned=True, keys=self.keys)
 
         def accepted(event_id: int) -> Message:
-            self.scheduler.wake(event.routing_key)
+            self.scheduler.wake(event.routing_key, peer.uid)
             report(Kind.ACCEPTED, f"accepted event {event_id} ({event.api.value} {event.action.value}) "
                    f"from uid {peer.uid}", event_id=event_id, dedup_key=event.dedup_key,
                    routing_key=event.routing_key, action=event.action.value, api=event.api.value)
             return {"ok": True, "id": event_id, "dedup_key": event.dedup_key}
 
-        return Later(self.store.enqueue_async(event), accepted)
+        return Later(self.store.enqueue_async(event, peer.sender), accepted)
 
     def _key_filter(self, message: Message) -> Optional[str]:
         """The routing key a request names, `@name` resolved: pd-queue -k @name works like pd-send's."""
@@ -173,20 +203,24 @@ class Handlers:
                     f"events in it were not delivered" for path in damaged]
         return {"keys": keys, "totals": totals, "last_delivery": self.store.last_delivery(),
                 "throttled_keys": held_keys, "warnings": warnings, "damaged_files": damaged,
-                "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3)}}
+                "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
+                           "tracked_keys": len(self.scheduler.keys)}}
 
     def op_list(self, message: Message, peer: Peer) -> Message:
         state = _state(message.get("state"))
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        rows = self.store.list_events(state, self._key_filter(message), limit)
+        rows, truncated = self.store.list_events(state, self._key_filter(message), limit,
+                                                 bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES)
         if not peer.admin:
             for row in rows:
                 row["routing_key"] = mask(row["routing_key"])
                 row["dedup_key"] = mask(row["dedup_key"])  # a dedup key is all it takes to resolve an incident
-                del row["body"]
-        return {"ok": True, "events": rows, "redacted": not peer.admin}
+        reply: Message = {"ok": True, "events": rows, "redacted": not peer.admin}
+        if truncated:
+            reply["truncated"] = True
+        return reply
 
     def op_show(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "event": self.store.show(_event_id(message))}

@@ -11,7 +11,7 @@ import _socket
 import os
 import time  # already loaded by the interpreter's start-up: free
 
-from pdagent_sd.errors import AgentUnreachable, BadRequest, PdagentError, from_wire
+from pdagent_sd.errors import AgentUnreachable, BadRequest, Busy, PdagentError, from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -168,7 +168,8 @@ class Client:
         except OSError as exc:
             self.sock.close()
             raise _unreachable(self.path, exc.strerror or str(exc)) from None
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # _buffer[:_scanned] holds no newline: each byte is looked at once
 
     def _connect(self, timeout: float) -> None:
         """Connect, waiting while the daemon's listen backlog is full. A Unix socket with a timeout is
@@ -198,7 +199,10 @@ class Client:
     def request(self, message: Message) -> Message:
         """Send one request; return the reply, or raise the error the daemon reported."""
         try:
-            self.sock.sendall(encode(message))
+            try:
+                self.sock.sendall(encode(message))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed by the daemon, which may have said why (busy) before: read it
             line = self._read_line()
         except _socket.timeout:
             raise _unreachable(self.path, "no reply in time") from None
@@ -215,16 +219,33 @@ class Client:
         return reply
 
     def _read_line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
+        """One reply line, in time linear in its length (a reply can be megabytes: `pd-queue list`)."""
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                break
+            self._scanned = len(self._buffer)
+            chunk = self.sock.recv(1 << 20)
             if not chunk:
                 raise ConnectionResetError(0, "the agent closed the connection without replying")
             self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        self._scanned = 0
         return line
 
 
-def request(message: Message, path: Optional[str] = None) -> Message:
-    """One request on a fresh connection."""
-    with Client(path) as client:
-        return client.request(message)
+def request(message: Message, path: Optional[str] = None, timeout: float = CLIENT_TIMEOUT_SEC) -> Message:
+    """One request on a fresh connection. A daemon with no connection slot free for this user answers busy
+    before reading anything, so asking again cannot do anything twice: it is asked again until `timeout`."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            with Client(path, max(0.1, deadline - time.monotonic())) as client:
+                return client.request(message)
+        except Busy:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)

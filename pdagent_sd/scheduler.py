@@ -4,6 +4,14 @@ bucket per key.
 
 A key is in exactly one place at a time: idle (nothing known to send), ready (waiting for a worker),
 waiting (backing off or throttled until a time), or busy (a worker is sending its oldest event).
+
+Fairness between senders: a key that becomes ready joins the line of the uid that queued its event, and
+workers take the next ready key from each sender's line in turn (round robin over uids), so one local user's
+thousands of keys cannot queue ahead of another's key: with W workers and U senders with ready keys, a key
+that becomes ready gets a worker after at most U - 1 turns of other keys, each at most BATCH_PER_TURN attempts.
+
+Memory: an idle key's state is forgotten once no backoff or throttle is in force for it and its token bucket
+has filled again (a new one would be the same), so made-up keys cost nothing once their events are settled.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, mask
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.store import Commit, QueuedEvent, State, Store
+from pdagent_sd.store import UNKNOWN_SENDER, Commit, QueuedEvent, State, Store
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,8 @@ def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], floa
 
 class TokenBucket:
     """Just under PagerDuty's per-key rate limit, so we wait here rather than collect 429s there."""
+
+    __slots__ = ("rate", "capacity", "tokens", "stamp")
 
     def __init__(self, per_minute: int, burst: int, now: float) -> None:
         self.rate = per_minute / 60.0
@@ -62,17 +72,28 @@ class TokenBucket:
             return None
         return int(min(self.capacity, self.tokens + (now - self.stamp) * self.rate))
 
+    def full_at(self, now: float) -> float:
+        """When the bucket is full again (now or earlier if it is)."""
+        if self.rate <= 0:
+            return now
+        return now + max(0.0, self.capacity - self.tokens - (now - self.stamp) * self.rate) / self.rate
 
-@dataclass
+
 class KeyState:
-    routing_key: str
-    bucket: TokenBucket
-    place: str = "idle"  # idle | ready | waiting | busy
-    due: float = 0.0
-    failures: int = 0
-    woken: bool = False  # a new event arrived while a worker held the key
-    throttled_until: float = 0.0
-    backoff_until: float = 0.0
+    __slots__ = ("routing_key", "bucket", "place", "due", "failures", "woken", "throttled_until",
+                 "backoff_until", "owner", "retire_at")
+
+    def __init__(self, routing_key: str, bucket: TokenBucket) -> None:
+        self.routing_key = routing_key
+        self.bucket = bucket
+        self.place = "idle"  # idle | ready | waiting | busy
+        self.due = 0.0
+        self.failures = 0
+        self.woken = False  # a new event arrived while a worker held the key
+        self.throttled_until = 0.0
+        self.backoff_until = 0.0
+        self.owner = UNKNOWN_SENDER  # the sender uid whose line the key waits in when ready
+        self.retire_at = 0.0  # when an idle key may be forgotten
 
 
 @dataclass
@@ -96,8 +117,10 @@ class Scheduler:
         self.wall_clock = wall_clock
         self.rng = rng
         self.keys: Dict[str, KeyState] = {}
-        self.ready: Deque[str] = deque()
+        self.ready: Dict[int, Deque[str]] = {}  # per sender uid, its ready keys in order
+        self.turns: Deque[int] = deque()  # the uids with ready keys, in the order they get a worker
         self.timers: List[Tuple[float, str]] = []
+        self.retiring: List[Tuple[float, str]] = []  # idle keys to forget once their bucket is full
         self.cond = threading.Condition()
         self.stopping = False
         self.stats = Stats()
@@ -124,21 +147,21 @@ class Scheduler:
 
     def idle(self) -> bool:
         with self.cond:
-            return not self.ready and self.stats.in_flight == 0
+            return not self.turns and self.stats.in_flight == 0
 
     # --- waking keys -------------------------------------------------------------------------------------
 
-    def wake(self, routing_key: str) -> None:
-        """An event for this key was committed: make sure a worker will look at it."""
+    def wake(self, routing_key: str, sender_uid: int = UNKNOWN_SENDER) -> None:
+        """An event for this key was committed (by `sender_uid`): make sure a worker will look at it."""
         with self.cond:
-            self._wake_locked(routing_key)
+            self._wake_locked(routing_key, sender_uid)
 
     def flush(self) -> int:
         """Look at every key with pending events now (backoffs and throttles still hold); return how many."""
         keys = self.store.pending_keys()
         with self.cond:
-            for key in keys:
-                self._wake_locked(key)
+            for key, sender_uid in keys:
+                self._wake_locked(key, sender_uid)
         return len(keys)
 
     def _key(self, routing_key: str) -> KeyState:
@@ -148,14 +171,40 @@ class Scheduler:
             state = self.keys[routing_key] = KeyState(routing_key, bucket)
         return state
 
-    def _wake_locked(self, routing_key: str) -> None:
+    def _wake_locked(self, routing_key: str, sender_uid: int = UNKNOWN_SENDER) -> None:
         state = self._key(routing_key)
         if state.place == "idle":
-            state.place = "ready"
-            self.ready.append(routing_key)
-            self.cond.notify()
+            state.owner = sender_uid
+            self._make_ready(state)
         elif state.place == "busy":
             state.woken = True
+
+    def _make_ready(self, state: KeyState) -> None:
+        line = self.ready.get(state.owner)
+        if line is None:
+            line = self.ready[state.owner] = deque()
+            self.turns.append(state.owner)
+        line.append(state.routing_key)
+        state.place = "ready"
+        self.cond.notify()
+
+    def _take_ready(self) -> KeyState:
+        """The next ready key: the first of the line of the sender whose turn it is."""
+        owner = self.turns.popleft()
+        line = self.ready[owner]
+        routing_key = line.popleft()
+        if line:
+            self.turns.append(owner)
+        else:
+            del self.ready[owner]
+        return self.keys[routing_key]
+
+    def _retire_idle(self, now: float) -> None:
+        while self.retiring and self.retiring[0][0] <= now:
+            retire_at, routing_key = heapq.heappop(self.retiring)
+            state = self.keys.get(routing_key)
+            if state is not None and state.place == "idle" and state.retire_at == retire_at:
+                del self.keys[routing_key]
 
     def _wait_locked(self, state: KeyState, delay: float) -> None:
         state.place = "waiting"
@@ -173,16 +222,18 @@ class Scheduler:
                     due, routing_key = heapq.heappop(self.timers)
                     state = self.keys[routing_key]
                     if state.place == "waiting" and state.due == due:
-                        state.place = "ready"
-                        self.ready.append(routing_key)
-                if self.ready:
-                    state = self.keys[self.ready.popleft()]
+                        self._make_ready(state)
+                self._retire_idle(now)
+                if self.turns:
+                    state = self._take_ready()
                     state.place = "busy"
                     state.woken = False
                     return state
                 if not block:
                     return None
-                self.cond.wait(self.timers[0][0] - now if self.timers else None)
+                soonest = min(self.timers[0][0] if self.timers else float("inf"),
+                              self.retiring[0][0] if self.retiring else float("inf"))
+                self.cond.wait(soonest - now if soonest != float("inf") else None)
             return None
 
     def _work(self) -> None:
@@ -234,11 +285,15 @@ class Scheduler:
             if delay is not None:
                 self._wait_locked(state, delay)
             elif state.woken:
-                state.place = "ready"
-                self.ready.append(state.routing_key)
-                self.cond.notify()
+                self._make_ready(state)
             else:
                 state.place = "idle"
+                now = self.clock()
+                state.retire_at = max(now, state.throttled_until, state.backoff_until, state.bucket.full_at(now))
+                if state.retire_at <= now:
+                    del self.keys[state.routing_key]
+                else:
+                    heapq.heappush(self.retiring, (state.retire_at, state.routing_key))
 
     def _serve_key(self, state: KeyState, deliverer: Deliverer) -> Optional[float]:
         """Send this key's oldest events in order; return seconds to wait, or None when nothing is left.
@@ -315,7 +370,8 @@ class Scheduler:
         fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
                       action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
-            commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "")
+            commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "",
+                                               sender_uid=event.sender_uid)
             if not self.store.writes_failing:
                 # Not while the queue cannot record results: the event goes again, and the storage backoff must
                 # grow (it stayed at 1-2 s, re-sending one event to PagerDuty that often for as long as the disk
@@ -327,7 +383,8 @@ class Scheduler:
             report(Kind.DELIVERED, f"delivered event {event.id} ({event.api} {event.action})", **fields)
             return None, commit
         if result.outcome is Outcome.FAILED or self._out_of_attempts(attempt):
-            commit = self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error)
+            commit = self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error,
+                                               sender_uid=event.sender_uid)
             report(Kind.FAILED, f"event {event.id} failed: {result.error}", error=result.error, **fields)
             return None, commit
         return self._defer(state, event, result, fields)

@@ -68,6 +68,12 @@ CREATE INDEX IF NOT EXISTS events_by_incident ON events (routing_key, dedup_key,
 CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
 """
 SUPERSEDED_MEMORY_SEC = 900.0  # how long the writer remembers an id it superseded, for claim()
+# Columns added after 0.1, each (name, declaration): a queue.db from before gets them at open, in place.
+# sender_uid: who queued the event (SO_PEERCRED); -1 for events queued before it was recorded.
+ADDED_COLUMNS = (("sender_uid", "INTEGER NOT NULL DEFAULT -1"),)
+UNKNOWN_SENDER = -1
+# Rows that count toward a sender's event quota: what it has in the queue that is not settled as delivered.
+HELD_STATES = "('pending', 'failed')"
 
 
 # What SQLite says of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB. Anything else (full,
@@ -130,6 +136,37 @@ class QueuedEvent:
     attempts: int
     next_attempt: float
     created: float
+    sender_uid: int = UNKNOWN_SENDER
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who queues an event: its uid, and whether it is trusted (root, the service's user, group pdagent,
+    trusted_groups), which spares it the per-sender quotas and lets it use the reserved room."""
+
+    uid: int
+    trusted: bool
+
+
+INTERNAL = Sender(UNKNOWN_SENDER, True)
+
+
+@dataclass(frozen=True)
+class Quotas:
+    max_pending: int = 1000000
+    reserved_pending: int = 0  # of max_pending, for trusted senders only
+    sender_events: int = 0  # pending + failed events per untrusted uid; 0 = no limit
+    sender_bytes: int = 0  # stored body bytes per untrusted uid; 0 = no limit
+
+
+class Usage:
+    """What one sender has in the queue: events pending or failed, and bytes of bodies stored."""
+
+    __slots__ = ("events", "bytes")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.bytes = 0
 
 
 @dataclass(frozen=True)
@@ -223,7 +260,8 @@ class Commit:
 class Store:
     """Owns queue.db and the `pending` marker file (present exactly while pending events exist)."""
 
-    def __init__(self, state_dir: str, *, max_pending: int = 1000000, clock: Callable[[], float] = time.time,
+    def __init__(self, state_dir: str, *, max_pending: int = 1000000, quotas: Optional[Quotas] = None,
+                 clock: Callable[[], float] = time.time,
                  on_corrupt: Optional[Callable[[str, str], None]] = None,
                  on_marker_error: Optional[Callable[[str, str], None]] = None,
                  coalesce: bool = False,
@@ -232,7 +270,12 @@ class Store:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, DB_NAME)
         self.marker = os.path.join(state_dir, PENDING_MARKER)
-        self.max_pending = max_pending
+        self.quotas = quotas or Quotas(max_pending=max_pending)
+        self.max_pending = self.quotas.max_pending
+        # Per sender uid, kept in memory (counted once at open, then changed by each write): a quota check
+        # must not cost a query per event. Only the writer thread changes it; _undo reverts a failed batch.
+        self.usage: Dict[int, Usage] = {}
+        self._undo: List[Tuple[int, int, int]] = []
         self.clock = clock
         self.on_corrupt = on_corrupt
         self.on_marker_error = on_marker_error
@@ -278,6 +321,12 @@ class Store:
             conn = self._connect_checked()
         try:
             self.pending_count = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
+            self.usage = {}
+            for uid, held, size in conn.execute(
+                    f"SELECT sender_uid, SUM(state IN {HELD_STATES}), SUM(LENGTH(CAST(body AS BLOB))) "
+                    "FROM events GROUP BY sender_uid"):
+                usage = self.usage[int(uid)] = Usage()
+                usage.events, usage.bytes = int(held or 0), int(size or 0)
         except sqlite3.Error as exc:
             conn.close()
             raise StorageError(f"cannot read the queue at {self.path}: {exc}",
@@ -317,6 +366,7 @@ class Store:
             conn = self._connect()
             conn.executescript(SCHEMA)
             _add_coalescing_columns(conn)
+            _add_missing_columns(conn)
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
         except sqlite3.Error as exc:
             if conn is not None:
@@ -406,6 +456,7 @@ class Store:
         outcomes: List[Tuple[Commit, Any, Optional[BaseException]]] = []
         pending_delta = 0
         self._batch_superseded = []
+        self._undo = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
@@ -422,6 +473,8 @@ class Store:
             self.writes_failing = False
         except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure, or every write hangs
             self.pending_count -= pending_delta
+            for uid, events, size in self._undo:
+                self._charge(uid, -events, -size, undo=False)
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
@@ -476,27 +529,71 @@ class Store:
 
     # --- write operations ------------------------------------------------------------------------------
 
-    def enqueue(self, event: Event) -> int:
-        """Commit one event as pending; return its id once it is on disk. Refused when the queue is full."""
-        return int(self.enqueue_async(event).result())
+    def _charge(self, uid: int, events: int, size: int, undo: bool = True) -> None:
+        """Change a sender's usage (writer thread only); undone if the batch's transaction fails."""
+        usage = self.usage.get(uid)
+        if usage is None:
+            usage = self.usage[uid] = Usage()
+        usage.events += events
+        usage.bytes += size
+        if undo:
+            self._undo.append((uid, events, size))
 
-    def enqueue_async(self, event: Event) -> Commit:
+    def _check_room(self, sender: Sender, size: int) -> None:
+        """Refuse an event the queue has no room for: past max_pending_events for everyone, past the part not
+        reserved for trusted senders, or past the sender's own quotas."""
+        quotas = self.quotas
+        if self.pending_count >= quotas.max_pending:
+            raise QueueFull(f"the queue already holds {self.pending_count} pending events "
+                            f"(max_pending_events = {quotas.max_pending})",
+                            hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
+        if sender.trusted:
+            return
+        if self.pending_count >= quotas.max_pending - quotas.reserved_pending:
+            raise QueueFull(f"the queue already holds {self.pending_count} pending events; the last "
+                            f"{quotas.reserved_pending} places are for trusted senders (max_pending_events = "
+                            f"{quotas.max_pending}, reserved_pending_events = {quotas.reserved_pending})",
+                            hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
+        usage = self.usage.get(sender.uid)
+        if usage is None:
+            return
+        if quotas.sender_events and usage.events >= quotas.sender_events:
+            raise QueueFull(f"uid {sender.uid} already has {usage.events} pending or failed events in the queue "
+                            f"(sender_max_events = {quotas.sender_events})",
+                            hint="wait for them to be delivered, or ask an admin (`pd-queue status`); "
+                                 "trusted_groups in agent.conf lifts the quota for a monitoring system")
+        if quotas.sender_bytes and usage.bytes + size > quotas.sender_bytes:
+            raise QueueFull(f"uid {sender.uid} already has {usage.bytes} bytes of events stored in the queue "
+                            f"(sender_max_bytes = {quotas.sender_bytes})",
+                            hint="failed and delivered events count until they expire (keep_failed, "
+                                 "keep_delivered); trusted_groups in agent.conf lifts the quota")
+
+    def enqueue(self, event: Event, sender: Sender = INTERNAL) -> int:
+        """Commit one event as pending; return its id once it is on disk. Refused when the queue is full."""
+        return int(self.enqueue_async(event, sender).result())
+
+    def enqueue_async(self, event: Event, sender: Sender = INTERNAL) -> Commit:
         """Queue the write and return at once; the future resolves to the id after the commit."""
         now = self.clock()
+        body = event.encoded()
+        size = len(body.encode())
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
-            if self.pending_count >= self.max_pending:
-                raise QueueFull(f"the queue already holds {self.pending_count} pending events "
-                                f"(max_pending_events = {self.max_pending})",
-                                hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
+            self._check_room(sender, size)
             decision, waiting = self._coalesce(conn, event) if self.coalesce else (NOT_COALESCED, {})
             cursor = conn.execute(
-                "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, priority) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (event.routing_key, event.api.value, event.action.value, event.dedup_key, event.encoded(),
-                 now, now, int(decision.priority)))
+                "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, priority, "
+                "sender_uid) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (event.routing_key, event.api.value, event.action.value, event.dedup_key, body,
+                 now, now, int(decision.priority), sender.uid))
             event_id = int(cursor.lastrowid or 0)
+            self._charge(sender.uid, 1, size)
             if decision.superseded:
+                marks = ",".join("?" * len(decision.superseded))
+                for uid, count in conn.execute(  # settled: off their senders' event quota, as if delivered
+                        f"SELECT sender_uid, COUNT(*) FROM events WHERE state = 'pending' AND id IN ({marks}) "
+                        "GROUP BY sender_uid", list(decision.superseded)).fetchall():
+                    self._charge(int(uid), -int(count), 0)
                 conn.executemany("UPDATE events SET state = 'superseded', superseded_by = ?, updated = ? "
                                  "WHERE id = ? AND state = 'pending'",
                                  [(event_id, now, old) for old in decision.superseded])
@@ -549,7 +646,7 @@ class Store:
             self._claimed.difference_update(event_ids)
 
     def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
-                       error: str, next_attempt: float = 0.0) -> Commit:
+                       error: str, next_attempt: float = 0.0, sender_uid: int = UNKNOWN_SENDER) -> Commit:
         """Record one delivery attempt and the state it leaves the event in; the future resolves on commit.
 
         An event is settled (delivered, failed) only while no earlier event of its key is pending, so a key's
@@ -574,6 +671,8 @@ class Store:
                 return None, 0  # dropped by an operator meanwhile, or an earlier event is pending again
             conn.execute("INSERT INTO attempts (event_id, at, outcome, http_status, error) VALUES (?, ?, ?, ?, ?)",
                          (event_id, now, outcome, http_status, error or None))
+            if state is State.DELIVERED:
+                self._charge(sender_uid, -1, 0)  # a failed event still counts toward its sender's quota
             return None, 0 if state is State.PENDING else -1
 
         return self.submit(op)
@@ -636,6 +735,7 @@ class Store:
             where, params = _selector(event_id, routing_key, state)
             pending = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = 'pending' AND {where}",
                                    params).fetchone()[0]
+            self._uncharge_rows(conn, where, params)
             conn.execute(f"DELETE FROM attempts WHERE event_id IN (SELECT id FROM events WHERE {where})", params)
             count = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
             return count, -pending
@@ -660,6 +760,8 @@ class Store:
                                 (State.FAILED, keep_failed)):
                 ids += conn.execute("SELECT id FROM events WHERE state = ? AND updated < ? LIMIT ?",
                                     (state.value, now - keep, PURGE_CHUNK - len(ids))).fetchall()
+            if ids:
+                self._uncharge_rows(conn, f"id IN ({','.join(str(row[0]) for row in ids)})", [])
             conn.executemany("DELETE FROM attempts WHERE event_id = ?", ids)
             conn.executemany("DELETE FROM events WHERE id = ?", ids)
             return len(ids), 0
@@ -678,6 +780,13 @@ class Store:
 
         self.submit(op).add_done_callback(chunk_done)
         return done
+
+    def _uncharge_rows(self, conn: sqlite3.Connection, where: str, params: List[Any]) -> None:
+        """Take the rows about to be deleted off their senders' usage."""
+        for uid, held, size in conn.execute(
+                f"SELECT sender_uid, SUM(state IN {HELD_STATES}), SUM(LENGTH(CAST(body AS BLOB))) FROM events "
+                f"WHERE {where} GROUP BY sender_uid", params):
+            self._charge(int(uid), -int(held or 0), -int(size or 0))
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -717,10 +826,12 @@ class Store:
             conn.execute("COMMIT")
         return plan[:limit]
 
-    def pending_keys(self) -> List[str]:
-        rows = self.reader().execute(
-            "SELECT DISTINCT routing_key FROM events WHERE state = 'pending'").fetchall()
-        return [row[0] for row in rows]
+    def pending_keys(self) -> List[Tuple[str, int]]:
+        """Every routing key with pending events, with the sender of its oldest one."""
+        rows = self.reader().execute(  # SQLite takes the bare column from the row MIN(id) picks
+            "SELECT routing_key, sender_uid, MIN(id) FROM events WHERE state = 'pending' "
+            "GROUP BY routing_key").fetchall()
+        return [(row[0], int(row[1])) for row in rows]
 
     @_read_op
     def counts_by_key(self) -> Dict[str, Dict[str, Any]]:
@@ -753,9 +864,23 @@ class Store:
         return row[0] if row else None
 
     @_read_op
-    def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int) -> List[Dict[str, Any]]:
+    def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int, *,
+                    bodies: bool = True, max_bytes: int = 0) -> Tuple[List[Dict[str, Any]], bool]:
+        """Rows in id order, with their bodies only if `bodies`; stops early once the bodies reach
+        `max_bytes` (0 = no cap). Returns the rows and whether it stopped early."""
         where, params = _selector(None, routing_key, state)
-        return self._rows(where, params, limit)
+        fields = ROW_FIELDS if bodies else ROW_FIELDS[:-1]
+        rows: List[Dict[str, Any]] = []
+        size = 0
+        for row in self.reader().execute(
+                f"SELECT {', '.join(fields)} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit]):
+            entry = dict(zip(fields, row))
+            if bodies and max_bytes:
+                size += len(entry["body"]) if isinstance(entry["body"], str) else 0
+                if size > max_bytes and rows:
+                    return rows, True
+            rows.append(entry)
+        return rows, False
 
     @_read_op
     def show(self, event_id: int) -> Dict[str, Any]:
@@ -778,7 +903,7 @@ class Store:
         return [dict(zip(ROW_FIELDS, row)) for row in rows]
 
 
-QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created"
+QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid"
 ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
               "next_attempt", "last_status", "last_error", "superseded_by", "body")
 NOT_COALESCED = Decision((), Priority.OTHER)
@@ -801,6 +926,14 @@ def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
         found.update(row[0] for row in conn.execute(
             f"SELECT name FROM legacy_imports WHERE name IN ({marks})", chunk))
     return found
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a queue.db from an earlier version in place: add the columns it lacks."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, declaration in ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
 
 
 def _selector(event_id: Optional[int], routing_key: Optional[str],

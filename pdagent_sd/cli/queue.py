@@ -227,6 +227,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("No events.")
     if len(rows) == args.limit:
         _note(f"showing the first {args.limit} events, oldest first; --limit shows more")
+    elif reply.get("truncated"):
+        _note(f"showing the first {len(rows)} events only: their payloads fill the most one answer holds "
+              "(16 MiB); --state or --key narrows the list")
     if reply.get("redacted") and not args.json:
         _note(f"routing keys masked and payloads hidden; to see them, {ADMIN_ADVICE}")
     return exitcodes.OK

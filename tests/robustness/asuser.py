@@ -80,6 +80,7 @@ class OtherUser:
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(os.path.join(HERE, "fuzzlib.py"), self.source)
         shutil.copy(os.path.join(HERE, "fuzz_client.py"), self.source)
+        shutil.copy(os.path.join(HERE, "attack_client.py"), self.source)
         venv = os.path.join(self.base, "venv")
         subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", "--without-pip", venv],
                        check=True, capture_output=True, timeout=120)

@@ -347,7 +347,7 @@ def _seconds_until_closed(sock: socket.socket, trickle: Optional[bytes] = None, 
 def test_idle_and_trickling_connections_are_closed_after_client_timeout(make_agent: Any,
                                                                         figures: Dict[str, Any]) -> None:
     timeout = 1.0
-    agent = make_agent(PDAGENT_CLIENT_TIMEOUT_SEC=str(timeout))
+    agent = make_agent(PDAGENT_CLIENT_TIMEOUT_SEC=str(timeout), PDAGENT_FIRST_LINE_TIMEOUT_SEC=str(timeout))
     found: Dict[str, float] = {}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # connected, silent
         sock.connect(agent.socket)
@@ -376,7 +376,8 @@ def test_idle_and_trickling_connections_are_closed_after_client_timeout(make_age
 def test_connections_beyond_max_connections_wait_and_none_harms_the_daemon(make_agent: Any, standin: Any,
                                                                            figures: Dict[str, Any]) -> None:
     limit = 4
-    agent = make_agent(PDAGENT_MAX_CONNECTIONS=str(limit), PDAGENT_CLIENT_TIMEOUT_SEC="20")
+    agent = make_agent(PDAGENT_MAX_CONNECTIONS=str(limit), PDAGENT_CLIENT_TIMEOUT_SEC="20",
+                       PDAGENT_FIRST_LINE_TIMEOUT_SEC="20")
     baseline = _settled_threads(agent.pid)
     idle = []
     for _ in range(limit):  # take every slot with a silent client
