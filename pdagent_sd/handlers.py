@@ -211,7 +211,7 @@ class Handlers:
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        rows, truncated = self.store.list_events(state, self._key_filter(message), limit,
+        rows, truncated = self.store.list_page(state, self._key_filter(message), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES)
         if not peer.admin:
             for row in rows:

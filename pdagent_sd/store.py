@@ -864,8 +864,13 @@ class Store:
         return row[0] if row else None
 
     @_read_op
-    def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int, *,
-                    bodies: bool = True, max_bytes: int = 0) -> Tuple[List[Dict[str, Any]], bool]:
+    def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int) -> List[Dict[str, Any]]:
+        where, params = _selector(None, routing_key, state)
+        return self._rows(where, params, limit)
+
+    @_read_op
+    def list_page(self, state: Optional[State], routing_key: Optional[str], limit: int, *,
+                  bodies: bool = True, max_bytes: int = 0) -> Tuple[List[Dict[str, Any]], bool]:
         """Rows in id order, with their bodies only if `bodies`; stops early once the bodies reach
         `max_bytes` (0 = no cap). Returns the rows and whether it stopped early."""
         where, params = _selector(None, routing_key, state)
