@@ -255,6 +255,8 @@ def test_pd_sensu_reads_every_command_line_as_the_old_one_did(argv: List[str]) -
     (["--se=" + KEY, "-t", "resolve", "-i", "x"], "key", KEY),
     # Options only ours have still take their own unique prefixes.
     (["-k", KEY, "-t", "trigger", "-d", "x", "--sev", "info"], "severity", "info"),
+    # An empty key given is a key given (the old one queued it; ours the daemon refuses, exit 65).
+    (["-k", "", "-t", "resolve", "-i", "x"], "key", ""),
     # The old agent's argparse kept the "=" after a cluster of flags (Python 3.12+ would drop it): so do we.
     (["-qi=x", "-k", KEY, "-t", "resolve"], "incident_key", "=x"),
 ])

@@ -141,7 +141,7 @@ def build_event(args: Args) -> Dict[str, Any]:
 
 def usage_problem(args: Args) -> Optional[str]:
     """What is wrong with parsed options as a whole (a usage error, exit status 2, as the old pd-send had it)."""
-    if not args.key:
+    if args.key is None:
         return f"-k/--routing-key is required (or {ROUTING_KEY_ENV} in the environment)"
     if args.change:
         return "--change and --api cannot be used together" if args.api else None
@@ -168,8 +168,8 @@ def attach_unit(api: str, event: Dict[str, Any], unit: str) -> None:
 
 def _main(argv: List[str]) -> int:
     args = COMMAND.parse(argv)
-    if not args.key:
-        vars(args)["key"] = text_args([os.environ.get(ROUTING_KEY_ENV, "")])[0]  # a name (@ops) or a key
+    if args.key is None:  # not given (an empty -k "" is the daemon's to refuse, as the old one queued it)
+        vars(args)["key"] = text_args([os.environ.get(ROUTING_KEY_ENV, "")])[0] or None  # a name (@ops) or a key
     problem = usage_problem(args)
     if problem:
         return usage_error(COMMAND, problem)
