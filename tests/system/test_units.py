@@ -33,6 +33,7 @@ MESSAGE_IDS = {
     "started": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c508",
     "stopped": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c509",
     "corrupt_queue": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a",
+    "superseded": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c515",
     "marker_failed": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5d1",
 }
 
