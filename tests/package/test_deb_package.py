@@ -121,6 +121,31 @@ def test_deb_replaces_the_old_agent_packages_and_keeps_their_paths(built_deb: Bu
         assert line.startswith("l") and line.split()[-1] == f"../../../bin/{command}", line
 
 
+# Paths under /usr or /etc that the README names but the package does not ship, each with the reason.
+README_PATHS_NOT_SHIPPED: Dict[str, str] = {}
+
+
+def readme_paths() -> List[str]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    found = re.findall(r"(?<![\w.~-])(/(?:usr|etc)/[A-Za-z0-9_.@+*/-]*)", text)
+    return sorted({path.rstrip(".,") for path in found})
+
+
+def test_every_usr_and_etc_path_the_readme_names_is_in_the_package(built_deb: BuiltDeb) -> None:
+    files = deb_files(built_deb.path)
+    paths = readme_paths()
+    assert "/usr/share/pdagent-integrations/bin/pd-nagios" in paths and len(paths) >= 5, paths  # the reader works
+    missing = []
+    for path in paths:
+        if path in README_PATHS_NOT_SHIPPED:
+            continue
+        if "*" in path:  # a glob such as /etc/pdagent/agent.conf.d/*.conf: its directory ships
+            path = path[:path.index("*")].rsplit("/", 1)[0] + "/"
+        if path not in files and path.rstrip("/") + "/" not in files:
+            missing.append(path)
+    assert not missing, f"the README names paths the package does not install: {missing}"
+
+
 def test_man_page_is_the_commands_own_help(built_deb: BuiltDeb, tmp_path: Path) -> None:
     subprocess.run(["dpkg-deb", "-x", str(built_deb.path), str(tmp_path)], check=True)
     page = subprocess.run(["zcat", str(tmp_path / "usr/share/man/man1/pd-send.1.gz")], stdout=subprocess.PIPE,
