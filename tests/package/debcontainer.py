@@ -27,6 +27,7 @@ How, and why:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -207,7 +208,12 @@ class DebianContainer:
         return self.run("sh", "-ec", script, check=check, timeout=timeout)
 
     def apt(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args, timeout=timeout)
+        """apt-get in the container, holding a host lock on the shared archive cache of this release: apt inside
+        locks /var/cache/apt/archives too, but not across containers (in another PID namespace the holder shows as
+        "process 0" and apt gives up at once), and two test runs on one host share the cache."""
+        with open(APT_ARCHIVES / f"{self.release}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args, timeout=timeout)
 
     def put(self, source: Union[str, Path], inside: str) -> str:
         """Copy a host file into the container's tree (the root is a plain directory here)."""
