@@ -34,6 +34,9 @@ from pdagent_sd.store import UNKNOWN_SENDER, Commit, QueuedEvent, State, Store
 
 logger = logging.getLogger(__name__)
 
+# A token refilled by waiting exactly the time wait_time() asked for can add up to 0.9999999999 (110/min is not
+# a round rate): without this slack the key asks again for a wait too small to move a clock, for ever.
+TOKEN_EPSILON = 1e-9
 THROTTLE_BACKOFF_MAX_SEC = 15.0  # the longest wait after a throttle answer (429) without Retry-After
 BATCH_PER_TURN = 32  # events a worker sends for one key before letting other ready keys have a turn
 
@@ -61,7 +64,7 @@ class TokenBucket:
             return 0.0
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
+        if self.tokens >= 1 - TOKEN_EPSILON:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate
@@ -70,7 +73,7 @@ class TokenBucket:
         """Whole tokens there are now, without taking one; None when the throttle is off."""
         if self.rate <= 0:
             return None
-        return int(min(self.capacity, self.tokens + (now - self.stamp) * self.rate))
+        return int(min(self.capacity, self.tokens + (now - self.stamp) * self.rate) + TOKEN_EPSILON)
 
     def full_at(self, now: float) -> float:
         """When the bucket is full again (now or earlier if it is)."""

@@ -8,13 +8,14 @@ minute of 429s) are `slow`; `make test` runs the same checks on storms scaled do
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from agentproc import KEY_A, Agent
+from agentproc import KEY_A, Agent, action, send_many, trigger
 from standin import StandIn
 from storm import send_storm, storm_events, wrongs
 
@@ -117,3 +118,31 @@ def test_storm_of_5000_events_behind_a_minute_of_429s_shows_the_truth_within_60s
                                        PDAGENT_BACKOFF_MIN_SEC="1", PDAGENT_BACKOFF_MAX_SEC="300")
     print(f"\nstorm of 5000 over 90 s, 429 for the first 60 s: {received} events sent; truth "
           f"{max(times.values()):.1f}s after the storm's end")
+
+
+def test_superseded_events_are_shown_counted_and_kept_out_of_pagerduty(make_agent, standin):
+    standin.add_fault(status=503, routing_key=KEY_A)  # the first trigger waits, deferred, while the rest arrive
+    agent = make_agent()
+    replies = send_many(agent, [trigger(KEY_A, "first", "db")])
+    assert standin.wait_for_requests(1, timeout=10)
+    replies += send_many(agent, [trigger(KEY_A, "update 1", "db"), trigger(KEY_A, "update 2", "db"),
+                                 action(KEY_A, "resolve", "db")])
+    first, update1, update2, resolve = (reply["id"] for reply in replies)
+
+    def queue(*args: str) -> str:
+        result = agent.client("pdagent_sd.cli.queue", *args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        return str(result.stdout)
+
+    assert f"{KEY_A}: oldest pending" in queue("status") and "2 superseded" in queue("status")
+    listed = queue("list", "--state", "superseded")
+    assert f"superseded by {update2}" in listed and f"superseded by {resolve}" in listed
+    assert f"Superseded by: event {update2} " in queue("show", str(update1))
+    assert 'pdagent_queue_events{state="superseded"} 2' in queue("metrics")
+    assert json.loads(queue("status", "--json"))["totals"]["superseded"] == 2
+    standin.clear_faults()
+    assert standin.wait_for(2, timeout=15), agent.log()
+    assert [event.action for event in standin.received(KEY_A)] == ["trigger", "resolve"]
+    assert standin.received(KEY_A)[0].body["payload"]["summary"] == "first"
+    assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 2)
+    assert first < update1
