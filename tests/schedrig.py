@@ -29,7 +29,7 @@ from pdagent_sd.delivery import Outcome, Result, classify
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import State, Store
+from pdagent_sd.store import INTERNAL, Sender, State, Store
 
 KEY_A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 KEY_B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -176,15 +176,17 @@ class Rig:
     # --- events in ---------------------------------------------------------------------------------------
 
     def send(self, routing_key: str = KEY_A, action: str = "trigger", dedup_key: str = "",
-             summary: str = "disk full") -> int:
-        """What the daemon does for one pd-send: commit the event, wake its key. Returns the event's id."""
+             summary: str = "disk full", sender_uid: Optional[int] = None) -> int:
+        """What the daemon does for one pd-send: commit the event, wake its key. Returns the event's id.
+        sender_uid: the uid the daemon would read with SO_PEERCRED (an untrusted one); None: the daemon's own."""
         body: Dict[str, object] = {"routing_key": routing_key, "event_action": action}
         if dedup_key:
             body["dedup_key"] = dedup_key
         if action == "trigger":
             body["payload"] = {"summary": summary, "source": "rig", "severity": "critical"}
-        event_id = self.store.enqueue(validate("v2", body))
-        self.scheduler.wake(routing_key)
+        sender = INTERNAL if sender_uid is None else Sender(sender_uid, False)
+        event_id = self.store.enqueue(validate("v2", body), sender)
+        self.scheduler.wake(routing_key, sender.uid)
         return event_id
 
     # --- time ----------------------------------------------------------------------------------------

@@ -193,3 +193,18 @@ def test_latency_counts_against_the_clock(make_rig) -> None:  # type: ignore[no-
     rig.run()
     assert gaps([s.at for s in rig.deliverer.sent]) == [0.25, 0.25, 0.25]
     assert rig.clock.elapsed() == 1.0
+
+
+def test_a_flooding_sender_does_not_hold_back_another_senders_key(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Ready keys wait in one line per sender, taken in turn (issue 12): a sender that floods twenty keys
+    delays another sender's page by one turn, not by twenty."""
+    rig = make_rig(rate_limit_per_minute=0)
+    flood_keys = [f"{n:02d}" + "f" * 30 for n in range(20)]
+    for key in flood_keys:
+        for number in range(10):
+            rig.send(key, dedup_key=f"{key[:2]}-{number}", sender_uid=1000)
+    rig.send(KEY_B, dedup_key="page", sender_uid=1001)
+    rig.run()
+    order = [s.dedup_key for s in rig.deliverer.sent]
+    assert order.index("page") == 10  # after the first flooding key's turn, not after 200 events
+    assert len(order) == 201 and rig.pending() == 0
