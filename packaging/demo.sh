@@ -136,8 +136,10 @@ inside systemctl is-system-running || true
 heading "Install the package with apt (its dependencies come from Debian)"
 inside apt-get update -qq
 printf '   %sroot@pdagent-test:~# apt-get install -y ./%s%s\n' "$bold" "${deb##*/}" "$plain"
-quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 "/root/${deb##*/}" \
-    >"$work/apt.txt" 2>&1 || { cat "$work/apt.txt"; exit 1; }
+# The archive cache is shared with the package tests: hold its host lock (tests/package/debcontainer.py) while apt
+# works in it.
+{ flock 8; quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 "/root/${deb##*/}" \
+    >"$work/apt.txt" 2>&1; } 8>/var/cache/pdagent-sd-test/apt-archives/bookworm.lock || { cat "$work/apt.txt"; exit 1; }
 grep -E '^(Setting up (pdagent-sd|python3-systemd|python3-sdnotify|python3-requests) |Creating (user|group)|Created symlink)' \
     "$work/apt.txt" | indent
 say "The socket and the retry timer are enabled and running; the agent itself starts on the first event:"
