@@ -9,15 +9,20 @@ minute of 429s) are `slow`; `make test` runs the same checks on storms scaled do
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from pdagent_sd.errors import AgentUnreachable
+from pdagent_sd.protocol import Client
+
 from agentproc import KEY_A, Agent, action, send_many, trigger
 from standin import StandIn
-from storm import send_storm, storm_events, wrongs
+from storm import body, send_storm, storm_events, wrongs
 
 pytestmark = pytest.mark.integration
 
@@ -146,3 +151,43 @@ def test_superseded_events_are_shown_counted_and_kept_out_of_pagerduty(make_agen
     assert standin.received(KEY_A)[0].body["payload"]["summary"] == "first"
     assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 2)
     assert first < update1
+
+
+def test_a_kill_in_the_middle_of_a_storm_leaves_every_event_pending_delivered_or_superseded(make_agent, standin):
+    """SIGKILL while a storm is being coalesced: after the restart every acknowledged event is still in the
+    queue, pending, delivered or superseded by a later event of its own incident; then PagerDuty ends with
+    every incident resolved, in order."""
+    standin.rate_limit_per_minute = 0
+    agent = make_agent(PDAGENT_RATE_LIMIT_PER_MINUTE="600", PDAGENT_RATE_LIMIT_BURST="5")
+    events = storm_events(10, 30, 2)
+    acknowledged: Dict[int, Tuple[str, str]] = {}
+    killer = threading.Thread(target=agent.kill9)  # started a third of the way: it lands while sends go on
+    try:
+        with Client(agent.socket) as conn:
+            for index, (dedup_key, kind) in enumerate(events):
+                if index == len(events) // 3:
+                    killer.start()
+                reply = conn.request({"op": "send", "api": "v2", "event": body(KEY_A, dedup_key, kind, index)})
+                acknowledged[int(reply["id"])] = (dedup_key, kind)
+    except AgentUnreachable:
+        pass  # the daemon died under the sender
+    finally:
+        killer.join()
+    assert 0 < len(acknowledged) < len(events), "the kill must land in the middle of the storm"
+    with sqlite3.connect(os.path.join(agent.state_dir, "queue.db")) as db:
+        rows = {row[0]: row[1:]
+                for row in db.execute("SELECT id, dedup_key, action, state, superseded_by FROM events")}
+    for event_id, (dedup_key, kind) in acknowledged.items():
+        assert event_id in rows, f"acknowledged event {event_id} lost"
+        _, action_, state, by = rows[event_id]
+        assert action_ == kind
+        assert state in ("pending", "delivered", "superseded"), state
+        if state == "superseded":
+            assert by in rows and by > event_id and rows[by][0] == dedup_key
+    agent.start()  # the same queue: send the rest of the storm, then every incident's resolve
+    sent = [acknowledged[event_id] for event_id in sorted(acknowledged)]
+    rest = [(f"storm-{number}", "resolve") for number in range(10)]
+    send_storm(agent.socket, KEY_A, rest)
+    assert agent.wait_until(lambda: agent.pending() == 0, timeout=30), agent.log()
+    problems = wrongs(standin.incidents(KEY_A), sent + rest)
+    assert not problems, problems[:5]
