@@ -84,7 +84,7 @@ class TokenBucket:
 
 class KeyState:
     __slots__ = ("routing_key", "bucket", "place", "due", "failures", "woken", "throttled_until",
-                 "backoff_until", "owner", "retire_at")
+                 "backoff_until", "owner", "retire_at", "resumed")
 
     def __init__(self, routing_key: str, bucket: TokenBucket) -> None:
         self.routing_key = routing_key
@@ -97,6 +97,7 @@ class KeyState:
         self.backoff_until = 0.0
         self.owner = UNKNOWN_SENDER  # the sender uid whose line the key waits in when ready
         self.retire_at = 0.0  # when an idle key may be forgotten
+        self.resumed = False  # the backoff remembered in the queue has been read (see _resume)
 
 
 @dataclass
@@ -305,6 +306,8 @@ class Scheduler:
         before the key is released. The writer commits in order, so after a crash the pending events of a
         key are always a suffix of what was sent, and re-sending them keeps the order.
         """
+        if not state.resumed:
+            self._resume(state)
         limit = self._turn_size(state)
         events = self.store.next_pending(state.routing_key, limit) if self.config.coalesce \
             else self.store.oldest_pending(state.routing_key, limit)
@@ -348,6 +351,16 @@ class Scheduler:
             with self.cond:
                 state.woken = True  # more may be left: go to the back of the line so other keys get a turn
         return None
+
+    def _resume(self, state: KeyState) -> None:
+        """A key's first turn in this process: hold it until the latest retry time its pending events remember
+        (after a restart, say). FIFO found that on the oldest event, the one that was deferred; in truth-first
+        order another event of the key may come first, and must not go out during the backoff either."""
+        state.resumed = True
+        latest = self.store.latest_retry(state.routing_key)
+        wall = self.wall_clock()
+        if latest > wall:
+            state.backoff_until = max(state.backoff_until, self.clock() + latest - wall)
 
     def _turn_size(self, state: KeyState) -> int:
         """How many events one turn reads. FIFO: BATCH_PER_TURN. With coalescing the order is truth first (the

@@ -826,6 +826,13 @@ class Store:
             conn.execute("COMMIT")
         return plan[:limit]
 
+    @_read_op
+    def latest_retry(self, routing_key: str) -> float:
+        """The latest next_attempt of a key's pending events (0 when none waits): the backoff they remember."""
+        row = self.reader().execute("SELECT MAX(next_attempt) FROM events WHERE state = 'pending' AND routing_key = ?",
+                                    (routing_key,)).fetchone()
+        return float(row[0] or 0.0) if row else 0.0
+
     def pending_keys(self) -> List[Tuple[str, int]]:
         """Every routing key with pending events, with the sender of its oldest one."""
         rows = self.reader().execute(  # SQLite takes the bare column from the row MIN(id) picks

@@ -408,6 +408,26 @@ def test_a_429_without_retry_after_backs_off_no_longer_than_the_throttle_cap(sto
     assert delays()[-1] == 300.0  # other failures keep the whole backoff
 
 
+def test_a_remembered_backoff_holds_events_that_now_come_first(store: Store) -> None:
+    """Backoff is remembered across restarts: an update deferred for 100 s, then a first trigger of another
+    incident (which goes first in truth-first order): a new scheduler (a restarted daemon) sends neither
+    before the 100 s are over."""
+    clock = store.clock  # type: ignore[assignment]
+    enqueue(store, T, "a")
+    store.record_attempt(1, State.DELIVERED, "delivered", 202, "").result()
+    update = enqueue(store, T, "a")
+    store.record_attempt(update, State.PENDING, "deferred", 503, "unavailable",
+                         next_attempt=clock.now + 100).result()
+    enqueue(store, T, "b")  # TRUTH: ahead of the deferred update
+    deliverer = ScriptedDeliverer(PagerDuty(), clock)
+    scheduler = make_scheduler(store, clock, rate_limit_per_minute=0)
+    wait = scheduler._serve_key(scheduler._key(KEY), deliverer)  # type: ignore[arg-type]
+    assert wait is not None and 99 < wait <= 100 and deliverer.sent == []
+    clock.now += wait
+    run_turns(scheduler, deliverer, clock)
+    assert [(action, key) for _, action, key in deliverer.sent] == [(T, "b"), (T, "a")]
+
+
 def test_bucket_available_does_not_take_a_token() -> None:
     bucket = TokenBucket(60, 3, now=0.0)
     assert bucket.available(0.0) == 3 and bucket.available(0.0) == 3
