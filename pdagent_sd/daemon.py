@@ -154,6 +154,7 @@ class Daemon:
         self.watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
         self.next_watchdog = 0.0
         self.queue_open = False
+        self._last_delivery: Optional[List[Optional[float]]] = None  # read from the queue once, for STATUS=
 
     # --- the main loop --------------------------------------------------------------------------------
 
@@ -268,17 +269,23 @@ class Daemon:
         return now - self.last_activity >= self.config.idle_exit_sec
 
     def _update_status(self) -> None:
+        """The STATUS= line, every STATUS_EVERY_SEC: from counts by state and what the scheduler holds in
+        memory, not from the per-key status (a local user's junk keys made that a dict per key ever used,
+        hundreds of megabytes every two seconds)."""
+        if not self.notifier.enabled:
+            return
         try:
-            status = self.handlers.status(None, reveal=False)
+            totals = self.store.totals()
+            if self._last_delivery is None:
+                self._last_delivery = [self.store.last_delivery()]  # once: a scan of every attempt
         except Exception:  # noqa: BLE001 - a status line is not worth the daemon
             logger.exception("cannot compute the status line")
             return
-        totals = status["totals"]
-        last = status["last_delivery"]
+        last = self.scheduler.stats.last_delivery or self._last_delivery[0]
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
-        text = (f"Pending: {totals['pending']}, failed: {totals['failed']}, "
-                f"throttled keys: {status['throttled_keys']}, last delivery: {last_text}")
-        if status["warnings"]:
+        text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
+                f"throttled keys: {self.scheduler.held_keys()}, last delivery: {last_text}")
+        if self.store.corrupt_files():
             text += " (WARNING: damaged queue moved aside; see pd-queue status)"
         if self.store.marker_error is not None:
             text += f" (WARNING: cannot create {self.store.marker}: {self.store.marker_error})"

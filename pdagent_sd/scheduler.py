@@ -430,6 +430,13 @@ class Scheduler:
 
     # --- what systemctl status and pd-queue status show --------------------------------------------------
 
+    def held_keys(self) -> int:
+        """Keys with events waiting that are throttled or backing off now."""
+        with self.cond:
+            now = self.clock()
+            return sum(1 for state in self.keys.values() if state.place != "idle"
+                       and (state.throttled_until > now or state.backoff_until > now))
+
     def key_status(self, routing_key: str) -> Dict[str, Optional[float]]:
         """Wall-clock times until which a key is throttled or backing off (None when it is not)."""
         with self.cond:

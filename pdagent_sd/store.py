@@ -866,6 +866,12 @@ class Store:
         return keys
 
     @_read_op
+    def totals(self) -> Dict[str, int]:
+        """Events per state (a count over the state index, no row read)."""
+        return {state: count for state, count in self.reader().execute(
+            "SELECT state, COUNT(*) FROM events GROUP BY state") if isinstance(state, str)}
+
+    @_read_op
     def last_delivery(self) -> Optional[float]:
         row = self.reader().execute("SELECT MAX(at) FROM attempts WHERE outcome = 'delivered'").fetchone()
         return row[0] if row else None

@@ -196,8 +196,10 @@ def test_nobody_holding_2000_connections_does_not_slow_roots_pd_send(
         assert max(took) < 1.0, took
         assert held["peak_open"] >= 1000, held  # the attack really ran
         # nobody is served on 32 slots (sender_max_connections), each closed at the 2 s first-line deadline;
-        # the rest of its connections wait inside the daemon, not in the listen backlog ahead of root's
-        assert held["closed_by_daemon"] <= 32 * (seconds / 2 + 1), held
+        # the rest of its connections wait inside the daemon, not in the listen backlog ahead of root's, and
+        # are told busy after client_timeout_sec (30 s)
+        served = held["closed_by_daemon"] - held.get("told_busy", 0)
+        assert served <= 32 * (seconds / 2 + 1), held
         assert peak <= 2000 + 2, peak
         assert agent.wait_until(lambda: agent.pending() == 0, timeout=30)
     finally:
