@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from typing import Optional
 
 MARKER_NAME = "pending"
 DB_NAME = "queue.db"
@@ -45,16 +47,21 @@ def remove(path: str) -> None:
         pass
 
 
-def queue_has_pending(state_dir: str) -> bool:
+def queue_has_pending(state_dir: str, *, due_by: Optional[float] = None) -> bool:
     """Whether queue.db holds pending events, read straight from the file (no daemon). A queue that cannot be
-    read counts as holding some: the daemon, once started, will say what is wrong with it."""
+    read counts as holding some: the daemon, once started, will say what is wrong with it. With `due_by`,
+    pending events waiting out a retry time later than that are made due then, in the same transaction."""
     path = os.path.join(state_dir, DB_NAME)
     if not os.path.exists(path):
         return False
     try:
         conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30)
         try:
-            row = conn.execute("SELECT 1 FROM events WHERE state = 'pending' LIMIT 1").fetchone()
+            with conn:
+                if due_by is not None:
+                    conn.execute("UPDATE events SET next_attempt = ? WHERE state = 'pending' AND next_attempt > ?",
+                                 (due_by, due_by))
+                row = conn.execute("SELECT 1 FROM events WHERE state = 'pending' LIMIT 1").fetchone()
         finally:
             conn.close()
     except sqlite3.Error:
@@ -63,8 +70,12 @@ def queue_has_pending(state_dir: str) -> bool:
 
 
 def check_pending(state_dir: str) -> bool:
-    """At boot: if queue.db holds pending events, make sure the marker exists (durably) and return True."""
-    if not queue_has_pending(state_dir):
+    """At boot: if queue.db holds pending events, make sure the marker exists (durably) and return True.
+
+    Events deferred before the boot are made due now. A retry time is a wall-clock time written during the
+    outage that came before the boot (up to backoff_max_sec, 5 min, ahead); a boot is a new start, the network
+    may well be back, and a page must not wait out a backoff chosen for a host that no longer runs."""
+    if not queue_has_pending(state_dir, due_by=time.time()):
         return False
     path = os.path.join(state_dir, MARKER_NAME)
     if not os.path.lexists(path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -209,6 +210,24 @@ def test_check_pending_reads_the_queue_and_makes_the_marker_good(tmp_path) -> No
     assert not os.path.exists(store.marker)
     assert not marker.check_pending(state_dir)
     assert not os.path.exists(store.marker)
+
+
+def test_check_pending_makes_events_deferred_before_the_boot_due(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state_dir = str(tmp_path / "state")
+    store = Store(state_dir)
+    store.open()
+    deferred, waiting, due = store.enqueue(event()), store.enqueue(event()), store.enqueue(event())
+    later = time.time() + 250  # a long outage's backoff, written before the power cut
+    store.record_attempt(deferred, State.PENDING, "deferred", 500, "HTTP 500", next_attempt=later).result()
+    store.record_attempt(due, State.PENDING, "deferred", 500, "HTTP 500", next_attempt=1.0).result()
+    store.close()
+    before_boot = time.time()
+    assert marker.check_pending(state_dir)
+    store.open()
+    retry_times = {row.id: row.next_attempt for row in store.oldest_pending(KEY, 10)}
+    store.close()
+    assert before_boot <= retry_times[deferred] <= time.time()
+    assert retry_times[waiting] == 0 and retry_times[due] == 1.0  # already due: left as they were
 
 
 def test_check_pending_counts_an_unreadable_queue_as_pending(tmp_path) -> None:  # type: ignore[no-untyped-def]
