@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import subprocess
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 
@@ -24,7 +24,7 @@ from pdagent_sd.events import mask, validate
 from pdagent_sd.keys import KeyBook
 
 from agentproc import KEY_A, KEY_B, Agent, trigger
-from asuser import OtherUser, available
+from asuser import OtherUser
 from standin import StandIn
 
 DEDUP = "db01/disk-full"
@@ -158,15 +158,6 @@ def test_a_bad_key_in_the_configuration_stops_the_daemon_naming_file_and_name(ma
     assert agent.proc is not None and agent.proc.returncode == 78
     assert "agent.conf [Keys]: the key for @ops is not 32 letters and digits" in str(caught.value)
     assert bad not in agent.log()
-
-
-@pytest.fixture
-def other_user() -> Iterator[OtherUser]:
-    reason = available()
-    if reason:
-        pytest.skip(reason)
-    with OtherUser() as user:
-        yield user
 
 
 @pytest.mark.integration

@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import unicodedata
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -24,7 +24,7 @@ from pdagent_sd.cli.queue import format_event, format_list, format_status
 from pdagent_sd.safetext import UNSAFE_CATEGORIES, safe, safe_json
 
 from agentproc import KEY_A, Agent
-from asuser import OtherUser, available
+from asuser import OtherUser
 from standin import StandIn
 
 ATTACKS = [
@@ -96,15 +96,6 @@ def test_readable_text_is_left_as_it_is() -> None:
 
 
 # --- the real daemon, a hostile local user, root reading ---------------------------------------------------------
-
-
-@pytest.fixture
-def other_user() -> Iterator[OtherUser]:
-    reason = available()
-    if reason:
-        pytest.skip(reason)
-    with OtherUser() as user:
-        yield user
 
 
 def _on_terminal(agent: Agent, answer: str, *args: str) -> "subprocess.CompletedProcess[str]":

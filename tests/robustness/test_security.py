@@ -33,7 +33,7 @@ from pdagent_sd.config import ConfigError, is_safe_url, load
 from pdagent_sd.events import mask
 
 from agentproc import KEY_A, KEY_B, Agent, action, send_many, trigger
-from asuser import OtherUser, available
+from asuser import OtherUser
 from standin import StandIn
 from tlsca import make_test_ca
 
@@ -63,15 +63,6 @@ def test_state_directory_0700_and_every_file_in_it_0600(make_agent: Any, standin
 
 
 # --- another local user -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def other_user() -> Iterator[OtherUser]:
-    reason = available()
-    if reason:
-        pytest.skip(reason)
-    with OtherUser() as user:
-        yield user
 
 
 def _queue_rows(agent: Agent) -> List[Any]:

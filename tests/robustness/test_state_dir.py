@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,17 +20,8 @@ from pdagent_sd import statedir
 from pdagent_sd.errors import StorageError
 
 from agentproc import KEY_A, Agent, send_many, trigger
-from asuser import OtherUser, available
+from asuser import OtherUser
 from standin import StandIn
-
-
-@pytest.fixture
-def other_user() -> Iterator[OtherUser]:
-    reason = available()
-    if reason:
-        pytest.skip(reason)
-    with OtherUser() as user:
-        yield user
 
 
 def _send(agent: Agent) -> "subprocess.CompletedProcess[str]":
