@@ -252,4 +252,9 @@ def test_kills_during_retention_purge(size, make_agent, standin, figures) -> Non
         senders.stop()
     assert quick_check(agent.state_dir) == "ok"
     assert all(count > 0 for count in survived), "a kill came after the purge had finished"
-    assert figures["max_send_latency_during_purge_sec"] < 0.75
+    # One transaction for the whole purge makes some send wait for about all of it; chunks leave each send
+    # at most a chunk or two behind. A bound relative to this run's purge holds on a slow machine too (CI's
+    # purge of 100,000 rows took 11 s there, and one send 1.2 s, against 6 s and 0.3 s here).
+    bound = max(0.75, figures["purge_sec"] / 4)
+    figures["send_latency_bound_sec"] = round(bound, 3)
+    assert figures["max_send_latency_during_purge_sec"] < bound
