@@ -34,6 +34,7 @@ MAX_LIST_LIMIT = 10000
 # Bodies in one `list` reply at most: the whole reply is built in memory (an admin's list of 10,000 events of
 # 512 KB would be 5 GB); past it the reply holds fewer rows and says truncated.
 MAX_LIST_BODY_BYTES = 16 * 1024 * 1024
+STATUS_MAX_KEYS = 200  # routing keys `status` and `metrics` detail; the rest are counted in keys_omitted
 NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
 
 
@@ -183,26 +184,27 @@ class Handlers:
 
     def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
         now = time.time()
+        counts, keys_total = self.store.key_counts(STATUS_MAX_KEYS, routing_key)
         keys = []
-        totals = {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0}
-        held_keys = 0
-        for key, counts in sorted(self.store.counts_by_key().items()):
+        for key, entry in sorted(counts.items()):
             # a key's backoff outlives its last pending event (dropped, say): only keys that wait count as held
-            held = self.scheduler.key_status(key) if counts["pending"] else NOT_HELD
-            held_keys += bool(held["throttled_until"] or held["backoff_until"])
-            if routing_key is not None and key != routing_key:
-                continue
-            oldest = counts.pop("oldest_pending")
-            entry = {"routing_key": key if reveal else mask(key), **counts,
-                     "oldest_pending_age": round(now - oldest, 3) if oldest else None, **held}
-            for state in totals:
-                totals[state] += counts[state]
-            keys.append(entry)
+            held = self.scheduler.key_status(key) if entry["pending"] else NOT_HELD
+            oldest = entry.pop("oldest_pending")
+            keys.append({"routing_key": key if reveal else mask(key), **entry,
+                         "oldest_pending_age": round(now - oldest, 3) if oldest else None, **held})
+        totals = {state: 0 for state in ("pending", "delivered", "failed", "superseded")}
+        if routing_key is None:
+            totals.update(self.store.totals())
+        else:
+            for entry in keys:
+                for state in totals:
+                    totals[state] += entry[state]
         damaged = [os.path.join(self.store.state_dir, name) for name in self.store.corrupt_files()]
         warnings = [f"the queue database was found damaged and moved aside to {path}; "
                     f"events in it were not delivered" for path in damaged]
-        return {"keys": keys, "totals": totals, "last_delivery": self.store.last_delivery(),
-                "throttled_keys": held_keys, "warnings": warnings, "damaged_files": damaged,
+        return {"keys": keys, "keys_total": keys_total, "keys_omitted": max(0, keys_total - len(keys)),
+                "totals": totals, "last_delivery": self.scheduler.stats.last_delivery or self.store.last_delivery(),
+                "throttled_keys": self.scheduler.held_keys(), "warnings": warnings, "damaged_files": damaged,
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
                            "tracked_keys": len(self.scheduler.keys)}}
 

@@ -841,29 +841,52 @@ class Store:
         return [(row[0], int(row[1])) for row in rows]
 
     @_read_op
-    def counts_by_key(self) -> Dict[str, Dict[str, Any]]:
-        """Per routing key: counts per state and the age of the oldest pending event, from one snapshot."""
+    def key_counts(self, limit: int, routing_key: Optional[str] = None) -> Tuple[Dict[str, Dict[str, Any]], int]:
+        """Counts per state and the oldest pending event's creation time for at most `limit` routing keys (or
+        just `routing_key`), from one snapshot, and how many routing keys the queue holds in all.
+
+        The keys shown are those with the most pending events, then the most failed, then the rest: a queue
+        that a local user filled with a million made-up keys must not cost the daemon a million entries
+        (and the reply a million lines) each time someone asks."""
         conn = self.reader()
         keys: Dict[str, Dict[str, Any]] = {}
-        conn.execute("BEGIN")  # one read transaction: both queries see the same commit
+        conn.execute("BEGIN")  # one read transaction: every query sees the same commit
         try:
-            for key, state, count in conn.execute(
-                    "SELECT routing_key, state, COUNT(*) FROM events GROUP BY state, routing_key"):
-                if not isinstance(key, str) or state not in STATE_NAMES:
-                    continue  # a damaged page SQLite has not noticed yet: no row of ours looks like this
-                entry = keys.setdefault(key, {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0,
-                                              "oldest_pending": None})
-                entry[state] = count
-            for key, entry in keys.items():
-                if entry["pending"]:  # one index seek per key, not a scan of every pending row
+            if routing_key is not None:
+                chosen = [routing_key]
+                total = 1 if conn.execute("SELECT 1 FROM events WHERE routing_key = ? LIMIT 1",
+                                          (routing_key,)).fetchone() else 0
+            else:
+                chosen = []
+                for states in ("('pending')", "('failed')", "('delivered', 'superseded')"):
+                    if len(chosen) >= limit:
+                        break
+                    taken = set(chosen)
+                    for (key,) in conn.execute(
+                            f"SELECT routing_key FROM events WHERE state IN {states} GROUP BY routing_key "
+                            "ORDER BY COUNT(*) DESC, routing_key LIMIT ?", (limit + len(taken),)):
+                        if key not in taken and isinstance(key, str) and len(chosen) < limit:
+                            chosen.append(key)
+                total = int(conn.execute("SELECT COUNT(DISTINCT routing_key) FROM events").fetchone()[0])
+            for key in chosen:
+                entry: Dict[str, Any] = {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0,
+                                         "oldest_pending": None}
+                for state, count in conn.execute(
+                        "SELECT state, COUNT(*) FROM events WHERE routing_key = ? GROUP BY state", (key,)):
+                    if state in STATE_NAMES:  # a damaged page SQLite has not noticed yet: no row of ours is else
+                        entry[state] = count
+                if not any(entry[state] for state in STATE_NAMES):
+                    continue
+                if entry["pending"]:  # one index seek, not a scan of the key's pending rows
                     row = conn.execute(
                         "SELECT created FROM events WHERE state = 'pending' AND routing_key = ? ORDER BY id LIMIT 1",
                         (key,)).fetchone()
                     created = row[0] if row else None
                     entry["oldest_pending"] = created if isinstance(created, (int, float)) else None
+                keys[key] = entry
         finally:
             conn.execute("COMMIT")
-        return keys
+        return keys, total
 
     @_read_op
     def totals(self) -> Dict[str, int]:
@@ -873,7 +896,10 @@ class Store:
 
     @_read_op
     def last_delivery(self) -> Optional[float]:
-        row = self.reader().execute("SELECT MAX(at) FROM attempts WHERE outcome = 'delivered'").fetchone()
+        """When the latest delivery on record was: read from the newest attempt backwards, which stops at the
+        first delivery instead of reading every attempt for MAX()."""
+        row = self.reader().execute(
+            "SELECT at FROM attempts WHERE outcome = 'delivered' ORDER BY rowid DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
     @_read_op

@@ -9,12 +9,15 @@ import math
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
+
+from pdagent_sd.store import Store
 
 from agentproc import KEY_A, KEY_B, ROOT, Agent, send_many, trigger
 
@@ -122,6 +125,46 @@ def test_status_json_is_the_daemons_answer(agent, standin):
     assert reply["redacted"] is False
     assert reply["warnings"] == [] and reply["daemon"]["pid"] == agent.pid
     assert "ok" not in reply
+
+
+def _fill(state_dir: str, rows: List[tuple]) -> None:  # type: ignore[type-arg]
+    """Rows (routing_key, state) written into queue.db before the daemon starts."""
+    Store(state_dir).open()
+    body = '{"routing_key":"%s","event_action":"trigger","payload":{"summary":"s","source":"s","severity":"info"}}'
+    now = time.time()
+    with sqlite3.connect(os.path.join(state_dir, "queue.db"), isolation_level=None) as db:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
+                       "attempts) VALUES (?, 'v2', 'trigger', ?, ?, ?, ?, ?, 0)",
+                       ((key, f"d{n}", body % key, state, now - 60, now - 60) for n, (key, state) in enumerate(rows)))
+        db.execute("COMMIT")
+
+
+def test_status_details_at_most_200_keys_most_pending_first_and_counts_the_rest(make_agent, standin):
+    """A queue holding a flood of made-up keys: status and metrics stay 200 keys long, the keys with events
+    waiting among them, and Total and keys_total still count everything."""
+    agent = make_agent(start=False)
+    junk = [f"{n:032x}" for n in range(230)]
+    _fill(agent.state_dir, [(key, "delivered") for key in junk] + [(KEY_A, "failed")] * 3
+          + [(KEY_B, "pending")] * 2)
+    standin.refuse_connections()  # KEY_B's events stay pending
+    agent.start()
+    reply = json.loads(ok(pd_queue(agent, "status", "--json")))
+    assert len(reply["keys"]) == 200
+    assert reply["keys_total"] == 232 and reply["keys_omitted"] == 32
+    shown = {entry["routing_key"]: entry for entry in reply["keys"]}
+    assert shown[KEY_B]["pending"] == 2 and shown[KEY_A]["failed"] == 3
+    assert reply["totals"] == {"pending": 2, "delivered": 230, "failed": 3, "superseded": 0}
+    lines = ok(pd_queue(agent, "status")).splitlines()
+    assert lines[201] == f"{'Total':<35} {2:>9} {230:>9} {3:>9}"
+    assert lines[202] == "(and 32 more routing key(s), fewer events each; -k KEY shows any one)"
+    one = json.loads(ok(pd_queue(agent, "status", "-k", junk[-1], "--json")))
+    assert [entry["delivered"] for entry in one["keys"]] == [1] and one["keys_omitted"] == 0
+    families = parse_openmetrics(ok(pd_queue(agent, "metrics")))
+    assert families["pdagent_routing_keys"]["samples"][()] == 232
+    assert len({labels for labels in families["pdagent_events"]["samples"]}) <= 200 * 4
+    assert families["pdagent_queue_events"]["samples"][(("state", "delivered"),)] == 230
+    standin.accept_connections()
 
 
 def test_status_warns_when_the_queue_was_found_damaged(make_agent):

@@ -115,9 +115,12 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
     lines = [TABLE_HEADER]
     for key in keys:
         lines.append(f"{safe(key['routing_key']):<35} {key['pending']:>9} {key['delivered']:>9} {key['failed']:>9}")
-    if len(keys) != 1:
+    omitted = reply.get("keys_omitted") or 0
+    if len(keys) != 1 or omitted:
         totals = reply["totals"]
         lines.append(f"{'Total':<35} {totals['pending']:>9} {totals['delivered']:>9} {totals['failed']:>9}")
+    if omitted:
+        lines.append(f"(and {omitted} more routing key(s), fewer events each; -k KEY shows any one)")
     details = [line for key in keys for line in _key_details(key, now)]
     if details:
         lines.append("")
