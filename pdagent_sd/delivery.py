@@ -24,6 +24,7 @@ from pdagent_sd.events import Api
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_TEXT = 2000
+DELTA_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?", re.ASCII)
 
 
 class Outcome(str, Enum):
@@ -79,11 +80,12 @@ def error_text(text: str) -> str:
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
-    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    """Retry-After as seconds: either delta-seconds or an HTTP date. A decimal ("5.0", which RFC 9110 does not
+    allow but proxies send) is read as its seconds rather than ignored, which would back off from scratch."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

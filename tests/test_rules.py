@@ -138,6 +138,8 @@ def test_pagerduty_error_text_is_kept() -> None:
 
 def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 5.0 ") == 5.0 and parse_retry_after("0.25") == 0.25
+    assert parse_retry_after("-3") is None and parse_retry_after("5.") is None and parse_retry_after("٣") is None
     assert parse_retry_after("Thu, 26 Nov 2026 13:00:30 GMT", now=1795698000.0) == pytest.approx(30.0)
     assert parse_retry_after("garbage") is None and parse_retry_after(None) is None
     assert classify(Api.V2, 429, "", "3").retry_after == 3.0
