@@ -25,7 +25,7 @@ from pdagent_sd.limits import MAX_SUMMARY, fit
 SECTION = "UnitAlerts"
 PROPERTIES = ("Id", "Description", "LoadState", "ActiveState", "SubState", "Result", "Type", "ExecMainCode",
               "ExecMainStatus", "NRestarts", "InvocationID", "InactiveEnterTimestamp", "ActiveEnterTimestamp",
-              "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic", "TriggeredBy")
+              "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic", "TriggeredBy", "Job")
 # The properties an alert carries in custom_details, under systemd's own names.
 DETAIL_PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "InactiveEnterTimestamp",
                      "InvocationID")
@@ -377,20 +377,24 @@ def describe_unit(unit: str, lines: int = 50) -> Dict[str, Any]:
 
 
 def recovery_verdict(properties: Dict[str, str], failed_invocation: str, stay_up_sec: float,
-                     now_monotonic_usec: int) -> str:
+                     now_monotonic_usec: int, same_boot: bool = True) -> str:
     """One look at a unit after it was started again: "recovered", "failed", "wait" or "not-started".
 
     recovered: a later invocation than the failed one finished with success (a oneshot job), or has been
     active for stay_up_sec (a service that stays up). failed: that invocation failed (its own OnFailure= pages
     again). not-started: still the failed invocation, nothing running.
+
+    same_boot: the failure was in this boot. After a reboot (`pd-unit-alert rearm`), a unit that has not run
+    since the boot looks just like one that ran, succeeded and was unloaded: no invocation, inactive, success.
+    Only an invocation of this boot counts then.
     """
     invocation = properties.get("InvocationID", "")
     state = properties.get("ActiveState", "")
     if not invocation:
         # systemd unloads a unit that ended inactive without failing once nothing refers to it, and then shows
-        # it with no invocation and Result=success. A failed unit is never unloaded that way, and this is only
-        # asked after the unit was started again: it ran, and it succeeded.
-        if state == "inactive" and properties.get("Result", "success") == "success":
+        # it with no invocation and Result=success. A failed unit is never unloaded that way, and in the same
+        # boot this is only asked after the unit was started again: it ran, and it succeeded.
+        if same_boot and state == "inactive" and properties.get("Result", "success") == "success":
             return "recovered"
         return "not-started"
     if invocation == failed_invocation:
@@ -418,3 +422,44 @@ def start_usec(properties: Dict[str, str]) -> int:
 def monotonic_usec() -> int:
     """CLOCK_MONOTONIC in microseconds: the clock of systemd's *TimestampMonotonic properties."""
     return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
+
+
+# --- after a reboot --------------------------------------------------------------------------------------------
+
+# A runtime drop-in (/run/systemd/system/UNIT.d/) for each unit with an incident left open by an earlier boot:
+# any start of the unit then pulls in its watcher, which is ordered after that start. %n is the unit's own name,
+# so the file is the same for every unit and no unit name is ever written into it.
+REARM_DROP_IN_NAME = "pdagent-rearm.conf"
+REARM_DROP_IN = """\
+# pdagent-sd: written at boot by `pd-unit-alert rearm` (pdagent-unit-rearm.service) because this unit had an
+# open PagerDuty incident when the host went down. The next start of the unit pulls in the watcher that
+# resolves the incident once the start has succeeded or stayed up; once resolved, the watcher's
+# ConditionPathExists= skips it. Gone at the next boot (/run).
+[Unit]
+Wants=pdagent-unit-ok@%n.service
+"""
+STARTED_STATES = ("active", "activating", "deactivating", "reloading")
+
+
+def rearm_decision(properties: Dict[str, str]) -> str:
+    """What to do at boot about a unit whose incident is still open from an earlier boot, from one
+    `systemctl show` taken after the drop-in has been loaded:
+
+    watch: it has run in this boot or is about to (a start job queued with the boot's transaction, before the
+    drop-in existed): start the watcher now; it is ordered after the unit's start.
+    failed: it has failed in this boot, so its OnFailure= handler has the incident (and pages or not).
+    wait: it has not run in this boot: the drop-in starts the watcher with its first start.
+    """
+    state = properties.get("ActiveState", "")
+    if state == "failed":
+        return "failed"
+    if state in STARTED_STATES or properties.get("Job", "") or properties.get("InvocationID", "") \
+            or start_usec(properties) > 0:
+        return "watch"
+    return "wait"
+
+
+def boot_id() -> str:
+    """This boot's ID (32 hex digits), "" if unknown: tells an incident of this boot from an earlier boot's."""
+    boot = _boot_id()
+    return boot.hex if boot is not None else ""

@@ -208,3 +208,87 @@ def test_pd_unit_alert_usage_and_bad_names() -> None:
     assert result.returncode == 2 and "not a systemd unit name" in result.stderr and "Traceback" not in result.stderr
     result = run_alert("--help")
     assert result.returncode == 0 and "recovered UNIT" in result.stdout
+
+
+def test_recovery_verdicts_across_a_reboot() -> None:
+    """After a reboot a unit that has not run yet looks like one that ran, succeeded and was unloaded: only an
+    invocation of this boot counts."""
+    failed = "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b"  # the earlier boot's
+    new = "0123456789abcdef0123456789abcdef"
+    second = 1_000_000
+
+    def verdict(now: int = 100 * second, **properties: str) -> str:
+        return unitalert.recovery_verdict(properties, failed, 10.0, now, same_boot=False)
+
+    never_ran = unitalert.parse_properties(REARM_SHOW["never run"])
+    assert unitalert.recovery_verdict(never_ran, failed, 10.0, 100 * second, same_boot=False) == "not-started"
+    assert unitalert.recovery_verdict(never_ran, failed, 10.0, 100 * second, same_boot=True) == "recovered"
+    assert verdict(InvocationID="", ActiveState="inactive", Result="success") == "not-started"
+    assert verdict(InvocationID=new, ActiveState="inactive", Result="success") == "recovered"
+    assert verdict(InvocationID=new, ActiveState="failed", Result="exit-code") == "failed"
+    assert verdict(InvocationID=new, ActiveState="activating") == "wait"
+    assert verdict(110 * second, InvocationID=new, ActiveState="active", Type="simple",
+                   ActiveEnterTimestampMonotonic=str(95 * second)) == "recovered"
+
+
+# `systemctl show -p ActiveState,Job,InvocationID,InactiveExitTimestampMonotonic` in a booted container
+# (systemd 252), right after the rearm's daemon-reload.
+REARM_SHOW = {
+    "never run": "ActiveState=inactive\nResult=success\nInactiveExitTimestampMonotonic=0\nJob=\nInvocationID=\n",
+    "start job queued by the boot": "ActiveState=inactive\nInactiveExitTimestampMonotonic=0\nJob=121\n"
+                                    "InvocationID=\n",
+    "starting": "ActiveState=activating\nInactiveExitTimestampMonotonic=693645457\nJob=73\n"
+                "InvocationID=a0c5368047434dc8ac73e459fc9233c4\n",
+    "running": "ActiveState=active\nInactiveExitTimestampMonotonic=693645457\nJob=\n"
+               "InvocationID=a0c5368047434dc8ac73e459fc9233c4\n",
+    "ran and succeeded": "ActiveState=inactive\nResult=success\nInactiveExitTimestampMonotonic=693645457\nJob=\n"
+                         "InvocationID=a0c5368047434dc8ac73e459fc9233c4\n",
+    "failed in this boot": "ActiveState=failed\nResult=exit-code\nInactiveExitTimestampMonotonic=693645457\n"
+                           "Job=\nInvocationID=a0c5368047434dc8ac73e459fc9233c4\n",
+}
+REARM_GOLDEN = {"never run": "wait", "start job queued by the boot": "watch", "starting": "watch", "running": "watch",
+                "ran and succeeded": "watch", "failed in this boot": "failed"}
+
+
+@pytest.mark.parametrize("case", sorted(REARM_SHOW))
+def test_rearm_decisions(case: str) -> None:
+    assert unitalert.rearm_decision(unitalert.parse_properties(REARM_SHOW[case])) == REARM_GOLDEN[case]
+
+
+def test_rearm_lists_only_plain_files_named_like_units_and_not_the_agents_own(tmp_path: Path) -> None:
+    from pdagent_sd.cli.unit_alert import open_incident_units
+
+    for name in (".lock", "backup.service", "backup.service.tmp", "pdagent.service", "getty@tty1.service",
+                 "not a unit", "foo..service"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "dir.service").mkdir()
+    (tmp_path / "link.service").symlink_to("/etc/passwd")
+    assert open_incident_units(str(tmp_path)) == ["backup.service", "getty@tty1.service"]
+    assert open_incident_units(str(tmp_path / "missing")) == []
+
+
+def test_rearm_drop_in_is_written_once_and_never_through_a_symlink(tmp_path: Path) -> None:
+    from pdagent_sd.cli.unit_alert import write_drop_in
+
+    assert write_drop_in(str(tmp_path), "backup.service") is True
+    drop_in = tmp_path / "backup.service.d" / unitalert.REARM_DROP_IN_NAME
+    assert "Wants=pdagent-unit-ok@%n.service" in drop_in.read_text().splitlines()
+    assert write_drop_in(str(tmp_path), "backup.service") is False, "unchanged: no second reload"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "evil.service.d").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        write_drop_in(str(tmp_path), "evil.service")
+    assert list(elsewhere.iterdir()) == []
+    (tmp_path / "file.service.d").write_text("")
+    with pytest.raises(OSError):
+        write_drop_in(str(tmp_path), "file.service")
+    with pytest.raises(unitalert.UnitError):
+        write_drop_in(str(tmp_path), "../x.service")
+
+
+def test_pd_unit_alert_rearm_without_incidents_touches_nothing() -> None:
+    result = run_alert("rearm")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "rearm" in run_alert("--help").stdout
+    assert run_alert("rearm", "backup.service").returncode == 2

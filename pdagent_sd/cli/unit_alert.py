@@ -9,6 +9,10 @@ Started by systemd, not by people:
   ExecStop= starts pdagent-unit-ok@UNIT.service, which runs `pd-unit-alert recovered UNIT`: it watches the new
   start, and resolves once a oneshot job has succeeded or a service has stayed up for stay_up_sec.
 
+- After a reboot those handlers are gone. pdagent-unit-rearm.service runs `pd-unit-alert rearm` once per boot:
+  for each incident left open it adds a runtime drop-in to the unit (Wants=pdagent-unit-ok@%n.service), so the
+  unit's next start is watched, and starts the watcher at once for a unit that has already run in this boot.
+
 What is open is remembered in $STATE_DIRECTORY (/var/lib/pdagent-unit-alert), one file per unit, so the rate
 limit and the resolve survive the agent's restarts and a reboot.
 """
@@ -19,6 +23,8 @@ import fcntl
 import json
 import os
 import socket
+import stat
+import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -28,15 +34,20 @@ from pdagent_sd.cli.common import run
 from pdagent_sd.errors import PdagentError
 
 USAGE = """\
-usage: pd-unit-alert failed UNIT | recovered UNIT
+usage: pd-unit-alert failed UNIT | recovered UNIT | rearm
 
-Started by pdagent-unit-failed@.service and pdagent-unit-ok@.service (see docs/systemd-alerts.md):
+Started by pdagent-unit-failed@.service, pdagent-unit-ok@.service and pdagent-unit-rearm.service (see
+docs/systemd-alerts.md):
   failed UNIT      page: UNIT has failed (its state and journal tail as custom details)
   recovered UNIT   watch UNIT's new start; resolve the page once it has succeeded or stayed up
+  rearm            at boot: for every incident still open from before, watch the unit's first start in this
+                   boot (a runtime drop-in in /run/systemd/system/UNIT.d/; the watcher is started at once for
+                   a unit that has already run), so that a successful start after a reboot resolves too
 Settings: [UnitAlerts] in /etc/pdagent/agent.conf (key, service_severity, timer_severity, rate_limit_sec,
 journal_lines, stay_up_sec, recovery_timeout_sec).
 """
 DEFAULT_STATE_DIR = "/var/lib/pdagent-unit-alert"
+RUNTIME_UNIT_DIR = "/run/systemd/system"
 POLL_SEC = 1.0
 START_GRACE_SEC = 30.0  # how long the new start may take to show up after the page's unit was stopped
 
@@ -129,7 +140,7 @@ def failed(unit: str) -> int:
         event = unitalert.failure_event(properties, host, settings, lines, why)
         reply = _send(event)
         incidents.put(unit, {"dedup_key": reply.get("dedup_key", event["dedup_key"]), "triggered_at": time.time(),
-                             "invocation": invocation})
+                             "invocation": invocation, "boot_id": unitalert.boot_id()})
     say(f"paged: {event['payload']['summary']} (dedup key {event['dedup_key']}, "
         f"{len(lines)} journal lines, key @{settings.key})")
     return exitcodes.OK
@@ -147,12 +158,16 @@ def recovered(unit: str) -> int:
         say(f"{unit} has no open incident: nothing to resolve")
         return exitcodes.OK
     failed_invocation = str(record.get("invocation", ""))
+    # A record without a boot ID was written before boot IDs were kept: taken as an earlier boot's, which asks
+    # for more evidence, never less.
+    boot = unitalert.boot_id()
+    same_boot = bool(boot) and record.get("boot_id") == boot
     started = time.monotonic()
     deadline = started + settings.recovery_timeout_sec
     while True:
         properties = unitalert.read_properties(unit)
         verdict = unitalert.recovery_verdict(properties, failed_invocation, settings.stay_up_sec,
-                                             unitalert.monotonic_usec())
+                                             unitalert.monotonic_usec(), same_boot)
         if verdict == "recovered":
             break
         if verdict == "failed":
@@ -180,10 +195,118 @@ def recovered(unit: str) -> int:
     return exitcodes.OK
 
 
+def open_incident_units(directory: str) -> List[str]:
+    """The units with an open incident: the regular files of the state directory whose names are unit names,
+    sorted, without the agent's own units. Anything else there (the lock, a temporary file, a symlink, a
+    directory, a name systemd would not accept) is left alone and named nowhere."""
+    units: List[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return units
+    for entry in entries:
+        try:
+            unitalert.check_unit_name(entry.name)
+        except PdagentError:
+            continue
+        if entry.is_file(follow_symlinks=False) and not unitalert.is_own_unit(entry.name):
+            units.append(entry.name)
+    return sorted(units)
+
+
+def write_drop_in(runtime_dir: str, unit: str) -> bool:
+    """RUNTIME_DIR/UNIT.d/pdagent-rearm.conf, written without following a symlink at either level (an existing
+    UNIT.d that is not a directory is an error). True if it was written, False if it was already there."""
+    unitalert.check_unit_name(unit)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(runtime_dir, flags)
+    try:
+        try:
+            os.mkdir(f"{unit}.d", 0o755, dir_fd=top)
+        except FileExistsError:
+            pass
+        directory = os.open(f"{unit}.d", flags, dir_fd=top)
+    finally:
+        os.close(top)
+    try:
+        name = unitalert.REARM_DROP_IN_NAME
+        content = unitalert.REARM_DROP_IN.encode()
+        try:
+            existing = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                if stat.S_ISREG(os.fstat(existing).st_mode) and os.read(existing, len(content) + 1) == content:
+                    return False
+            finally:
+                os.close(existing)
+        temporary = f".{name}.tmp"
+        try:
+            os.unlink(temporary, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=directory)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+        return True
+    finally:
+        os.close(directory)
+
+
+def _systemctl(*args: str) -> None:
+    result = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            errors="replace", timeout=unitalert.SYSTEMCTL_TIMEOUT_SEC * 4)
+    if result.returncode != 0:
+        raise unitalert.UnitError(f"systemctl {' '.join(args)} exited {result.returncode}: "
+                                  f"{result.stderr.strip()[:500]}")
+
+
+def rearm(runtime_dir: str = RUNTIME_UNIT_DIR) -> int:
+    """Once per boot: watch the next start of every unit whose incident an earlier boot left open."""
+    units = open_incident_units(state_dir())
+    if not units:
+        return exitcodes.OK
+    written = False
+    for unit in units:
+        try:
+            written = write_drop_in(runtime_dir, unit) or written
+        except OSError as error:
+            # A symlink or a file where UNIT.d should be: not followed, not replaced, and said.
+            say(f"{unit}: cannot write {runtime_dir}/{unit}.d/{unitalert.REARM_DROP_IN_NAME}: {error}")
+    if written:
+        # One reload for all. A start job queued before it (the boot's own transaction) does not get the new
+        # Wants=, which is why the units are looked at again below.
+        _systemctl("daemon-reload")
+    watch: List[str] = []
+    for unit in units:
+        try:
+            properties = unitalert.read_properties(unit)
+        except PdagentError as error:
+            say(f"{unit}: {error.message}; its next start is still watched")
+            continue
+        decision = unitalert.rearm_decision(properties)
+        if decision == "watch":
+            watch.append(unit)
+        elif decision == "failed":
+            say(f"{unit} has failed in this boot: its incident is left to pdagent-unit-failed@{unit}.service")
+    if watch:
+        _systemctl("start", "--no-block", "--", *[f"pdagent-unit-ok@{unit}.service" for unit in watch])
+    say(f"{len(units)} open incident(s): watching {len(watch)} unit(s) that ran or are starting in this boot "
+        f"({' '.join(watch) or 'none'}); the others at their next start")
+    return exitcodes.OK
+
+
 def _main(argv: List[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         sys.stdout.write(USAGE)
         return exitcodes.OK
+    if argv == ["rearm"]:
+        return rearm()
     if len(argv) != 2 or argv[0] not in ("failed", "recovered"):
         sys.stderr.write(USAGE)
         return exitcodes.USAGE

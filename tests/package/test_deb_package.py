@@ -29,6 +29,8 @@ DEPENDENCIES = ("python3-systemd", "python3-sdnotify", "python3-requests")
 OLD_INTEGRATION_COMMANDS = ("pd-nagios", "pd-zabbix", "pd-sensu")
 UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service")
 UNIT_ALERT_TEMPLATES = ("pdagent-unit-failed@.service", "pdagent-unit-ok@.service")
+# The boot-time oneshots the package enables: a delivery pass, and watching incidents left open before the boot.
+BOOT_UNITS = ("pdagent-boot.service", "pdagent-unit-rearm.service")
 
 
 def deb_field(deb: Path, field: str) -> str:
@@ -93,9 +95,9 @@ def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltD
         assert f"/usr/share/man/man1/{command}.1.gz" in files
     # Unit alerts (docs/systemd-alerts.md): the templates, the doc their Documentation= names, uncompressed,
     # and the drop-in that keeps the host-wide pdagent-alert.conf off each of the agent's own services.
-    for unit in UNIT_ALERT_TEMPLATES:
+    for unit in (*UNIT_ALERT_TEMPLATES, *BOOT_UNITS):
         assert f"/usr/lib/systemd/system/{unit}" in files
-    for unit in ("pdagent.service", "pdagent-retry.service", "pdagent-boot.service", *UNIT_ALERT_TEMPLATES):
+    for unit in ("pdagent.service", "pdagent-retry.service", *BOOT_UNITS, *UNIT_ALERT_TEMPLATES):
         assert f"/usr/lib/systemd/system/{unit}.d/pdagent-alert.conf" in files, unit
     for path in ("/usr/bin/pd-unit-alert", "/usr/share/man/man1/pd-unit-alert.1.gz",
                  "/usr/share/doc/pdagent-sd/systemd-alerts.md",
@@ -175,6 +177,8 @@ def test_socket_and_timer_enabled_and_started_service_only_socket_activated(inst
     enabled = installed.run("systemctl", "is-enabled", "pdagent.socket", "pdagent-retry.timer", "pdagent.service",
                             check=False).stdout.split()
     assert enabled == ["enabled", "enabled", "static"]
+    boot_units = installed.run("systemctl", "is-enabled", *BOOT_UNITS, check=False).stdout.split()
+    assert boot_units == ["enabled"] * len(BOOT_UNITS), boot_units
     assert installed.run("systemctl", "is-active", "pdagent.socket", "pdagent-retry.timer").stdout.split() == [
         "active", "active"]
     assert installed.unit_property("pdagent.socket", "Listen") == "/run/pdagent/pdagent.sock (Stream)"

@@ -31,7 +31,8 @@ def test_rpm_builds_lints_clean_and_replaces_the_old_agent(tmp_path: Path) -> No
     binary = next(tmp_path.glob("pdagent-sd-*.noarch.rpm"))
     files = rpm_query(binary, "--list").split()
     for path in ("/usr/bin/pd-send", "/usr/bin/pdagentd", "/usr/lib/systemd/system/pdagent.socket",
-                 "/usr/lib/systemd/system/pdagent-boot.service", "/etc/pdagent/agent.conf",
+                 "/usr/lib/systemd/system/pdagent-boot.service", "/usr/lib/systemd/system/pdagent-unit-rearm.service",
+                 "/usr/lib/systemd/system/pdagent-unit-rearm.service.d/pdagent-alert.conf", "/etc/pdagent/agent.conf",
                  "/usr/share/pdagent-integrations/bin/pd-nagios", "/usr/share/pdagent-integrations/bin/pd-zabbix",
                  "/usr/share/pdagent-integrations/bin/pd-sensu"):
         assert path in files, path

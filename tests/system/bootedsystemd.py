@@ -56,7 +56,7 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 PYTHON_MODULES = {"systemd.daemon": "python3-systemd", "systemd.journal": "python3-systemd",
                   "sdnotify": "python3-sdnotify", "requests": "python3-requests"}
 UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service", "pdagent-boot.service",
-         "pdagent-unit-failed@.service", "pdagent-unit-ok@.service")
+         "pdagent-unit-rearm.service", "pdagent-unit-failed@.service", "pdagent-unit-ok@.service")
 # The agent's own units carry a drop-in that masks the host-wide pdagent-alert.conf (docs/systemd-alerts.md).
 NO_UNIT_ALERT = tuple(unit for unit in UNITS if unit.endswith(".service"))
 UNIT_DIR = "/etc/systemd/system"
@@ -169,7 +169,7 @@ class BootedSystemd:
     @classmethod
     def boot(cls, source: Union[str, Path], *, name: Optional[str] = None, extra_args: Iterable[str] = (),
              preinstall: bool = False, environment: Optional[Dict[str, str]] = None,
-             timeout: float = BOOT_TIMEOUT_SEC) -> BootedSystemd:
+             stage: Optional[Callable[[Path], None]] = None, timeout: float = BOOT_TIMEOUT_SEC) -> BootedSystemd:
         """Boot a container with `source` bound read-only at SOURCE_IN_CONTAINER; wait until it is up.
 
         preinstall: boot a system on which the agent is already installed and enabled, as after installing
@@ -177,12 +177,15 @@ class BootedSystemd:
         /etc/systemd/system (units, `systemctl --root=... enable pdagent.socket`, the `environment` drop-in)
         is bound in from a staging tree, and systemd-sysusers.service creates user pdagent during the boot.
         The catalog database is rebuilt after the boot, as the package's dpkg trigger would have.
+        stage(root): with preinstall, called with the staging tree once the agent is laid out in it, to add what
+        the system had before this boot (root / "etc/systemd/system/..." is the container's
+        /etc/systemd/system).
         """
         source = Path(source).resolve()
         name = name or f"pdagent-test-{uuid.uuid4().hex[:10]}"
         workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_tmpfs_dir()))
         try:
-            command = _nspawn_command(name, source, workdir, preinstall, environment or {}, extra_args)
+            command = _nspawn_command(name, source, workdir, preinstall, environment or {}, extra_args, stage)
             log = open(workdir / "console.log", "wb")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -411,7 +414,7 @@ class BootedSystemd:
 
 
 def _nspawn_command(name: str, source: Path, workdir: Path, preinstall: bool, environment: Dict[str, str],
-                    extra_args: Iterable[str]) -> List[str]:
+                    extra_args: Iterable[str], stage: Optional[Callable[[Path], None]] = None) -> List[str]:
     """The systemd-nspawn command line (the module doc says why each part is there); prepares workdir."""
     (workdir / "machine-id").write_text(uuid.uuid4().hex + "\n")
     upper = workdir / "usr-upper"
@@ -420,6 +423,8 @@ def _nspawn_command(name: str, source: Path, workdir: Path, preinstall: bool, en
     etc_binds: List[str] = []
     if preinstall:
         root = _stage_agent(source, workdir / "root", environment)
+        if stage is not None:
+            stage(root)
         usr_layers = f"/usr:{root}/usr"
         etc_binds = [f"--bind={root}{UNIT_DIR}:{UNIT_DIR}"]
     return ["systemd-nspawn", "--directory=/", "--volatile=yes", "--register=no", "--keep-unit",

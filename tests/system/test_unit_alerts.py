@@ -201,7 +201,7 @@ def test_host_wide_drop_in_covers_services_but_never_loops_on_the_agent(machine:
     machine.write_file(f"{UNIT_DIR}/service.d/pdagent-alert.conf", HOST_WIDE_EXAMPLE)
     add_unit(machine, "alert-hostwide.service", oneshot("exit 4"), alert=False)
     assert machine.show("alert-hostwide.service", "OnFailure") == "pdagent-unit-failed@alert-hostwide.service.service"
-    for own in ("pdagent.service", "pdagent-retry.service", "pdagent-boot.service",
+    for own in ("pdagent.service", "pdagent-retry.service", "pdagent-boot.service", "pdagent-unit-rearm.service",
                 "pdagent-unit-failed@x.service.service", "pdagent-unit-ok@x.service.service"):
         assert machine.show(own, "OnFailure") == "", own
     machine.systemctl("start", "alert-hostwide.service", check=False)
