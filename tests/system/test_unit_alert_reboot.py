@@ -97,8 +97,8 @@ def test_incidents_open_before_a_reboot_resolve_at_the_first_successful_run_afte
     first.systemctl("start", BY_HAND, check=False)
     try:
         wait_until(lambda: all(events_for(events_api, key) for key in keys.values()), 60, "the three pages")
-        for unit in keys:
-            wait_until(lambda: first.is_active(f"pdagent-unit-failed@{unit}.service"), 30, f"{unit}'s handler")
+        handlers = [f"pdagent-unit-failed@{unit}.service" for unit in keys]
+        wait_until(lambda: all(first.is_active(handler) for handler in handlers), 30, "the handlers to stay active")
     except Exception:
         print(first.unit_log(*keys, "pdagent.service"))
         raise
