@@ -69,7 +69,8 @@ def catalog_entries(text: str) -> Dict[str, str]:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found (package systemd)")
-@pytest.mark.parametrize("unit", ["pdagent.service", "pdagent-retry.service", "pdagent-boot.service"])
+@pytest.mark.parametrize("unit", ["pdagent.service", "pdagent-retry.service", "pdagent-boot.service",
+                                  "pdagent-unit-rearm.service"])
 def test_security_exposure_offline(unit: str) -> None:
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNITS_DIR / unit)],
                             capture_output=True, text=True, timeout=60)
