@@ -279,7 +279,7 @@ def test_memory_after_many_junk_keys_stays_bounded(other_user: OtherUser, standi
         assert warm["outcomes"] == {"ok": 500}
         assert agent.wait_until(lambda: agent.pending() == 0, timeout=120)
         before = rss_mib(agent.pid)
-        flood = attack(other_user, "flood", agent.socket, size["keys"], 7200, "many")
+        flood = attack(other_user, "flood", agent.socket, size["keys"], 7200, "many", timeout=7260)
         assert flood["outcomes"].get("ok") == size["keys"], flood
         peak = rss_mib(agent.pid)
         # pending counted in queue.db itself: `status` lists every key the queue holds, and with a million
