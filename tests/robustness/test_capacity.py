@@ -171,17 +171,21 @@ def test_nobody_flooding_for_five_minutes_never_stops_root_or_a_monitoring_user(
 # --- connection slots ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", runs({"tries": 10}, {"tries": 100}))
+@pytest.mark.parametrize("size", runs({"tries": 10, "connections": 2000}, {"tries": 100, "connections": 2000}) + [
+    # past the 4,096 a uid may have waiting inside the daemon: the rest are told busy at once and reconnect,
+    # competing with root's connections in the kernel's listen backlog
+    pytest.param({"tries": 50, "connections": 10000}, id="full-10000", marks=[pytest.mark.slow, pytest.mark.skipif(
+        not os.environ.get("RELIABILITY_FULL"), reason="the full run: RELIABILITY_FULL=1")])])
 def test_nobody_holding_2000_connections_does_not_slow_roots_pd_send(
         other_user: OtherUser, standin: StandIn, size: Dict[str, Any], figures: Dict[str, Any]) -> None:
     agent = Agent(other_user.workdir, standin.url).start()
     try:
         held: Dict[str, Any] = {}
         seconds = 4 + size["tries"] * 0.4
-        holder = threading.Thread(target=lambda: held.update(attack(other_user, "hold", agent.socket, 2000,
-                                                                    seconds)))
+        holder = threading.Thread(target=lambda: held.update(attack(other_user, "hold", agent.socket,
+                                                                    size["connections"], seconds)))
         holder.start()
-        time.sleep(2)  # every slot nobody may have is taken, the rest of its 2,000 wait or are turned away
+        time.sleep(2)  # every slot nobody may have is taken, the rest of its connections wait or are turned away
         took: List[float] = []
         peak = 0
         for index in range(size["tries"]):
@@ -191,7 +195,7 @@ def test_nobody_holding_2000_connections_does_not_slow_roots_pd_send(
             took.append(time.monotonic() - started)
             assert done.returncode == 0, done.stderr
         holder.join()
-        figures.update(slots_tries=len(took), slots_slowest=round(max(took), 3),
+        figures.update(slots_connections=size["connections"], slots_tries=len(took), slots_slowest=round(max(took), 3),
                        slots_median=round(sorted(took)[len(took) // 2], 3), slots_peak_daemon_side=peak,
                        slots_attacker=held)
         assert max(took) < 1.0, took
@@ -201,7 +205,7 @@ def test_nobody_holding_2000_connections_does_not_slow_roots_pd_send(
         # are told busy after client_timeout_sec (30 s)
         served = held["closed_by_daemon"] - held.get("told_busy", 0)
         assert served <= 32 * (seconds / 2 + 1), held
-        assert peak <= 2000 + 2, peak
+        assert peak <= size["connections"] + 2, peak
         assert agent.wait_until(lambda: agent.pending() == 0, timeout=30)
     finally:
         agent.stop()
