@@ -14,7 +14,9 @@ All on this machine (loopback only); whatever it starts it stops by PID:
 5. ends the outage and times the drain until nothing is pending, polling status once a second (each poll
    also shows whether client connections cost memory; more often, the polls themselves would slow the
    drain: a status over 100,000 rows holds the daemon's GIL for tens of ms); then status again, with the
-   delivered events kept.
+   delivered events kept;
+6. adds ten times as many delivered events, each on its own made-up routing key, straight into queue.db, and
+   times status against the same daemon's status a moment before (the 200-key cap, issue 12).
 
 Usage: python bench/bench_queue.py [--quick] [--events N]
 """
@@ -222,6 +224,34 @@ def run(agent: Agent, standin: StandInProcess, events: int) -> None:
          "ok" if after <= STATUS_TARGET_SEC else "MISSED")
     line("status request alone", ms(bare_status(agent)))
     line("daemon VmRSS; VmHWM", f"{rss_mb(agent.pid):.1f} MB; {rss_mb(agent.pid, 'VmHWM'):.1f} MB")
+
+    many = events * 10
+    settled = bare_status(agent)
+    rss_before = rss_mb(agent.pid)
+    add_delivered_keys(agent, many)
+    print(f"with {many} more delivered events, each on its own routing key (a local user's junk keys)")
+    bare_many = bare_status(agent, runs=3)
+    reply = agent.request({"op": "status"})
+    metrics_many, _ = pd_queue(agent, "metrics")
+    line("routing keys in the queue; detailed in status", f"{reply['keys_total']}; {len(reply['keys'])}")
+    line("status request alone", ms(bare_many), f"{times(bare_many, settled)} of {KEYS} keys")
+    line("pd-queue metrics", ms(metrics_many))
+    line("daemon VmRSS before; after", f"{rss_before:.1f} MB; {rss_mb(agent.pid):.1f} MB",
+         f"target <= {RSS_TARGET_MB:.0f} MB", "ok" if rss_mb(agent.pid) <= RSS_TARGET_MB else "MISSED")
+
+
+def add_delivered_keys(agent: Agent, rows: int) -> None:
+    """Delivered rows on as many made-up keys, written into the live queue.db (WAL: the daemon reads on)."""
+    import sqlite3
+
+    body = '{"routing_key":"k","event_action":"trigger","payload":{"summary":"s","source":"s","severity":"info"}}'
+    now = time.time()
+    with sqlite3.connect(os.path.join(agent.state_dir, "queue.db"), timeout=60, isolation_level=None) as db:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
+                       "attempts) VALUES (?, 'v2', 'trigger', 'junk', ?, 'delivered', ?, ?, 1)",
+                       ((f"{n:016x}fedcba9876543210", body, now, now) for n in range(rows)))
+        db.execute("COMMIT")
 
 
 if __name__ == "__main__":
