@@ -55,7 +55,9 @@ def _escape_match(match: Any) -> str:
 def safe(text: Any) -> str:
     """`text` (made a str) with every unsafe character written as a visible escape: \\e, \\n, \\x9b, \\u202e."""
     text = text if isinstance(text, str) else str(text)
-    if text.isascii() and text.isprintable():
+    # isprintable() is False for every character of UNSAFE_CATEGORIES (and a few safe ones, which the slow way
+    # keeps): a masked key's "…" must not cost the daemon's log writer a regular expression per record.
+    if text.isprintable():
         return text
     import re  # only here: pd-send prints through safe(), and re is a third of its start-up
 
