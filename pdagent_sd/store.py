@@ -997,7 +997,7 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 def _select_in_order(fields: str, routing_key: Optional[str], state: Optional[State],
-                     limit: int) -> Tuple[str, Dict[str, Any]]:
+                     limit: int) -> Tuple[str, Any]:
     """SELECT `fields` of the events of a key and/or state in id order, at most `limit`."""
     if routing_key is not None and state is not None:
         return f"SELECT {fields} FROM events WHERE {IN_ORDER}", {"state": state.value, "key": routing_key,
