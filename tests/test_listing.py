@@ -66,6 +66,6 @@ def _read_time(tmp_path: Any, size: int) -> float:
 @pytest.mark.unit
 def test_the_client_reads_a_long_reply_in_linear_time(tmp_path: Any) -> None:
     small = min(_read_time(tmp_path, 2 << 20) for _ in range(3))
-    large = _read_time(tmp_path, 16 << 20)
+    large = min(_read_time(tmp_path, 16 << 20) for _ in range(2))  # one stall of a loaded machine is not the code
     # 8 times the bytes: about 8 times the time when linear, 64 when each piece rescans and copies the buffer
     assert large / small < 24, (small, large)
