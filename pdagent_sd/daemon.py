@@ -25,8 +25,9 @@ from pdagent_sd.errors import ConfigError, PdagentError, StorageError
 from pdagent_sd.handlers import Handlers, Unavailable, group_id
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.protocol import socket_path
+from pdagent_sd.queuetypes import Quotas, Superseded
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Quotas, Store, Superseded
+from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple, Union
 
 from pdagent_sd import __version__
+from pdagent_sd.commit import Commit
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
 from pdagent_sd.events import NO_KEYS, mask, validate
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import KeyBook
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import LEGACY_BATCH, Message
+from pdagent_sd.queuetypes import LegacyEntry, Sender, State
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Commit, LegacyEntry, Sender, State, Store
+from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
 

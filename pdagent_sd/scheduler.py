@@ -25,12 +25,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from pdagent_sd.commit import Commit
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, mask
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.store import UNKNOWN_SENDER, Commit, QueuedEvent, State, Store
+from pdagent_sd.queuetypes import UNKNOWN_SENDER, QueuedEvent, State
+from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
 

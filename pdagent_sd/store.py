@@ -5,7 +5,6 @@ ceiling, and nothing is acknowledged before it is on disk.
 
 from __future__ import annotations
 
-import _thread
 import collections
 import functools
 import logging
@@ -14,14 +13,28 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, cast
 
-from pdagent_sd import marker
+from pdagent_sd import marker, schema
 from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
+from pdagent_sd.commit import Commit
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
 from pdagent_sd.events import Action, Event
+from pdagent_sd.queuetypes import (
+    INTERNAL,
+    STATE_NAMES,
+    UNKNOWN_SENDER,
+    LegacyEntry,
+    QueuedEvent,
+    Quotas,
+    Sender,
+    State,
+    Superseded,
+    Usage,
+)
+
+# The value types (queuetypes.py), Commit (commit.py) and the DDL (schema.py) have modules of their own; the types
+# and Commit are still importable from here, where the tests and benchmarks import them.
 
 logger = logging.getLogger(__name__)
 
@@ -29,52 +42,7 @@ DB_NAME = "queue.db"
 PENDING_MARKER = marker.MARKER_NAME
 MAX_BATCH = 512
 PURGE_CHUNK = 500  # expired events deleted per transaction: some 10 ms of the writer's time
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    routing_key TEXT NOT NULL,
-    api TEXT NOT NULL,
-    action TEXT NOT NULL,
-    dedup_key TEXT NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    last_status INTEGER,
-    last_error TEXT
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    event_id INTEGER NOT NULL,
-    at REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    http_status INTEGER,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id);
--- Events imported from the old agent's outqueue, by their file name there: an import never queues one twice.
-CREATE TABLE IF NOT EXISTS legacy_imports (
-    name TEXT PRIMARY KEY,
-    event_id INTEGER NOT NULL,
-    imported REAL NOT NULL
-);
-"""
-# Added for coalescing (issue 15); a queue.db of 0.1 gets them at open (see _add_coalescing_columns).
-COALESCING_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"))
-# events_by_priority is the only index by (state, routing_key): every insert writes a page of each index, and a
-# third one (events_by_state_key, the same without priority, from 0.1) cost the writer a fifth of its time per
-# event. A key's events in id order are read from it as three runs, one per priority (PENDING_IN_ORDER).
-COALESCING_INDEXES = """
-CREATE INDEX IF NOT EXISTS events_by_incident ON events (routing_key, dedup_key, state);
-CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
-DROP INDEX IF EXISTS events_by_state_key;
-"""
 SUPERSEDED_MEMORY_SEC = 900.0  # how long the writer remembers an id it superseded, for claim()
-# Columns added after 0.1, each (name, declaration): a queue.db from before gets them at open, in place.
-# sender_uid: who queued the event (SO_PEERCRED); -1 for events queued before it was recorded.
-ADDED_COLUMNS = (("sender_uid", "INTEGER NOT NULL DEFAULT -1"),)
-UNKNOWN_SENDER = -1
 # Rows that count toward a sender's event quota: what it has in the queue that is not settled as delivered.
 HELD_STATES = "('pending', 'failed')"
 # Per sender uid: events held, bytes of bodies stored. Each row is measured before the GROUP BY: measured after
@@ -123,146 +91,9 @@ class _Damaged(Exception):
         self.reason = reason
 
 
-class State(str, Enum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"  # made redundant by a later event of its incident before it was sent
-
-
-STATE_NAMES = frozenset(state.value for state in State)
-
-
-@dataclass(frozen=True)
-class QueuedEvent:
-    id: int
-    routing_key: str
-    api: str
-    action: str
-    dedup_key: str
-    body: str
-    attempts: int
-    next_attempt: float
-    created: float
-    sender_uid: int = UNKNOWN_SENDER
-
-
-@dataclass(frozen=True)
-class Sender:
-    """Who queues an event: its uid, and whether it is trusted (root, the service's user, group pdagent,
-    trusted_groups), which spares it the per-sender quotas and lets it use the reserved room."""
-
-    uid: int
-    trusted: bool
-
-
-INTERNAL = Sender(UNKNOWN_SENDER, True)
-
-
-@dataclass(frozen=True)
-class Quotas:
-    max_pending: int = 1000000
-    reserved_pending: int = 0  # of max_pending, for trusted senders only
-    sender_events: int = 0  # pending + failed events per untrusted uid; 0 = no limit
-    sender_bytes: int = 0  # stored body bytes per untrusted uid; 0 = no limit
-
-
-class Usage:
-    """What one sender has in the queue: events pending or failed, and bytes of bodies stored."""
-
-    __slots__ = ("events", "bytes")
-
-    def __init__(self) -> None:
-        self.events = 0
-        self.bytes = 0
-
-
-@dataclass(frozen=True)
-class LegacyEntry:
-    """One event file of the old agent's outqueue, validated, to import: `name` is its file name there."""
-
-    name: str
-    event: Event
-    state: State
-    queued_at: float
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Superseded:
-    """An event coalesced away, told to on_superseded once its transaction has committed."""
-
-    id: int
-    by: int
-    routing_key: str
-    dedup_key: str
-    action: str
-    api: str
-
-
 # A write operation runs inside the writer's transaction and returns (result, change in pending count).
 # It may refuse with a PdagentError only before it writes anything: the others in its batch still commit.
 WriteOp = Callable[[sqlite3.Connection], Tuple[Any, int]]
-
-
-class Commit:
-    """The outcome of one queued write, set once its transaction has committed or failed.
-
-    The part of concurrent.futures.Future the daemon uses (done, result, exception, add_done_callback), made of
-    two plain locks: a Future builds a Condition, an RLock and two lists, and one is made for every send and
-    every delivery result; that was a sixth of the time the daemon spends accepting an event."""
-
-    __slots__ = ("_guard", "_waiter", "_finished", "_result", "_error", "_callbacks")
-
-    def __init__(self) -> None:
-        self._guard = _thread.allocate_lock()  # around _finished and _callbacks
-        self._waiter = _thread.allocate_lock()  # held until the outcome is set
-        self._waiter.acquire()
-        self._finished = False
-        self._result: Any = None
-        self._error: Optional[BaseException] = None
-        self._callbacks: List[Callable[["Commit"], None]] = []
-
-    def done(self) -> bool:
-        return self._finished
-
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        if not self._finished:
-            if not self._waiter.acquire(timeout=-1 if timeout is None else timeout):
-                raise TimeoutError("the queue's writer did not answer in time")
-            self._waiter.release()  # for the next waiter
-        return self._error
-
-    def result(self, timeout: Optional[float] = None) -> Any:
-        error = self.exception(timeout)
-        if error is not None:
-            raise error
-        return self._result
-
-    def add_done_callback(self, callback: Callable[["Commit"], None]) -> None:
-        """Call `callback(self)` once the outcome is set: now if it already is, else in the writer's thread."""
-        with self._guard:
-            if not self._finished:
-                self._callbacks.append(callback)
-                return
-        callback(self)
-
-    def set_result(self, result: Any) -> None:
-        self._settle(result, None)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._settle(None, error)
-
-    def _settle(self, result: Any, error: Optional[BaseException]) -> None:
-        with self._guard:
-            self._result, self._error, self._finished = result, error, True
-            callbacks, self._callbacks = self._callbacks, []
-        self._waiter.release()
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - as Future does: one failing callback must not stop the writer
-                logger.exception("a callback of a queue write failed")
 
 
 class Store:
@@ -370,9 +201,7 @@ class Store:
         conn: Optional[sqlite3.Connection] = None
         try:
             conn = self._connect()
-            conn.executescript(SCHEMA)
-            _add_coalescing_columns(conn)
-            _add_missing_columns(conn)
+            schema.apply(conn)
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
         except sqlite3.Error as exc:
             if conn is not None:
@@ -969,15 +798,6 @@ COALESCE_READ = (
     "AND state = 'delivered' AND action IN ('trigger', 'resolve') ORDER BY id DESC LIMIT 1)")
 
 
-def _add_coalescing_columns(conn: sqlite3.Connection) -> None:
-    """Upgrade a queue.db made before coalescing in place: add its columns if missing, then its indexes."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    for name, declaration in COALESCING_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
-    conn.executescript(COALESCING_INDEXES)
-
-
 def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
     found: set = set()
     for start in range(0, len(names), 500):  # SQLite's limit on bound parameters is 999 on older versions
@@ -986,14 +806,6 @@ def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
         found.update(row[0] for row in conn.execute(
             f"SELECT name FROM legacy_imports WHERE name IN ({marks})", chunk))
     return found
-
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Upgrade a queue.db from an earlier version in place: add the columns it lacks."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    for name, declaration in ADDED_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
 
 
 def _select_in_order(fields: str, routing_key: Optional[str], state: Optional[State],

@@ -1,0 +1,76 @@
+"""queue.db's tables and indexes, and how a file from an earlier version is brought up to date in place: run
+at every open, before the file's quick_check; on a file already current it changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    routing_key TEXT NOT NULL,
+    api TEXT NOT NULL,
+    action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    event_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id);
+-- Events imported from the old agent's outqueue, by their file name there: an import never queues one twice.
+CREATE TABLE IF NOT EXISTS legacy_imports (
+    name TEXT PRIMARY KEY,
+    event_id INTEGER NOT NULL,
+    imported REAL NOT NULL
+);
+"""
+# Added for coalescing (issue 15); a queue.db of 0.1 gets them at open (see _add_coalescing_columns).
+COALESCING_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"))
+# events_by_priority is the only index by (state, routing_key): every insert writes a page of each index, and a
+# third one (events_by_state_key, the same without priority, from 0.1) cost the writer a fifth of its time per
+# event. A key's events in id order are read from it as three runs, one per priority (store.IN_ORDER).
+COALESCING_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_by_incident ON events (routing_key, dedup_key, state);
+CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
+DROP INDEX IF EXISTS events_by_state_key;
+"""
+# Columns added after 0.1, each (name, declaration): a queue.db from before gets them at open, in place.
+# sender_uid: who queued the event (SO_PEERCRED); -1 for events queued before it was recorded.
+ADDED_COLUMNS = (("sender_uid", "INTEGER NOT NULL DEFAULT -1"),)
+
+
+def apply(conn: sqlite3.Connection) -> None:
+    """Create what a new queue.db lacks and upgrade one from an earlier version: tables, columns, indexes."""
+    conn.executescript(SCHEMA)
+    _add_coalescing_columns(conn)
+    _add_missing_columns(conn)
+
+
+def _add_coalescing_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a queue.db made before coalescing in place: add its columns if missing, then its indexes."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, declaration in COALESCING_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
+    conn.executescript(COALESCING_INDEXES)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a queue.db from an earlier version in place: add the columns it lacks."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, declaration in ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
