@@ -130,18 +130,26 @@ def is_own_unit(unit: str) -> bool:
 # --- reading a unit -------------------------------------------------------------------------------------------
 
 
-def read_properties(unit: str, systemctl: str = "systemctl") -> Dict[str, str]:
+def read_properties(unit: str) -> Dict[str, str]:
     """`systemctl show -p ...` of one unit as a dict of strings (systemd's own formatting)."""
     check_unit_name(unit)
-    argv = [systemctl, "show", "--no-pager", "-p", ",".join(PROPERTIES), "--", unit]
+    return parse_properties(systemctl("show", "--no-pager", "-p", ",".join(PROPERTIES), "--", unit,
+                                      what=f"show {unit}"))
+
+
+def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT_SEC, what: str = "") -> str:
+    """Run systemctl with `args` and return what it printed; UnitError, naming `what` was run (all of `args` if
+    not given) and why, if it could not be run or failed."""
+    command = what or " ".join(args)
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                                timeout=SYSTEMCTL_TIMEOUT_SEC, env={**os.environ, "SYSTEMD_PAGER": "", "LC_ALL": "C"})
+        result = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                errors="replace", timeout=timeout,
+                                env={**os.environ, "SYSTEMD_PAGER": "", "LC_ALL": "C"})
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UnitError(f"cannot run systemctl show {unit}: {exc}") from None
+        raise UnitError(f"cannot run systemctl {command}: {exc}") from None
     if result.returncode != 0:
-        raise UnitError(f"systemctl show {unit} exited {result.returncode}: {result.stderr.strip()[:500]}")
-    return parse_properties(result.stdout)
+        raise UnitError(f"systemctl {command} exited {result.returncode}: {result.stderr.strip()[:500]}")
+    return result.stdout
 
 
 def parse_properties(text: str) -> Dict[str, str]:

@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -258,14 +257,6 @@ def write_drop_in(runtime_dir: str, unit: str) -> bool:
         os.close(directory)
 
 
-def _systemctl(*args: str) -> None:
-    result = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            errors="replace", timeout=unitalert.SYSTEMCTL_TIMEOUT_SEC * 4)
-    if result.returncode != 0:
-        raise unitalert.UnitError(f"systemctl {' '.join(args)} exited {result.returncode}: "
-                                  f"{result.stderr.strip()[:500]}")
-
-
 def rearm(runtime_dir: str = RUNTIME_UNIT_DIR) -> int:
     """Once per boot: watch the next start of every unit whose incident an earlier boot left open."""
     units = open_incident_units(state_dir())
@@ -281,7 +272,7 @@ def rearm(runtime_dir: str = RUNTIME_UNIT_DIR) -> int:
     if written:
         # One reload for all. A start job queued before it (the boot's own transaction) does not get the new
         # Wants=, which is why the units are looked at again below.
-        _systemctl("daemon-reload")
+        unitalert.systemctl("daemon-reload", timeout=unitalert.SYSTEMCTL_TIMEOUT_SEC * 4)
     watch: List[str] = []
     for unit in units:
         try:
@@ -295,7 +286,7 @@ def rearm(runtime_dir: str = RUNTIME_UNIT_DIR) -> int:
         elif decision == "failed":
             say(f"{unit} has failed in this boot: its incident is left to pdagent-unit-failed@{unit}.service")
     if watch:
-        _systemctl("start", "--no-block", "--", *[f"pdagent-unit-ok@{unit}.service" for unit in watch])
+        unitalert.systemctl("start", "--no-block", "--", *[f"pdagent-unit-ok@{unit}.service" for unit in watch])
     say(f"{len(units)} open incident(s): watching {len(watch)} unit(s) that ran or are starting in this boot "
         f"({' '.join(watch) or 'none'}); the others at their next start")
     return exitcodes.OK
