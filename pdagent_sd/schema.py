@@ -37,8 +37,11 @@ CREATE TABLE IF NOT EXISTS legacy_imports (
     imported REAL NOT NULL
 );
 """
-# Added for coalescing (issue 15); a queue.db of 0.1 gets them at open (see _add_coalescing_columns).
-COALESCING_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"))
+# Columns added after 0.1, each (name, declaration): a queue.db from before gets them at open, in place.
+# priority, superseded_by: coalescing (issue 15). sender_uid: who queued the event (SO_PEERCRED); -1 for events
+# queued before it was recorded.
+ADDED_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"),
+                 ("sender_uid", "INTEGER NOT NULL DEFAULT -1"))
 # events_by_priority is the only index by (state, routing_key): every insert writes a page of each index, and a
 # third one (events_by_state_key, the same without priority, from 0.1) cost the writer a fifth of its time per
 # event. A key's events in id order are read from it as three runs, one per priority (store.IN_ORDER).
@@ -47,30 +50,14 @@ CREATE INDEX IF NOT EXISTS events_by_incident ON events (routing_key, dedup_key,
 CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
 DROP INDEX IF EXISTS events_by_state_key;
 """
-# Columns added after 0.1, each (name, declaration): a queue.db from before gets them at open, in place.
-# sender_uid: who queued the event (SO_PEERCRED); -1 for events queued before it was recorded.
-ADDED_COLUMNS = (("sender_uid", "INTEGER NOT NULL DEFAULT -1"),)
 
 
 def apply(conn: sqlite3.Connection) -> None:
-    """Create what a new queue.db lacks and upgrade one from an earlier version: tables, columns, indexes."""
+    """Create what a new queue.db lacks and upgrade one from an earlier version in place: tables, then the
+    columns it lacks, then the indexes (which need the columns)."""
     conn.executescript(SCHEMA)
-    _add_coalescing_columns(conn)
-    _add_missing_columns(conn)
-
-
-def _add_coalescing_columns(conn: sqlite3.Connection) -> None:
-    """Upgrade a queue.db made before coalescing in place: add its columns if missing, then its indexes."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    for name, declaration in COALESCING_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
-    conn.executescript(COALESCING_INDEXES)
-
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Upgrade a queue.db from an earlier version in place: add the columns it lacks."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
     for name, declaration in ADDED_COLUMNS:
         if name not in present:
             conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
+    conn.executescript(COALESCING_INDEXES)
