@@ -155,7 +155,6 @@ class Daemon:
         self.watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
         self.next_watchdog = 0.0
         self.queue_open = False
-        self._last_delivery: Optional[List[Optional[float]]] = None  # read from the queue once, for STATUS=
 
     # --- the main loop --------------------------------------------------------------------------------
 
@@ -277,12 +276,10 @@ class Daemon:
             return
         try:
             totals = self.store.totals()
-            if self._last_delivery is None:
-                self._last_delivery = [self.store.last_delivery()]  # once: a scan of every attempt
+            last = self.handlers.last_delivery()
         except Exception:  # noqa: BLE001 - a status line is not worth the daemon
             logger.exception("cannot compute the status line")
             return
-        last = self.scheduler.stats.last_delivery or self._last_delivery[0]
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
         text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
                 f"throttled keys: {self.scheduler.held_keys()}, last delivery: {last_text}")

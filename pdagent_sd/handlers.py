@@ -143,6 +143,16 @@ class Handlers:
         self.started = started
         self.default_source = default_source
         self._ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="client-ops")
+        self._last_delivery_on_record: Optional[List[Optional[float]]] = None  # read from the queue once
+
+    def last_delivery(self) -> Optional[float]:
+        """When an event was last delivered: this run's latest from the scheduler, else the latest on record
+        in queue.db, read once (where nothing was ever delivered, that read goes through every attempt)."""
+        if self.scheduler.stats.last_delivery is not None:
+            return self.scheduler.stats.last_delivery
+        if self._last_delivery_on_record is None:
+            self._last_delivery_on_record = [self.store.last_delivery()]
+        return self._last_delivery_on_record[0]
 
     def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
         op = message["op"]
@@ -205,7 +215,7 @@ class Handlers:
         warnings = [f"the queue database was found damaged and moved aside to {path}; "
                     f"events in it were not delivered" for path in damaged]
         return {"keys": keys, "keys_total": keys_total, "keys_omitted": max(0, keys_total - len(keys)),
-                "totals": totals, "last_delivery": self.scheduler.stats.last_delivery or self.store.last_delivery(),
+                "totals": totals, "last_delivery": self.last_delivery(),
                 "throttled_keys": self.scheduler.held_keys(), "warnings": warnings, "damaged_files": damaged,
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
                            "tracked_keys": len(self.scheduler.keys)}}
