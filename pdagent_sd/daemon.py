@@ -277,12 +277,13 @@ class Daemon:
         try:
             totals = self.store.totals()
             last = self.handlers.last_delivery()
+            held = self.handlers.held_keys()
         except Exception:  # noqa: BLE001 - a status line is not worth the daemon
             logger.exception("cannot compute the status line")
             return
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
         text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
-                f"throttled keys: {self.scheduler.held_keys()}, last delivery: {last_text}")
+                f"throttled keys: {held}, last delivery: {last_text}")
         if self.store.corrupt_files():
             text += " (WARNING: damaged queue moved aside; see pd-queue status)"
         if self.store.marker_error is not None:

@@ -145,6 +145,11 @@ class Handlers:
         self._ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="client-ops")
         self._last_delivery_on_record: Optional[List[Optional[float]]] = None  # read from the queue once
 
+    def held_keys(self) -> int:
+        """Keys with pending events that are throttled or backing off now: the scheduler's, less those whose
+        events were dropped while they waited (an index seek each; only keys held in memory are asked about)."""
+        return sum(1 for key in self.scheduler.held_keys() if self.store.has_pending(key))
+
     def last_delivery(self) -> Optional[float]:
         """When an event was last delivered: this run's latest from the scheduler, else the latest on record
         in queue.db, read once (where nothing was ever delivered, that read goes through every attempt)."""
@@ -216,7 +221,7 @@ class Handlers:
                     f"events in it were not delivered" for path in damaged]
         return {"keys": keys, "keys_total": keys_total, "keys_omitted": max(0, keys_total - len(keys)),
                 "totals": totals, "last_delivery": self.last_delivery(),
-                "throttled_keys": self.scheduler.held_keys(), "warnings": warnings, "damaged_files": damaged,
+                "throttled_keys": self.held_keys(), "warnings": warnings, "damaged_files": damaged,
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
                            "tracked_keys": len(self.scheduler.keys)}}
 

@@ -432,12 +432,13 @@ class Scheduler:
 
     # --- what systemctl status and pd-queue status show --------------------------------------------------
 
-    def held_keys(self) -> int:
-        """Keys with events waiting that are throttled or backing off now."""
+    def held_keys(self) -> List[str]:
+        """Keys with events waiting that are throttled or backing off now. A key whose pending events were
+        dropped meanwhile stays among them until its backoff ends: Handlers.held_keys() leaves those out."""
         with self.cond:
             now = self.clock()
-            return sum(1 for state in self.keys.values() if state.place != "idle"
-                       and (state.throttled_until > now or state.backoff_until > now))
+            return [state.routing_key for state in self.keys.values() if state.place != "idle"
+                    and (state.throttled_until > now or state.backoff_until > now)]
 
     def key_status(self, routing_key: str) -> Dict[str, Optional[float]]:
         """Wall-clock times until which a key is throttled or backing off (None when it is not)."""

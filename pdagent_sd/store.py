@@ -669,6 +669,11 @@ class Store:
                                     (routing_key,)).fetchone()
         return float(row[0] or 0.0) if row else 0.0
 
+    @_read_op
+    def has_pending(self, routing_key: str) -> bool:
+        return self.reader().execute("SELECT 1 FROM events WHERE state = 'pending' AND routing_key = ? LIMIT 1",
+                                     (routing_key,)).fetchone() is not None
+
     def pending_keys(self) -> List[Tuple[str, int]]:
         """Every routing key with pending events, with the sender of its oldest one."""
         rows = self.reader().execute(  # SQLite takes the bare column from the row MIN(id) picks
