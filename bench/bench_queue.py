@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 
-from agentproc import read_line  # noqa: E402
+from agentproc import insert_events, read_line  # noqa: E402
 from benchlib import Agent, StandInProcess, key, line, start_agent, trigger, workdir  # noqa: E402
 
 STATUS_TARGET_SEC = 0.3
@@ -228,7 +228,7 @@ def run(agent: Agent, standin: StandInProcess, events: int) -> None:
     many = events * 10
     settled = bare_status(agent)
     rss_before = rss_mb(agent.pid)
-    add_delivered_keys(agent, many)
+    insert_events(agent.state_dir, ((f"{n:016x}fedcba9876543210", "delivered") for n in range(many)), age=0)
     print(f"with {many} more delivered events, each on its own routing key (a local user's junk keys)")
     bare_many = bare_status(agent, runs=3)
     reply = agent.request({"op": "status"})
@@ -238,20 +238,6 @@ def run(agent: Agent, standin: StandInProcess, events: int) -> None:
     line("pd-queue metrics", ms(metrics_many))
     line("daemon VmRSS before; after", f"{rss_before:.1f} MB; {rss_mb(agent.pid):.1f} MB",
          f"target <= {RSS_TARGET_MB:.0f} MB", "ok" if rss_mb(agent.pid) <= RSS_TARGET_MB else "MISSED")
-
-
-def add_delivered_keys(agent: Agent, rows: int) -> None:
-    """Delivered rows on as many made-up keys, written into the live queue.db (WAL: the daemon reads on)."""
-    import sqlite3
-
-    body = '{"routing_key":"k","event_action":"trigger","payload":{"summary":"s","source":"s","severity":"info"}}'
-    now = time.time()
-    with sqlite3.connect(os.path.join(agent.state_dir, "queue.db"), timeout=60, isolation_level=None) as db:
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
-                       "attempts) VALUES (?, 'v2', 'trigger', 'junk', ?, 'delivered', ?, ?, 1)",
-                       ((f"{n:016x}fedcba9876543210", body, now, now) for n in range(rows)))
-        db.execute("COMMIT")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from pdagent_sd.store import Store
 
-from agentproc import KEY_A, KEY_B, ROOT, Agent, send_many, trigger
+from agentproc import KEY_A, KEY_B, ROOT, Agent, insert_events, send_many, trigger
 
 pytestmark = pytest.mark.integration
 
@@ -127,26 +126,14 @@ def test_status_json_is_the_daemons_answer(agent, standin):
     assert "ok" not in reply
 
 
-def _fill(state_dir: str, rows: List[tuple]) -> None:  # type: ignore[type-arg]
-    """Rows (routing_key, state) written into queue.db before the daemon starts."""
-    Store(state_dir).open()
-    body = '{"routing_key":"%s","event_action":"trigger","payload":{"summary":"s","source":"s","severity":"info"}}'
-    now = time.time()
-    with sqlite3.connect(os.path.join(state_dir, "queue.db"), isolation_level=None) as db:
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
-                       "attempts) VALUES (?, 'v2', 'trigger', ?, ?, ?, ?, ?, 0)",
-                       ((key, f"d{n}", body % key, state, now - 60, now - 60) for n, (key, state) in enumerate(rows)))
-        db.execute("COMMIT")
-
-
 def test_status_details_at_most_200_keys_most_pending_first_and_counts_the_rest(make_agent, standin):
     """A queue holding a flood of made-up keys: status and metrics stay 200 keys long, the keys with events
     waiting among them, and Total and keys_total still count everything."""
     agent = make_agent(start=False)
     junk = [f"{n:032x}" for n in range(230)]
-    _fill(agent.state_dir, [(key, "delivered") for key in junk] + [(KEY_A, "failed")] * 3
-          + [(KEY_B, "pending")] * 2)
+    Store(agent.state_dir).open()
+    insert_events(agent.state_dir, [(key, "delivered") for key in junk] + [(KEY_A, "failed")] * 3
+                  + [(KEY_B, "pending")] * 2)
     standin.refuse_connections()  # KEY_B's events stay pending
     agent.start()
     reply = json.loads(ok(pd_queue(agent, "status", "--json")))
