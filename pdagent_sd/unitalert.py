@@ -40,7 +40,7 @@ MAX_JOURNAL_LINE = 2000  # characters of one journal line in an event; 50 of the
 # ExecMainCode is the si_code of the main process's end (CLD_* in <signal.h>).
 EXIT_CODES = {"1": "exited", "2": "killed", "3": "dumped", "4": "trapped", "5": "stopped", "6": "continued"}
 SYSTEMCTL_TIMEOUT_SEC = 15.0
-JOURNAL_ATTEMPTS = 20  # up to 9.5 s for the unit's own lines: the reason is worth a page a few seconds later
+JOURNAL_ATTEMPTS = 6
 JOURNAL_RETRY_SEC = 0.5
 
 
