@@ -25,7 +25,7 @@ from pdagent_sd.limits import MAX_SUMMARY, fit
 SECTION = "UnitAlerts"
 PROPERTIES = ("Id", "Description", "LoadState", "ActiveState", "SubState", "Result", "Type", "ExecMainCode",
               "ExecMainStatus", "NRestarts", "InvocationID", "InactiveEnterTimestamp", "ActiveEnterTimestamp",
-              "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic", "TriggeredBy", "Job")
+              "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic", "TriggeredBy", "Job", "ExecMainPID")
 # The properties an alert carries in custom_details, under systemd's own names.
 DETAIL_PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "InactiveEnterTimestamp",
                      "InvocationID")
@@ -161,13 +161,16 @@ def parse_properties(text: str) -> Dict[str, str]:
     return properties
 
 
-def read_journal(invocation_id: str, lines: int, unit: str = "", since_usec: int = 0) -> Tuple[List[str], str]:
+def read_journal(invocation_id: str, lines: int, unit: str = "", since_usec: int = 0,
+                 main_pid: int = 0) -> Tuple[List[str], str]:
     """The last `lines` journal lines of one invocation (the unit's own output and systemd's messages about
     it), oldest first, and why none could be read ("" when some could).
 
     since_usec: the monotonic time the invocation started (InactiveExitTimestampMonotonic). A process that
     exits at once can be gone before journald looks up who wrote its last lines; they then carry the unit's
-    name (from the stream's header) but no invocation ID, and are taken if they are not older than that."""
+    name (from the stream's header) but no invocation ID, and are taken if they are not older than that. Some
+    carry no unit at all (systemd issue 2913: the process had exited before journald read its cgroup), so lines
+    of the run's main process (main_pid, ExecMainPID) are taken on the same terms."""
     if lines <= 0:
         return [], ""
     if not INVOCATION_ID.fullmatch(invocation_id or ""):
@@ -179,7 +182,7 @@ def read_journal(invocation_id: str, lines: int, unit: str = "", since_usec: int
         return [], f"the journal cannot be read here: python3-systemd is missing ({exc})"
     try:
         for attempt in range(JOURNAL_ATTEMPTS):
-            entries = _tail(journal, invocation_id, lines, unit, since_usec)
+            entries = _tail(journal, invocation_id, lines, unit, since_usec, main_pid)
             # The unit's own output comes through its stdout stream, which journald may write out a little
             # after systemd's messages about the unit: wait briefly for at least one line of it.
             if any(_from_the_unit(entry) for entry in entries) or attempt + 1 == JOURNAL_ATTEMPTS:
@@ -200,10 +203,11 @@ def _from_the_unit(entry: Dict[str, Any]) -> bool:
     return "INVOCATION_ID" not in entry
 
 
-def _tail(journal: Any, invocation_id: str, lines: int, unit: str, since_usec: int) -> List[Dict[str, Any]]:
+def _tail(journal: Any, invocation_id: str, lines: int, unit: str, since_usec: int,
+          main_pid: int = 0) -> List[Dict[str, Any]]:
     """The last entries of one invocation, newest first: the unit's processes (_SYSTEMD_INVOCATION_ID), its
-    lines journald could not attribute to an invocation (see read_journal), and systemd's messages about it
-    (INVOCATION_ID)."""
+    lines journald could not attribute to an invocation or a unit (see read_journal), and systemd's messages
+    about it (INVOCATION_ID)."""
     reader = journal.Reader()
     try:
         reader.add_match(_SYSTEMD_INVOCATION_ID=invocation_id)
@@ -212,6 +216,9 @@ def _tail(journal: Any, invocation_id: str, lines: int, unit: str, since_usec: i
         if unit and since_usec:
             reader.add_disjunction()
             reader.add_match(_SYSTEMD_UNIT=unit)
+        if main_pid > 0 and since_usec:
+            reader.add_disjunction()
+            reader.add_match(_PID=str(main_pid))
         reader.seek_tail()
         entries: List[Dict[str, Any]] = []
         boot: Any = _boot_id()
@@ -377,7 +384,7 @@ def describe_unit(unit: str, lines: int = 50) -> Dict[str, Any]:
     if properties.get("LoadState") == "not-found":
         raise InvalidEvent(f"--unit {unit}: no such unit")
     journal_lines, journal_error = read_journal(properties.get("InvocationID", ""), lines, unit,
-                                                start_usec(properties))
+                                                start_usec(properties), main_pid(properties))
     return unit_details(properties, journal_lines, journal_error)
 
 
@@ -419,6 +426,12 @@ def recovery_verdict(properties: Dict[str, str], failed_invocation: str, stay_up
         if entered_usec and now_monotonic_usec - entered_usec >= stay_up_sec * 1_000_000:
             return "recovered"
     return "wait"
+
+
+def main_pid(properties: Dict[str, str]) -> int:
+    """The PID of the run's main process (ExecMainPID, kept after it exited); 0 if unknown."""
+    value = properties.get("ExecMainPID", "")
+    return int(value) if value.isdigit() else 0
 
 
 def start_usec(properties: Dict[str, str]) -> int:

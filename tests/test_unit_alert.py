@@ -292,3 +292,10 @@ def test_pd_unit_alert_rearm_without_incidents_touches_nothing() -> None:
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "rearm" in run_alert("--help").stdout
     assert run_alert("rearm", "backup.service").returncode == 2
+
+
+def test_main_pid_is_read_from_exec_main_pid_and_is_0_when_unknown() -> None:
+    assert unitalert.main_pid({"ExecMainPID": "4242"}) == 4242
+    assert unitalert.main_pid({"ExecMainPID": "0"}) == 0
+    assert unitalert.main_pid({"ExecMainPID": "-1"}) == 0 and unitalert.main_pid({}) == 0
+    assert "ExecMainPID" in unitalert.PROPERTIES

@@ -133,7 +133,7 @@ def failed(unit: str) -> int:
         invocation = properties.get("InvocationID") or os.environ.get("MONITOR_INVOCATION_ID", "")
         properties["InvocationID"] = invocation
         lines, why = unitalert.read_journal(invocation, settings.journal_lines, unit,
-                                            unitalert.start_usec(properties))
+                                            unitalert.start_usec(properties), unitalert.main_pid(properties))
         if why:
             say(f"the page goes out without journal lines: {why}")
         event = unitalert.failure_event(properties, host, settings, lines, why)
