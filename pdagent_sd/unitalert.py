@@ -33,7 +33,7 @@ DETAIL_PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "I
 UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,246}\.(service|socket|target|device|mount|automount|swap|timer|"
                        r"path|slice|scope)", re.ASCII)
 KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
-INVOCATION_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
+ID128 = re.compile(r"[0-9a-f]{32}", re.ASCII)  # an invocation or boot ID, as systemd prints it
 # The agent's own units never page through the agent: a failing pager must not start itself in a loop.
 OWN_UNIT = re.compile(r"pdagent[.@-]", re.ASCII)
 MAX_JOURNAL_LINE = 2000  # characters of one journal line in an event; 50 of them stay far below 512 KB
@@ -173,7 +173,7 @@ def read_journal(invocation_id: str, lines: int, unit: str = "", since_usec: int
     of the run's main process (main_pid, ExecMainPID) are taken on the same terms."""
     if lines <= 0:
         return [], ""
-    if not INVOCATION_ID.fullmatch(invocation_id or ""):
+    if not ID128.fullmatch(invocation_id or ""):
         return [], "the unit has no invocation ID (it never ran), so it has no journal lines to show"
     sync_journal()
     try:
@@ -242,9 +242,19 @@ def _tail(journal: Any, invocation_id: str, lines: int, unit: str, since_usec: i
         reader.close()
 
 
+BOOT_ID_VARIABLE = "PDAGENT_BOOT_ID"
+
+
 def _boot_id() -> Any:
+    """This boot's ID as a UUID (None if unknown). The units pass it as systemd knows it (`%b`) in
+    $PDAGENT_BOOT_ID: in a container, ProtectKernelTunables= hides the container manager's boot_id file under
+    /proc/sys, and the process would read the host's ID, which outlives the container's reboots and matches
+    none of the container's journal entries."""
     import uuid
 
+    given = os.environ.get(BOOT_ID_VARIABLE, "")
+    if ID128.fullmatch(given):
+        return uuid.UUID(given)
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
             return uuid.UUID(handle.read().strip())
@@ -286,7 +296,7 @@ def format_entry(entry: Dict[str, Any]) -> str:
 
 
 def journal_command(unit: str, invocation_id: str) -> str:
-    if INVOCATION_ID.fullmatch(invocation_id or ""):
+    if ID128.fullmatch(invocation_id or ""):
         return f"journalctl _SYSTEMD_INVOCATION_ID={invocation_id} + INVOCATION_ID={invocation_id}"
     return f"journalctl -u {unit}"
 

@@ -299,3 +299,14 @@ def test_main_pid_is_read_from_exec_main_pid_and_is_0_when_unknown() -> None:
     assert unitalert.main_pid({"ExecMainPID": "0"}) == 0
     assert unitalert.main_pid({"ExecMainPID": "-1"}) == 0 and unitalert.main_pid({}) == 0
     assert "ExecMainPID" in unitalert.PROPERTIES
+
+
+def test_the_boot_id_given_by_the_unit_wins_over_procs(monkeypatch: pytest.MonkeyPatch) -> None:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        procs = handle.read().strip().replace("-", "")
+    monkeypatch.delenv(unitalert.BOOT_ID_VARIABLE, raising=False)
+    assert unitalert.boot_id() == procs
+    monkeypatch.setenv(unitalert.BOOT_ID_VARIABLE, "0123456789abcdef0123456789abcdef")  # what %b gives
+    assert unitalert.boot_id() == "0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv(unitalert.BOOT_ID_VARIABLE, "%b not expanded")
+    assert unitalert.boot_id() == procs

@@ -9,6 +9,7 @@ loopback; each test uses units of its own and looks only at its own dedup keys.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -109,6 +110,11 @@ def test_failed_unit_pages_with_its_journal_and_a_successful_run_resolves(machin
     shown = machine.run(details["journal_command"].split() + ["--no-pager"]).stdout
     assert "the reason: disk gone" in shown, "the journalctl command shows the lines"
     assert machine.is_active(f"pdagent-unit-failed@{unit}.service"), "stays active while the incident is open"
+    # The sandboxed handler must know the container's boot, not the host's (ProtectKernelTunables= hides the
+    # container's boot_id under /proc/sys): with the host's, the lines journald could not tie to the invocation
+    # were dropped as another boot's, and an incident would count as this boot's after the container rebooted.
+    record = json.loads(machine.run(["cat", f"/var/lib/pdagent-unit-alert/{unit}"]).stdout)
+    assert record["boot_id"] == machine.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip().replace("-", "")
 
     # pd-send --unit: the same state and journal tail on any event a script sends.
     machine.pd_send(KEY, "backup check", dedup_key="pd-send-unit", extra=["--unit", unit])
