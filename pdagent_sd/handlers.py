@@ -22,7 +22,7 @@ from pdagent_sd.events import NO_KEYS, mask, validate
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import KeyBook
 from pdagent_sd.metrics import render as render_metrics
-from pdagent_sd.protocol import LEGACY_BATCH, Message
+from pdagent_sd.protocol import LEGACY_BATCH, STATUS_MAX_KEYS, Message
 from pdagent_sd.queuetypes import LegacyEntry, Sender, State
 from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import Store
@@ -36,7 +36,6 @@ MAX_LIST_LIMIT = 10000
 # Bodies in one `list` reply at most: the whole reply is built in memory (an admin's list of 10,000 events of
 # 512 KB would be 5 GB); past it the reply holds fewer rows and says truncated.
 MAX_LIST_BODY_BYTES = 16 * 1024 * 1024
-STATUS_MAX_KEYS = 200  # routing keys `status` and `metrics` detail; the rest are counted in keys_omitted
 NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from pdagent_sd.protocol import STATUS_MAX_KEYS
+
 STATES = ("pending", "delivered", "failed", "superseded")
 
 
@@ -68,7 +70,7 @@ def render(status: Dict[str, Any]) -> str:
     doc.family("pdagent_queue_events", "Events in the queue by state, all routing keys together.",
                [f'pdagent_queue_events{{state="{state}"}} {totals[state]}' for state in STATES])
     doc.family("pdagent_routing_keys", "Routing keys with events in the queue; the per-key series above cover at "
-               "most 200 of them, those with the most pending, then failed, events.",
+               f"most {STATUS_MAX_KEYS} of them, those with the most pending, then failed, events.",
                [f"pdagent_routing_keys {int(status.get('keys_total') or len(keys))}"])
     doc.family("pdagent_throttled_keys", "Routing keys throttled or backing off now.",
                [f"pdagent_throttled_keys {int(status.get('throttled_keys') or 0)}"])

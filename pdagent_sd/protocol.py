@@ -34,6 +34,9 @@ OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics", "i
 #                                nothing and answers would_import)
 # A request carries at most LEGACY_BATCH events, so that its line stays well under MAX_LINE.
 LEGACY_BATCH = 100
+# status (and metrics, rendered from it) details at most STATUS_MAX_KEYS routing keys in "keys", those with the
+# most pending, then failed, events; "keys_total" counts every key, "keys_omitted" those left out.
+STATUS_MAX_KEYS = 200
 
 
 def socket_path(explicit: Optional[str] = None) -> str:
