@@ -211,16 +211,20 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
     values: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
     named: Dict[str, str] = {}
     sources: Dict[str, str] = {}
+    grants: Dict[str, keys_module.Grant] = {}
     for filename in config_files(main):
         settings, file_keys = _read_file(filename)
         values.update(settings)
-        named.update(file_keys)
-        sources.update({name: filename for name in file_keys})
+        for name, (key, grant) in file_keys.items():
+            named[name], grants[name], sources[name] = key, grant, filename
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials:
-        for name, key, where in keys_module.from_credentials(credentials):
-            named[name] = key
-            sources[name] = where
+        for name, (key, grant), where in keys_module.from_credentials(credentials):
+            named[name], grants[name], sources[name] = key, grant, where
+    for name, grant in sorted(grants.items()):
+        for word in grant.unknown:
+            logger.warning("%s: @%s grants %s, which does not exist on this system; it grants nothing",
+                           sources[name], name, word)
     for setting in SETTINGS:
         raw = env.get("PDAGENT_" + setting.name.upper())
         if raw is not None:
@@ -234,7 +238,7 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
             f"events_url {values['events_url']} is plain http:// to a host that is not loopback; "
             "use https://, or set allow_insecure_http = yes if you really mean it",
         )
-    return Config(**values, keys=KeyBook(named, sources))
+    return Config(**values, keys=KeyBook(named, sources, grants))
 
 
 def is_safe_url(url: str) -> bool:
@@ -258,7 +262,7 @@ def is_safe_url(url: str) -> bool:
         return False
 
 
-def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, Tuple[str, keys_module.Grant]]]:
     """The [Agent] settings and the [Keys] of one file."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # key names keep their case
@@ -272,11 +276,11 @@ def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
         reason = f"a syntax error at line {line}" if line else getattr(exc, "strerror", None) or type(exc).__name__
         raise ConfigError(f"{filename}: cannot read: {reason}") from None
     values: Dict[str, Any] = {}
-    named: Dict[str, str] = {}
+    named: Dict[str, Tuple[str, keys_module.Grant]] = {}
     for section in parser.sections():
         if section == keys_module.SECTION:
             for name, raw in parser.items(section):
-                named[name] = keys_module.check_key(name, raw, f"{filename} [{keys_module.SECTION}]")
+                named[name] = keys_module.check_entry(name, raw, f"{filename} [{keys_module.SECTION}]")
             continue
         if section in OTHER_SECTIONS:
             continue
@@ -321,5 +325,9 @@ def render_ini() -> str:
     lines += ["", "# Named routing keys: `pd-send -k @ops` sends the key named ops, so no key is on a command line",
               "# that other users can read. Keep keys in a file only root and group pdagent can read (this one",
               "# is 0640 root:pdagent), or in systemd credentials key.NAME. See docs/security.md.",
-              f"#[{keys_module.SECTION}]", "#ops = 0123456789abcdef0123456789abcdef"]
+              "# A name may be used only by trusted senders (root, group pdagent, trusted_groups) unless its",
+              "# entry grants it to more after the key: user:NAME, group:NAME, or everyone. Nagios runs as",
+              "# user nagios, so its key is granted to it (or put nagios in trusted_groups):",
+              f"#[{keys_module.SECTION}]", "#ops = 0123456789abcdef0123456789abcdef",
+              "#nagios = fedcba9876543210fedcba9876543210 user:nagios"]
     return "\n".join(lines) + "\n"

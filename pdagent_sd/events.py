@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, Dict, Iterable, List, Tuple
 
 from pdagent_sd.errors import InvalidEvent
-from pdagent_sd.keys import KeyBook
+from pdagent_sd.keys import TRUSTED, Caller, KeyBook
 from pdagent_sd.limits import MAX_SUMMARY
 from pdagent_sd.protocol import dumps
 
@@ -91,11 +91,11 @@ NO_KEYS = KeyBook()
 
 
 def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool = False,
-             keys: KeyBook = NO_KEYS) -> Event:
+             keys: KeyBook = NO_KEYS, caller: Caller = TRUSTED) -> Event:
     """Check one event against its API's rules; return it normalised, or raise InvalidEvent naming the field.
 
     A routing key `@name` is replaced in the body by the key `keys` has for that name: what is queued and
-    POSTed is the real key.
+    POSTed is the real key; a name `caller` may not use is Forbidden (keys.py).
 
     The caller's object is left as it was, unless it says the body is `owned` (freshly parsed from the wire),
     which spares a deep copy on the daemon's hot path.
@@ -111,7 +111,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
         body = json.loads(json.dumps(body))
     field = "service_key" if api is Api.V1 else "routing_key"
     if isinstance(body.get(field), str):
-        body[field] = keys.resolve(body[field], field)
+        body[field] = keys.resolve(body[field], field, caller)
     if api is Api.V2:
         routing_key, action, dedup_key = _validate_v2(body, default_source)
     elif api is Api.V1:

@@ -20,7 +20,7 @@ from pdagent_sd.commit import Commit
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
 from pdagent_sd.events import NO_KEYS, mask, validate
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.keys import KeyBook
+from pdagent_sd.keys import Caller, KeyBook
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import LEGACY_BATCH, STATUS_MAX_KEYS, Message
 from pdagent_sd.queuetypes import LegacyEntry, Sender, State
@@ -60,10 +60,15 @@ class Peer:
     gid: int
     admin: bool
     trusted: bool = False  # admin, or a member of trusted_groups: no per-sender quotas, the reserved room
+    groups: FrozenSet[int] = frozenset()  # its groups (SO_PEERGROUPS), for the grants of named keys
 
     @property
     def sender(self) -> Sender:
         return Sender(self.uid, self.trusted or self.admin)
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.uid, self.groups, self.trusted or self.admin)
 
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; Python has no name for it yet
@@ -72,18 +77,16 @@ MAX_GROUPS_BYTES = 1024  # the most Python's getsockopt() will read: 256 groups
 
 def peer_of(conn: socket.socket, service_uid: int, trusted_gids: FrozenSet[int] = frozenset()) -> Peer:
     """Who is on the other end (SO_PEERCRED): root, the service's own user and group pdagent are admins;
-    members of `trusted_gids` (trusted_groups) are trusted senders."""
+    members of `trusted_gids` (trusted_groups) are trusted senders. Everyone else's groups are read too: a
+    named key may be granted to a group."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     if uid in (0, service_uid):
         return Peer(pid, uid, gid, True, True)
     admin_gid = group_id(ADMIN_GROUP)
-    wanted = trusted_gids | ({admin_gid} if admin_gid is not None else set())
-    if not wanted:
-        return Peer(pid, uid, gid, False, False)
     groups = _peer_groups(conn, gid)
-    admin = admin_gid in groups
-    return Peer(pid, uid, gid, admin, admin or bool(groups & trusted_gids))
+    admin = admin_gid is not None and admin_gid in groups
+    return Peer(pid, uid, gid, admin, admin or bool(groups & trusted_gids), groups)
 
 
 GROUP_CACHE_SEC = 1.0
@@ -177,7 +180,8 @@ class Handlers:
     def _send(self, message: Message, peer: Peer) -> Later:
         event = message.get("event")
         source = self.default_source() if isinstance(event, dict) and _needs_source(event) else ""
-        event = validate(message.get("api", "v2"), event, default_source=source, owned=True, keys=self.keys)
+        event = validate(message.get("api", "v2"), event, default_source=source, owned=True, keys=self.keys,
+                         caller=peer.caller)
 
         def accepted(event_id: int) -> Message:
             self.scheduler.wake(event.routing_key, peer.uid)
@@ -188,15 +192,16 @@ class Handlers:
 
         return Later(self.store.enqueue_async(event, peer.sender), accepted)
 
-    def _key_filter(self, message: Message) -> Optional[str]:
-        """The routing key a request names, `@name` resolved: pd-queue -k @name works like pd-send's."""
+    def _key_filter(self, message: Message, peer: Peer) -> Optional[str]:
+        """The routing key a request names, `@name` resolved for whoever may use it: pd-queue -k @name works
+        like pd-send's."""
         value = _optional_str(message, "routing_key")
-        return None if value is None else self.keys.resolve(value)
+        return None if value is None else self.keys.resolve(value, caller=peer.caller)
 
     def op_status(self, message: Message, peer: Peer) -> Message:
         # redacted tells the client that keys are masked, so it can say how to see them whole
         return {"ok": True, "redacted": not peer.admin,
-                **self.status(self._key_filter(message), reveal=peer.admin)}
+                **self.status(self._key_filter(message, peer), reveal=peer.admin)}
 
     def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
         now = time.time()
@@ -229,7 +234,7 @@ class Handlers:
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        rows, truncated = self.store.list_page(state, self._key_filter(message), limit,
+        rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES)
         if not peer.admin:
             for row in rows:
@@ -244,7 +249,7 @@ class Handlers:
         return {"ok": True, "event": self.store.show(_event_id(message))}
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
-        routing_key = self._key_filter(message)
+        routing_key = self._key_filter(message, peer)
         if (routing_key is None) == (message.get("all") is not True):
             raise BadRequest("retry needs exactly one of routing_key or all")
         count = self.store.retry_failed(routing_key)
@@ -261,7 +266,7 @@ class Handlers:
         if "id" in message:
             count = self.store.drop(event_id=_event_id(message))
         else:
-            routing_key = self._key_filter(message)
+            routing_key = self._key_filter(message, peer)
             state = _state(message.get("state"))
             if routing_key is None or state is None:
                 raise BadRequest("drop needs an id, or a routing_key and a state")

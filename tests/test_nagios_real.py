@@ -317,7 +317,8 @@ def agent_socket(workspace: Workspace, standin: Any) -> Iterator[Agent]:
     """The real pdagentd, its socket where the monitor's user can reach it; stopped by PID afterwards."""
     os.makedirs(workspace.path("agent"))
     os.chmod(workspace.path("agent"), 0o755)
-    keys = "".join(f"{name} = {KEY}\n" for name in KEY_NAMES)
+    # Named keys are for trusted senders unless granted: the monitors' user gets them, as the shipped files say.
+    keys = "".join(f"{name} = {KEY} user:{run_as()[0]}\n" for name in KEY_NAMES)
     workspace.write("agent/agent.conf", f"[Keys]\n{keys}", mode=0o600)
     agent = Agent(workspace.path("agent"), standin.url)
     try:

@@ -4,8 +4,10 @@ systemd credentials, so no key has to be on a command line that every local user
 - the daemon queues and POSTs the real key; the sender's argv holds only the name;
 - an unknown name is an invalid event (exit 65) naming the name, never a key;
 - a bad key in the configuration stops the daemon naming the file and the name, never the value;
-- another local user sees dedup keys masked like routing keys (status, list, pd-queue --json) and can use a
-  name to page, but never learns the key behind it.
+- another local user sees dedup keys masked like routing keys (status, list, pd-queue --json) and never learns
+  the key behind a name;
+- a name is for trusted senders and whom its entry grants it to (user:NAME, group:NAME, everyone): anyone else
+  is refused with exit 77 naming the name, never the key (issue 18).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any, Dict
 import pytest
 
 from pdagent_sd import config as config_module
-from pdagent_sd.errors import ConfigError, InvalidEvent
+from pdagent_sd.errors import ConfigError, Forbidden, InvalidEvent
 from pdagent_sd.events import mask, validate
-from pdagent_sd.keys import KeyBook
+from pdagent_sd.keys import Caller, KeyBook
 
 from agentproc import KEY_A, KEY_B, Agent, trigger
 from asuser import OtherUser
@@ -88,6 +90,38 @@ def test_keys_come_from_files_and_credentials_and_a_bad_one_names_file_and_name_
     with pytest.raises(ConfigError) as caught:
         config_module.load(str(main), {})
     assert KEY_A not in caught.value.message and KEY_B not in caught.value.message
+
+
+@pytest.mark.unit
+def test_a_name_is_for_trusted_senders_and_whom_its_entry_grants_it_to(tmp_path: Any) -> None:
+    main = tmp_path / "agent.conf"
+    main.write_text(f"[Keys]\nops = {KEY_A}\nnagios = {KEY_B}  user:4711 group:4712\nall = {KEY_B} everyone\n"
+                    f"ghost = {KEY_A} user:no-such-user-here\n")
+    book = config_module.load(str(main), {}).keys
+    stranger, granted, member = Caller(1000), Caller(4711), Caller(1001, frozenset({5, 4712}))
+    root = Caller(0, trusted=True)
+    assert book.resolve("@ops", caller=root) == KEY_A and book.resolve("@ops") == KEY_A  # default: trusted
+    for caller in (granted, member, root):
+        assert validate("v2", trigger("@nagios", "x"), keys=book, caller=caller).routing_key == KEY_B
+    assert book.resolve("@all", caller=stranger) == KEY_B
+    for name, caller in (("ops", stranger), ("ops", granted), ("nagios", stranger), ("ghost", stranger)):
+        with pytest.raises(Forbidden) as caught:
+            validate("v2", trigger(f"@{name}", "x"), keys=book, caller=caller)
+        text = caught.value.message + (caught.value.hint or "")
+        assert f"@{name}" in text and f"uid {caller.uid}" in text and KEY_A not in text and KEY_B not in text
+    assert book.grant("ghost").unknown == ("user:no-such-user-here",)
+    (tmp_path / "agent.conf").write_text(f"[Keys]\nops = {KEY_A} users=nagios\n")
+    with pytest.raises(ConfigError) as bad:
+        config_module.load(str(main), {})
+    assert "@ops" in bad.value.message and "user:NAME" in bad.value.message and KEY_A not in bad.value.message
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "key.db").write_text(f"{KEY_B}\ngroup:4712\n")  # a credential takes the same words
+    main.write_text("")
+    book = config_module.load(str(main), {"CREDENTIALS_DIRECTORY": str(creds)}).keys
+    assert book.resolve("@db", caller=member) == KEY_B
+    with pytest.raises(Forbidden):
+        book.resolve("@db", caller=stranger)
 
 
 @pytest.mark.unit
@@ -164,16 +198,16 @@ def test_a_bad_key_in_the_configuration_stops_the_daemon_naming_file_and_name(ma
 def test_another_user_pages_by_name_but_never_sees_a_key_or_a_dedup_key(other_user: OtherUser,
                                                                         standin: StandIn) -> None:
     agent = Agent(other_user.workdir, standin.url)
-    write_keys(agent, f"[Keys]\nops = {KEY_A}\n")
+    write_keys(agent, f"[Keys]\nops = {KEY_A}\nshared = {KEY_A} user:{other_user.name}\n")
     agent.start()
     try:
         standin.refuse_connections()  # the events stay pending, to be listed
         assert agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "root's page", "-i", DEDUP).returncode == 0
         env: Dict[str, str] = {"PDAGENT_SOCKET": agent.socket}
-        sent = other_user.run(["-m", "pdagent_sd.cli.send", "-k", "@ops", "-t", "trigger", "-d", "by name"],
+        sent = other_user.run(["-m", "pdagent_sd.cli.send", "-k", "@shared", "-t", "trigger", "-d", "by name"],
                               env=env)
-        assert sent.returncode == 0, sent.stderr  # the socket is open to all: a name pages, as a key did
-        for argv in (["status", "--json"], ["list", "--json"], ["list"], ["status"], ["list", "-k", "@ops"]):
+        assert sent.returncode == 0, sent.stderr  # a name granted to the user pages
+        for argv in (["status", "--json"], ["list", "--json"], ["list"], ["status"], ["list", "-k", "@shared"]):
             shown = other_user.run(["-m", "pdagent_sd.cli.queue", *argv], env=env)
             assert shown.returncode == 0, (argv, shown.stderr)
             assert KEY_A not in shown.stdout and DEDUP not in shown.stdout, (argv, shown.stdout)
@@ -189,9 +223,43 @@ def test_another_user_pages_by_name_but_never_sees_a_key_or_a_dedup_key(other_us
         # outside the group cannot send at all (exit 69, "Permission denied"); a member can.
         os.chown(agent.socket, -1, 0)
         os.chmod(agent.socket, 0o660)
-        argv = ["-m", "pdagent_sd.cli.send", "-k", "@ops", "-t", "trigger", "-d", "by name"]
+        argv = ["-m", "pdagent_sd.cli.send", "-k", "@shared", "-t", "trigger", "-d", "by name"]
         outside = other_user.run(argv, env=env)
         assert outside.returncode == 69 and "Permission denied" in outside.stderr, outside.stderr
         assert other_user.run(argv, env=env, extra_groups=[0]).returncode == 0
+    finally:
+        agent.stop()
+
+
+@pytest.mark.integration
+def test_another_user_cannot_use_a_name_not_granted_to_it(other_user: OtherUser, standin: StandIn) -> None:
+    """The attack of issue 18: any local user paged, or resolved root's incident, through `-k @systemd`. Now
+    a name is refused (77, naming the name and never the key) unless its entry grants it to the user or to a
+    group of the user; the key's owner (root here, trusted) goes on using it."""
+    agent = Agent(other_user.workdir, standin.url)
+    write_keys(agent, f"[Keys]\nsystemd = {KEY_A}\nnagios = {KEY_B} user:{other_user.name}\n"
+                      f"team = {KEY_B} group:4\n")
+    agent.start()
+    try:
+        env: Dict[str, str] = {"PDAGENT_SOCKET": agent.socket}
+        assert agent.pd_send("-k", "@systemd", "-t", "trigger", "-d", "nginx failed", "-i", DEDUP).returncode == 0
+        for argv in (["-k", "@systemd", "-t", "resolve", "-i", DEDUP],
+                     ["-k", "@systemd", "-t", "trigger", "-d", "planned maintenance", "-i", DEDUP],
+                     ["-k", "@team", "-t", "trigger", "-d", "not in group 4 (adm)"]):
+            refused = other_user.run(["-m", "pdagent_sd.cli.send", *argv], env=env)
+            assert refused.returncode == 77, (argv, refused.returncode, refused.stderr)
+            assert argv[1] in refused.stderr and "may not use" in refused.stderr, refused.stderr
+            assert KEY_A not in refused.stderr + refused.stdout and KEY_B not in refused.stderr
+        listed = other_user.run(["-m", "pdagent_sd.cli.queue", "list", "-k", "@systemd"], env=env)
+        assert listed.returncode == 77 and KEY_A not in listed.stdout + listed.stderr, listed.stderr
+        granted = other_user.run(["-m", "pdagent_sd.cli.send", "-k", "@nagios", "-t", "trigger", "-d", "web01"],
+                                 env=env)
+        assert granted.returncode == 0, granted.stderr
+        by_group = other_user.run(["-m", "pdagent_sd.cli.send", "-k", "@team", "-t", "trigger", "-d", "adm"],
+                                  env=env, extra_groups=[4])
+        assert by_group.returncode == 0, by_group.stderr
+        assert standin.wait_for(3, timeout=15), agent.log()
+        assert [body["event_action"] for body in standin.bodies(KEY_A)] == ["trigger"]  # root's page alone
+        assert KEY_A not in agent.log() and KEY_B not in agent.log()
     finally:
         agent.stop()
