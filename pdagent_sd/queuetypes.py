@@ -11,6 +11,11 @@ from pdagent_sd.events import Event
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
 UNKNOWN_SENDER = -1
+# The party of every trusted sender's event: root, the service's user, group pdagent and trusted_groups are one
+# sender for coalescing and fair delivery. They may already drop, retry and read every event (pd-queue), so
+# keeping them apart would protect nothing, and pd-unit-alert (root) and an admin's `pd-send` (sudo) must
+# coalesce with each other: an admin's resolve supersedes the unit alert's updates.
+TRUSTED_PARTY = -1
 
 
 class State(str, Enum):
@@ -35,6 +40,7 @@ class QueuedEvent:
     next_attempt: float
     created: float
     sender_uid: int = UNKNOWN_SENDER
+    party: int = TRUSTED_PARTY
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,11 @@ class Sender:
 
     uid: int
     trusted: bool
+
+    @property
+    def party(self) -> int:
+        """Whose its events are for coalescing and fair delivery: all trusted senders are one party."""
+        return TRUSTED_PARTY if self.trusted else self.uid
 
 
 INTERNAL = Sender(UNKNOWN_SENDER, True)

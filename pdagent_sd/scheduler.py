@@ -10,6 +10,13 @@ workers take the next ready key from each sender's line in turn (round robin ove
 thousands of keys cannot queue ahead of another's key: with W workers and U senders with ready keys, a key
 that becomes ready gets a worker after at most U - 1 turns of other keys, each at most BATCH_PER_TURN attempts.
 
+Fairness inside a key (a routing key is shared, an event is its sender's): each turn of a key sends the events
+of one party only — the trusted senders' (root, the service's user, group pdagent, trusted_groups: one party)
+whenever they have any pending, else the next untrusted sender uid in turn (round robin) — in that party's own
+order (FIFO, or truth first with coalescing, and always in order per incident). So a page of a trusted sender
+waits for at most the turn in progress and one token of the key's bucket, however many events other users
+have queued on the same key; and among untrusted users each waits for at most one turn of each other.
+
 Memory: an idle key's state is forgotten once no backoff or throttle is in force for it and its token bucket
 has filled again (a new one would be the same), so made-up keys cost nothing once their events are settled.
 """
@@ -31,7 +38,7 @@ from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, mask
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.queuetypes import UNKNOWN_SENDER, QueuedEvent, State
+from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
 from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
@@ -86,7 +93,7 @@ class TokenBucket:
 
 class KeyState:
     __slots__ = ("routing_key", "bucket", "place", "due", "failures", "woken", "throttled_until",
-                 "backoff_until", "owner", "retire_at", "resumed")
+                 "backoff_until", "owner", "retire_at", "resumed", "last_party")
 
     def __init__(self, routing_key: str, bucket: TokenBucket) -> None:
         self.routing_key = routing_key
@@ -100,6 +107,7 @@ class KeyState:
         self.owner = UNKNOWN_SENDER  # the sender uid whose line the key waits in when ready
         self.retire_at = 0.0  # when an idle key may be forgotten
         self.resumed = False  # the backoff remembered in the queue has been read (see _resume)
+        self.last_party: Optional[int] = None  # the untrusted sender whose events the key sent last
 
 
 @dataclass
@@ -311,8 +319,7 @@ class Scheduler:
         if not state.resumed:
             self._resume(state)
         limit = self._turn_size(state)
-        events = self.store.next_pending(state.routing_key, limit) if self.config.coalesce \
-            else self.store.oldest_pending(state.routing_key, limit)
+        events = self._next_events(state, limit)
         commits: List[Commit] = []
         claimed: List[int] = []
         passed_over: Set[str] = set()  # incidents with an event superseded under this turn: keep their order
@@ -349,10 +356,24 @@ class Scheduler:
                 _wait_all(commits)
             finally:
                 self.store.release(claimed)
-        if len(events) == limit or passed_over:
+        if events:
             with self.cond:
-                state.woken = True  # more may be left: go to the back of the line so other keys get a turn
+                # More may be left, of this party or another: go to the back of the line so other keys get a
+                # turn, and pick the party again at the next turn.
+                state.woken = True
         return None
+
+    def _next_events(self, state: KeyState, limit: int) -> List[QueuedEvent]:
+        """The events of this turn: those of the party whose turn it is (the trusted senders first, else the
+        next sender uid in turn), in that party's order."""
+        party = self.store.next_party(state.routing_key, state.last_party)
+        if party is None:
+            return []
+        if party != TRUSTED_PARTY:
+            state.last_party = party
+        if self.config.coalesce:
+            return self.store.next_pending(state.routing_key, limit, party)
+        return self.store.oldest_pending(state.routing_key, limit, party)
 
     def _resume(self, state: KeyState) -> None:
         """A key's first turn in this process: hold it until the latest retry time its pending events remember

@@ -39,16 +39,22 @@ CREATE TABLE IF NOT EXISTS legacy_imports (
 """
 # Columns added after 0.1, each (name, declaration): a queue.db from before gets them at open, in place.
 # priority, superseded_by: coalescing (issue 15). sender_uid: who queued the event (SO_PEERCRED); -1 for events
-# queued before it was recorded.
+# queued before it was recorded. party: whose the event is for coalescing and fair delivery (issue 18): the
+# sender's uid, or -1 for every trusted sender together (and for events from before, which only root could
+# have imported or which were sent before parties existed).
 ADDED_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"),
-                 ("sender_uid", "INTEGER NOT NULL DEFAULT -1"))
+                 ("sender_uid", "INTEGER NOT NULL DEFAULT -1"), ("party", "INTEGER NOT NULL DEFAULT -1"))
 # events_by_priority is the only index by (state, routing_key): every insert writes a page of each index, and a
 # third one (events_by_state_key, the same without priority, from 0.1) cost the writer a fifth of its time per
 # event. A key's events in id order are read from it as three runs, one per priority (store.IN_ORDER).
+# events_by_party_incident: an incident's events of one party (coalescing never crosses senders);
+# events_by_party: a key's events of one party in delivery order (fair delivery between senders on one key).
 COALESCING_INDEXES = """
-CREATE INDEX IF NOT EXISTS events_by_incident ON events (routing_key, dedup_key, state);
+CREATE INDEX IF NOT EXISTS events_by_party_incident ON events (routing_key, dedup_key, party, state);
 CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
+CREATE INDEX IF NOT EXISTS events_by_party ON events (state, routing_key, party, priority DESC, id);
 DROP INDEX IF EXISTS events_by_state_key;
+DROP INDEX IF EXISTS events_by_incident;
 """
 
 

@@ -23,6 +23,7 @@ from pdagent_sd.events import Action, Event
 from pdagent_sd.queuetypes import (
     INTERNAL,
     STATE_NAMES,
+    TRUSTED_PARTY,
     UNKNOWN_SENDER,
     LegacyEntry,
     QueuedEvent,
@@ -415,12 +416,12 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
             self._check_room(sender, size)
-            decision, waiting = self._coalesce(conn, event) if self.coalesce else (NOT_COALESCED, {})
+            decision, waiting = self._coalesce(conn, event, sender.party) if self.coalesce else (NOT_COALESCED, {})
             cursor = conn.execute(
                 "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, priority, "
-                "sender_uid) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                "sender_uid, party) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                 (event.routing_key, event.api.value, event.action.value, event.dedup_key, body,
-                 now, now, int(decision.priority), sender.uid))
+                 now, now, int(decision.priority), sender.uid, sender.party))
             event_id = int(cursor.lastrowid or 0)
             self._charge(sender.uid, 1, size)
             if decision.superseded:
@@ -439,14 +440,17 @@ class Store:
 
         return self.submit(op)
 
-    def _coalesce(self, conn: sqlite3.Connection, event: Event) -> Tuple[Decision, Dict[int, Tuple[str, str]]]:
-        """What the new event makes redundant among its incident's pending events (coalesce.decide), and those
-        events' (action, api). Reads only the incident's own rows, through events_by_incident: no scan of the
-        queue per enqueue. The ids it supersedes are marked under the claim lock, so no worker starts sending
-        one of them."""
+    def _coalesce(self, conn: sqlite3.Connection, event: Event,
+                  party: int) -> Tuple[Decision, Dict[int, Tuple[str, str]]]:
+        """What the new event makes redundant among its incident's pending events of its own party
+        (coalesce.decide), and those events' (action, api). Coalescing never crosses senders: another user's
+        event is never superseded by this one, and whether this is the first trigger of the incident is judged
+        from its party's events alone (issue 18). Reads only the party's rows of the incident, through
+        events_by_party_incident: no scan of the queue per enqueue. The ids it supersedes are marked under the
+        claim lock, so no worker starts sending one of them."""
         if event.action is Action.CHANGE:
             return NOT_COALESCED, {}
-        key = (event.routing_key, event.dedup_key)
+        key = (event.routing_key, event.dedup_key, party)
         # One statement rather than two: each execute() is a few microseconds of the writer's time per event.
         rows: List[Tuple[int, str, str]] = []
         incident_open = False
@@ -495,7 +499,9 @@ class Store:
         now = self.clock()
         # With coalescing, order is kept per incident (events of different dedup keys may go in any order), so
         # the rule holds per incident; without, per routing key.
-        same_order = " AND earlier.dedup_key = events.dedup_key" if self.coalesce else ""
+        # Order is kept per party (issue 18): another sender's event still pending must not hold back this one.
+        same_order = (" AND earlier.dedup_key = events.dedup_key" if self.coalesce else "") + \
+            " AND earlier.party = events.party"
         head_only = "" if state is State.PENDING else (
             " AND NOT EXISTS (SELECT 1 FROM events AS earlier WHERE earlier.state = 'pending' "
             "AND earlier.routing_key = events.routing_key" + same_order + f" AND earlier.priority IN ({PRIORITIES}) "
@@ -628,31 +634,40 @@ class Store:
     # --- reads -----------------------------------------------------------------------------------------
 
     @_read_op
-    def oldest_pending(self, routing_key: str, limit: int) -> List[QueuedEvent]:
-        """A key's oldest pending events, in the order they must be sent."""
-        rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {IN_ORDER}",
-                                     {"state": State.PENDING.value, "key": routing_key, "n": limit})
+    def oldest_pending(self, routing_key: str, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
+        """A key's oldest pending events (of one party, if given), in the order they must be sent."""
+        if party is None:
+            rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {IN_ORDER}",
+                                         {"state": State.PENDING.value, "key": routing_key, "n": limit})
+        else:
+            rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {PARTY_IN_ORDER}",
+                                         {"state": State.PENDING.value, "key": routing_key, "n": limit,
+                                          "party": party})
         return [QueuedEvent(*row) for row in rows]
 
     @_read_op
-    def next_pending(self, routing_key: str, limit: int) -> List[QueuedEvent]:
-        """A key's pending events in the order they should go with coalescing: the first triggers and resolves
-        first, then acknowledges and change events, then updates, oldest first within each; an event is
-        preceded by the earlier pending events of its own incident, so each incident keeps its order."""
+    def next_pending(self, routing_key: str, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
+        """A key's pending events (of one party, if given) in the order they should go with coalescing: the
+        first triggers and resolves first, then acknowledges and change events, then updates, oldest first
+        within each; an event is preceded by the earlier pending events of its own incident and party, so each
+        party's incident keeps its order."""
         conn = self.reader()
         plan: List[QueuedEvent] = []
         seen: Set[int] = set()
+        of_party = "" if party is None else " AND party = :party"
         conn.execute("BEGIN")  # one snapshot for every query of the plan
         try:
             candidates = conn.execute(
-                "SELECT id, dedup_key FROM events WHERE state = 'pending' AND routing_key = ? "
-                "ORDER BY priority DESC, id LIMIT ?", (routing_key, limit)).fetchall()
-            for event_id, dedup_key in candidates:
+                "SELECT id, dedup_key, party FROM events WHERE state = 'pending' AND routing_key = :key"
+                f"{of_party} ORDER BY priority DESC, id LIMIT :n",
+                {"key": routing_key, "n": limit, "party": party}).fetchall()
+            for event_id, dedup_key, event_party in candidates:
                 if event_id in seen:
                     continue
                 for row in conn.execute(
-                        f"SELECT {QUEUED_FIELDS} FROM events WHERE routing_key = ? AND dedup_key = ? "
-                        "AND state = 'pending' AND id <= ? ORDER BY id", (routing_key, dedup_key, event_id)):
+                        f"SELECT {QUEUED_FIELDS} FROM events WHERE routing_key = ? AND dedup_key = ? AND party = ? "
+                        "AND state = 'pending' AND id <= ? ORDER BY id", (routing_key, dedup_key, event_party,
+                                                                          event_id)):
                     if row[0] not in seen:
                         seen.add(row[0])
                         plan.append(QueuedEvent(*row))
@@ -661,6 +676,19 @@ class Store:
         finally:
             conn.execute("COMMIT")
         return plan[:limit]
+
+    @_read_op
+    def next_party(self, routing_key: str, after: Optional[int]) -> Optional[int]:
+        """Whose pending events of a key go next: the trusted senders' while they have any, else the next
+        sender uid after `after` in turn (round robin), or None when the key has nothing pending. Two or three
+        seeks of events_by_party, however many events and senders wait."""
+        conn = self.reader()
+        query = "SELECT MIN(party) FROM events WHERE state = 'pending' AND routing_key = ? AND party > ?"
+        found = conn.execute(query, (routing_key, TRUSTED_PARTY - 1)).fetchone()[0]
+        if found is None or found == TRUSTED_PARTY or after is None:
+            return None if found is None else int(found)
+        following = conn.execute(query, (routing_key, after)).fetchone()[0]
+        return int(following if following is not None else found)
 
     @_read_op
     def latest_retry(self, routing_key: str) -> float:
@@ -785,7 +813,7 @@ class Store:
         return [dict(zip(ROW_FIELDS, row)) for row in rows]
 
 
-QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid"
+QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid, party"
 ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
               "next_attempt", "last_status", "last_error", "superseded_by", "body")
 NOT_COALESCED = Decision((), Priority.OTHER)
@@ -795,12 +823,17 @@ PRIORITIES = ", ".join(str(int(priority)) for priority in Priority)  # the only 
 IN_ORDER = "id IN (" + " UNION ALL ".join(
     f"SELECT id FROM (SELECT id FROM events WHERE state = :state AND routing_key = :key AND priority = {int(priority)} "
     "ORDER BY id LIMIT :n)" for priority in Priority) + ") ORDER BY id LIMIT :n"
-# An incident's pending events (flag 1) and its last delivered trigger or resolve (flag 0), through
-# events_by_incident.
+# The same for one party's events, through events_by_party.
+PARTY_IN_ORDER = "id IN (" + " UNION ALL ".join(
+    f"SELECT id FROM (SELECT id FROM events WHERE state = :state AND routing_key = :key AND party = :party "
+    f"AND priority = {int(priority)} ORDER BY id LIMIT :n)" for priority in Priority) + ") ORDER BY id LIMIT :n"
+# An incident's pending events of one party (flag 1) and that party's last delivered trigger or resolve
+# (flag 0), through events_by_party_incident.
 COALESCE_READ = (
-    "SELECT id, action, api, 1 FROM events WHERE routing_key = ? AND dedup_key = ? AND state = 'pending' "
-    "UNION ALL SELECT * FROM (SELECT id, action, api, 0 FROM events WHERE routing_key = ? AND dedup_key = ? "
-    "AND state = 'delivered' AND action IN ('trigger', 'resolve') ORDER BY id DESC LIMIT 1)")
+    "SELECT id, action, api, 1 FROM events WHERE routing_key = ? AND dedup_key = ? AND party = ? "
+    "AND state = 'pending' UNION ALL SELECT * FROM (SELECT id, action, api, 0 FROM events WHERE routing_key = ? "
+    "AND dedup_key = ? AND party = ? AND state = 'delivered' AND action IN ('trigger', 'resolve') "
+    "ORDER BY id DESC LIMIT 1)")
 
 
 def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:

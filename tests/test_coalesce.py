@@ -222,11 +222,12 @@ def test_an_old_queue_db_is_upgraded_in_place(tmp_path: Any) -> None:
         newer = enqueue(queue, T, "old")
         assert states(queue)[update] == ("superseded", newer) and states(queue)[1] == ("pending", None)
         columns = {row[1] for row in queue.reader().execute("PRAGMA table_info(events)")}
-        assert {"priority", "superseded_by"} <= columns
+        assert {"priority", "superseded_by", "party"} <= columns
         plan = queue.reader().execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM events WHERE routing_key = ? AND dedup_key = ? AND state = ?",
-            (KEY, "old", "pending")).fetchall()
-        assert "events_by_incident" in str(plan)  # an index seek per enqueue, not a scan
+            "EXPLAIN QUERY PLAN SELECT id FROM events WHERE routing_key = ? AND dedup_key = ? AND party = ? "
+            "AND state = ?", (KEY, "old", -1, "pending")).fetchall()
+        # an index seek per enqueue, not a scan
+        assert "events_by_party_incident (routing_key=? AND dedup_key=? AND party=? AND state=?)" in str(plan)
     finally:
         queue.close()
 

@@ -208,3 +208,76 @@ def test_a_flooding_sender_does_not_hold_back_another_senders_key(make_rig) -> N
     order = [s.dedup_key for s in rig.deliverer.sent]
     assert order.index("page") == 10  # after the first flooding key's turn, not after 200 events
     assert len(order) == 201 and rig.pending() == 0
+
+
+# --- a routing key is shared, an event is its sender's (issue 18) -------------------------------------------
+
+NOBODY, DEV = 65534, 1000
+
+
+def flood(rig, count: int, sender_uid: int = NOBODY, key: str = KEY_A) -> None:  # type: ignore[no-untyped-def]
+    """`count` triggers of distinct incidents from one untrusted sender, committed together, then its wake."""
+    from pdagent_sd.events import validate
+    from pdagent_sd.store import Sender
+
+    commits = [rig.store.enqueue_async(validate("v2", {
+        "routing_key": key, "event_action": "trigger", "dedup_key": f"junk-{sender_uid}-{number}",
+        "payload": {"summary": "junk", "source": "rig", "severity": "info"}}), Sender(sender_uid, False))
+        for number in range(count)]
+    commits[-1].result()
+    rig.scheduler.wake(key, sender_uid)
+
+
+@pytest.mark.parametrize("junk", [400, 10_000])
+def test_a_trusted_page_on_a_key_another_user_filled_waits_one_token_not_the_backlog(make_rig, junk) -> None:  # type: ignore[no-untyped-def]
+    """Trusted senders' events go first on a key; the delay does not grow with another sender's backlog. Old
+    rule (one FIFO per key): root's page went out 208 s after nobody's 400, 91 min after 10,000."""
+    rig = make_rig()  # shipped defaults: 110/min, a burst of 20, coalescing on
+    flood(rig, junk)
+    rig.run(for_sec=30.0)  # nobody's burst is gone and the key paces at 110/min
+    sent_before = len(rig.deliverer.sent)
+    assert 20 < sent_before < 80
+    queued_at = rig.clock.monotonic()
+    rig.send(KEY_A, dedup_key="systemd/web01/nginx.service", summary="nginx.service failed")  # root
+    rig.run(for_sec=15.0)
+    page = [s for s in rig.deliverer.sent if s.dedup_key == "systemd/web01/nginx.service"]
+    assert len(page) == 1 and page[0].outcome == "delivered"
+    assert page[0].at - queued_at <= 60 / 110 + 1e-6  # one token of the bucket
+    assert [s.dedup_key for s in rig.deliverer.sent[sent_before:]].index(page[0].dedup_key) <= 1
+
+
+def test_untrusted_senders_on_one_key_take_turns_and_each_keeps_its_order(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Round robin between sender uids inside a key, FIFO per incident inside a sender: a resolve never
+    overtakes its trigger, and a sender that queued 200 events first delays another by one turn each."""
+    rig = make_rig(rate_limit_per_minute=0)
+    flood(rig, 200, NOBODY)
+    rig.send(KEY_A, dedup_key="dev-1", sender_uid=DEV)
+    rig.send(KEY_A, action="resolve", dedup_key="dev-1", sender_uid=DEV)
+    rig.send(KEY_A, dedup_key="dev-2", sender_uid=DEV)
+    rig.run()
+    order = [s.dedup_key for s in rig.deliverer.sent]
+    assert len(order) == 203 and rig.pending() == 0
+    dev = [index for index, key in enumerate(order) if key.startswith("dev-")]
+    assert dev[-1] < 4 * 32 + 3  # three turns of nobody's at most before dev's last, not 200 events
+    assert [(s.dedup_key, s.action) for s in rig.deliverer.sent if s.dedup_key == "dev-1"] == [
+        ("dev-1", "trigger"), ("dev-1", "resolve")]
+
+
+def test_coalescing_never_crosses_senders(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """The attack of issue 18: nobody opens root's unit incident with an info trigger, then sends another
+    after root's page is queued. Nothing of root's is superseded, and root's trigger is judged by root's own
+    events: a first trigger (truth), not an update of nobody's incident."""
+    rig = make_rig()
+    dedup = "systemd/web01/nginx.service"
+    rig.deliverer.script(KEY_A, throttled(), throttled(), throttled())  # everything stays pending a while
+    rig.send(KEY_A, dedup_key=dedup, summary="nobody's info", sender_uid=NOBODY)
+    root = rig.send(KEY_A, dedup_key=dedup, summary="nginx.service failed")
+    later = rig.send(KEY_A, dedup_key=dedup, summary="nobody's second", sender_uid=NOBODY)
+    rows = {row["id"]: row for row in rig.store.list_events(None, KEY_A, 100)}
+    assert rows[root]["state"] == "pending" and rows[root]["superseded_by"] is None
+    assert rig.store.reader().execute("SELECT priority FROM events WHERE id = ?", (root,)).fetchone()[0] == 2
+    rig.send(KEY_A, dedup_key=dedup, summary="root's update")  # root's own update supersedes nothing of nobody's
+    assert rig.store.reader().execute("SELECT state FROM events WHERE id = ?", (later,)).fetchone()[0] == "pending"
+    rig.run()
+    delivered = [s.dedup_key for s in rig.deliverer.sent if s.outcome == "delivered"]
+    assert len(delivered) == 4 and rig.pending() == 0  # all four reach the alert log: nobody only adds to it
