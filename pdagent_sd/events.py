@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, Dict, Iterable, List, Tuple
 
 from pdagent_sd.errors import InvalidEvent
-from pdagent_sd.keys import TRUSTED, Caller, KeyBook
+from pdagent_sd.keys import TRUSTED, Caller, KeyBook, RoutingKey
 from pdagent_sd.limits import MAX_SUMMARY
 from pdagent_sd.protocol import dumps
 
@@ -58,20 +58,13 @@ class Severity(str, Enum):
     INFO = "info"
 
 
-def mask(key: str) -> str:
-    """A routing key as logs and non-admins may see it: enough to tell keys apart, not to use one."""
-    if len(key) < 12:
-        return "*" * len(key)
-    return f"{key[:4]}…{key[-4:]}"
-
-
 @dataclass(frozen=True)
 class Event:
     """A validated event, ready to queue: the exact body to POST and what the queue indexes it by."""
 
     api: Api
     body: Dict[str, Any]
-    routing_key: str
+    routing_key: RoutingKey
     action: Action
     dedup_key: str
     text: str = ""  # the body as it is queued and POSTed, compact JSON
@@ -111,7 +104,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
         body = json.loads(json.dumps(body))
     field = "service_key" if api is Api.V1 else "routing_key"
     if isinstance(body.get(field), str):
-        body[field] = keys.resolve(body[field], field, caller)
+        body[field] = keys.resolve(body[field], field, caller).reveal()  # the body is what is posted
     if api is Api.V2:
         routing_key, action, dedup_key = _validate_v2(body, default_source)
     elif api is Api.V1:
@@ -129,7 +122,7 @@ def validate(api_name: Any, body: Any, *, default_source: str = "", owned: bool 
                            "\\ud800)") from None
     if size > MAX_BODY_BYTES:
         raise InvalidEvent(f"event is {size} bytes; the Events API accepts at most {MAX_BODY_BYTES}")
-    return Event(api, body, routing_key, action, dedup_key, text)
+    return Event(api, body, RoutingKey(routing_key), action, dedup_key, text)
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:

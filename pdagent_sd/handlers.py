@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tup
 from pdagent_sd import __version__
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
-from pdagent_sd.events import NO_KEYS, mask, validate
+from pdagent_sd.events import NO_KEYS, validate
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.keys import Caller, KeyBook
+from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import LEGACY_BATCH, STATUS_MAX_KEYS, Message
 from pdagent_sd.queuetypes import LegacyEntry, Sender, State
@@ -192,7 +192,7 @@ class Handlers:
 
         return Later(self.store.enqueue_async(event, peer.sender), accepted)
 
-    def _key_filter(self, message: Message, peer: Peer) -> Optional[str]:
+    def _key_filter(self, message: Message, peer: Peer) -> Optional[RoutingKey]:
         """The routing key a request names, `@name` resolved for whoever may use it: pd-queue -k @name works
         like pd-send's."""
         value = _optional_str(message, "routing_key")
@@ -203,15 +203,15 @@ class Handlers:
         return {"ok": True, "redacted": not peer.admin,
                 **self.status(self._key_filter(message, peer), reveal=peer.admin)}
 
-    def status(self, routing_key: Optional[str], reveal: bool) -> Dict[str, Any]:
+    def status(self, routing_key: Optional[RoutingKey], reveal: bool) -> Dict[str, Any]:
         now = time.time()
         counts, keys_total = self.store.key_counts(STATUS_MAX_KEYS, routing_key)
         keys = []
-        for key, entry in sorted(counts.items()):
+        for key, entry in sorted(counts.items(), key=lambda item: item[0]):
             # a key's backoff outlives its last pending event (dropped, say): only keys that wait count as held
             held = self.scheduler.key_status(key) if entry["pending"] else NOT_HELD
             oldest = entry.pop("oldest_pending")
-            keys.append({"routing_key": key if reveal else mask(key), **entry,
+            keys.append({"routing_key": key.reveal() if reveal else str(key), **entry,
                          "oldest_pending_age": round(now - oldest, 3) if oldest else None, **held})
         totals = {state: 0 for state in ("pending", "delivered", "failed", "superseded")}
         if routing_key is None:
@@ -273,7 +273,7 @@ class Handlers:
             count = self.store.drop(routing_key=routing_key, state=state)
         if count:
             report(Kind.DROPPED, f"{count} event(s) dropped by uid {peer.uid}", event_id=message.get("id"),
-                   routing_key=message.get("routing_key"))
+                   routing_key=None if "id" in message else self._key_filter(message, peer))
         return {"ok": True, "count": count}
 
     def op_import_legacy(self, message: Message, peer: Peer) -> Message:

@@ -1,7 +1,8 @@
 """Structured records of every event state change: journald under systemd, readable stderr lines otherwise.
 
 Each kind of record has a stable MESSAGE_ID (explained by units/pdagent.catalog for `journalctl -x`) and
-carries PDAGENT_* fields. Routing keys are masked here, so no record can hold a whole one.
+carries PDAGENT_* fields. Routing keys arrive as keys.RoutingKey, whose str() is masked, so no record can hold
+a whole one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from enum import Enum
 from typing import Any, Optional
 
-from pdagent_sd.events import mask
 from pdagent_sd.safetext import safe
 
 logger = logging.getLogger("pdagent_sd.journal")
@@ -58,8 +58,6 @@ def report(kind: Kind, message: str, **fields: Any) -> None:
     for name, value in fields.items():
         if value is None or value == "":
             continue
-        if name == "routing_key":
-            value = mask(str(value))
         setattr(record, FIELD_PREFIX + name.upper(), str(value))
     logger.handle(record)
 

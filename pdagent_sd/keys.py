@@ -36,6 +36,44 @@ from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from pdagent_sd.errors import ConfigError, Forbidden, InvalidEvent
 
+
+def mask(key: str) -> str:
+    """A routing key as logs and non-admins may see it: enough to tell keys apart, not to use one."""
+    if len(key) < 12:
+        return "*" * len(key)
+    return f"{key[:4]}…{key[-4:]}"
+
+
+class RoutingKey:
+    """A routing key as it travels between modules (pip's HiddenText is the model): str() and repr() are the
+    masked form, so no log line, message or traceback can show it whole by accident; the value must be asked
+    for with reveal(), which two places do: the event body that is posted (events.validate) and the queue that
+    stores it (store.py's SQLite adapter). Equal, hashed and ordered by value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return mask(self._value)
+
+    def __repr__(self) -> str:
+        return f"RoutingKey({mask(self._value)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoutingKey) and other._value == self._value
+
+    def __lt__(self, other: "RoutingKey") -> bool:
+        return self._value < other._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
 PREFIX = "@"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 KEY = re.compile(r"[A-Za-z0-9]{32}", re.ASCII)
@@ -156,11 +194,11 @@ class KeyBook:
     def grant(self, name: str) -> Grant:
         return self._grants.get(name, TRUSTED_ONLY)
 
-    def resolve(self, value: str, field: str = "routing_key", caller: Caller = TRUSTED) -> str:
+    def resolve(self, value: str, field: str = "routing_key", caller: Caller = TRUSTED) -> RoutingKey:
         """`@name` -> its key, if `caller` may use it; anything else is returned as it is (the caller checks it
         as a key). A name the caller may not use is Forbidden, naming the name, never the key."""
         if not is_name(value):
-            return value
+            return RoutingKey(value)
         name = value[len(PREFIX):]
         if not NAME.fullmatch(name):
             raise InvalidEvent(f"{field} starts with {PREFIX} but is not a key name: a name is {NAME_RULE}")
@@ -178,7 +216,7 @@ class KeyBook:
                 hint=f"a named key is for trusted senders (root, group pdagent, trusted_groups) and whom its "
                      f"[{SECTION}] entry grants it to: '{name} = <key> user:NAME group:NAME'; restart "
                      "pdagent.service after a change")
-        return key
+        return RoutingKey(key)
 
 
 def from_credentials(directory: str) -> Iterable[Tuple[str, Tuple[str, Grant], str]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pdagent_sd.events import Event
+from pdagent_sd.keys import RoutingKey
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
 UNKNOWN_SENDER = -1
@@ -31,7 +32,7 @@ STATE_NAMES = frozenset(state.value for state in State)
 @dataclass(frozen=True)
 class QueuedEvent:
     id: int
-    routing_key: str
+    routing_key: RoutingKey
     api: str
     action: str
     dedup_key: str
@@ -95,7 +96,7 @@ class Superseded:
 
     id: int
     by: int
-    routing_key: str
+    routing_key: RoutingKey
     dedup_key: str
     action: str
     api: str

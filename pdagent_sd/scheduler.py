@@ -36,8 +36,9 @@ from pdagent_sd.commit import Commit
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
-from pdagent_sd.events import Api, mask
+from pdagent_sd.events import Api
 from pdagent_sd.journal import Kind, report
+from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
 from pdagent_sd.store import Store
 
@@ -95,7 +96,7 @@ class KeyState:
     __slots__ = ("routing_key", "bucket", "place", "due", "failures", "woken", "throttled_until",
                  "backoff_until", "owner", "retire_at", "resumed", "last_party")
 
-    def __init__(self, routing_key: str, bucket: TokenBucket) -> None:
+    def __init__(self, routing_key: RoutingKey, bucket: TokenBucket) -> None:
         self.routing_key = routing_key
         self.bucket = bucket
         self.place = "idle"  # idle | ready | waiting | busy
@@ -130,11 +131,11 @@ class Scheduler:
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng
-        self.keys: Dict[str, KeyState] = {}
-        self.ready: Dict[int, Deque[str]] = {}  # per sender uid, its ready keys in order
+        self.keys: Dict[RoutingKey, KeyState] = {}
+        self.ready: Dict[int, Deque[RoutingKey]] = {}  # per sender uid, its ready keys in order
         self.turns: Deque[int] = deque()  # the uids with ready keys, in the order they get a worker
-        self.timers: List[Tuple[float, str]] = []
-        self.retiring: List[Tuple[float, str]] = []  # idle keys to forget once their bucket is full
+        self.timers: List[Tuple[float, RoutingKey]] = []
+        self.retiring: List[Tuple[float, RoutingKey]] = []  # idle keys to forget once their bucket is full
         self.cond = threading.Condition()
         self.stopping = False
         self.stats = Stats()
@@ -165,7 +166,7 @@ class Scheduler:
 
     # --- waking keys -------------------------------------------------------------------------------------
 
-    def wake(self, routing_key: str, sender_uid: int = UNKNOWN_SENDER) -> None:
+    def wake(self, routing_key: RoutingKey, sender_uid: int = UNKNOWN_SENDER) -> None:
         """An event for this key was committed (by `sender_uid`): make sure a worker will look at it."""
         with self.cond:
             self._wake_locked(routing_key, sender_uid)
@@ -178,14 +179,14 @@ class Scheduler:
                 self._wake_locked(key, sender_uid)
         return len(keys)
 
-    def _key(self, routing_key: str) -> KeyState:
+    def _key(self, routing_key: RoutingKey) -> KeyState:
         state = self.keys.get(routing_key)
         if state is None:
             bucket = TokenBucket(self.config.rate_limit_per_minute, self.config.rate_limit_burst, self.clock())
             state = self.keys[routing_key] = KeyState(routing_key, bucket)
         return state
 
-    def _wake_locked(self, routing_key: str, sender_uid: int = UNKNOWN_SENDER) -> None:
+    def _wake_locked(self, routing_key: RoutingKey, sender_uid: int = UNKNOWN_SENDER) -> None:
         state = self._key(routing_key)
         if state.place == "idle":
             state.owner = sender_uid
@@ -272,7 +273,7 @@ class Scheduler:
         except StorageError as error:  # e.g. results not on disk: those events go again, after a backoff
             delay = self._storage_backoff(state, error)
         except Exception:  # noqa: BLE001 - one bad turn must not kill a worker
-            logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key[:4])
+            logger.exception("delivery of routing key %s failed unexpectedly", state.routing_key)
             delay = self.config.backoff_max_sec
         self._release(state, delay)
         return True
@@ -290,7 +291,7 @@ class Scheduler:
         delay = backoff_delay(state.failures, self.config.backoff_min_sec, self.config.backoff_max_sec, self.rng)
         state.backoff_until = self.clock() + delay
         logger.error("routing key %s: %s; delivery goes on in %.1fs (events whose result was not recorded are "
-                     "sent again)", mask(state.routing_key), error.message, delay)
+                     "sent again)", state.routing_key, error.message, delay)
         return delay
 
     def _release(self, state: KeyState, delay: Optional[float]) -> None:
@@ -453,7 +454,7 @@ class Scheduler:
 
     # --- what systemctl status and pd-queue status show --------------------------------------------------
 
-    def held_keys(self) -> List[str]:
+    def held_keys(self) -> List[RoutingKey]:
         """Keys with events waiting that are throttled or backing off now. A key whose pending events were
         dropped meanwhile stays among them until its backoff ends: Handlers.held_keys() leaves those out."""
         with self.cond:
@@ -461,7 +462,7 @@ class Scheduler:
             return [state.routing_key for state in self.keys.values() if state.place != "idle"
                     and (state.throttled_until > now or state.backoff_until > now)]
 
-    def key_status(self, routing_key: str) -> Dict[str, Optional[float]]:
+    def key_status(self, routing_key: RoutingKey) -> Dict[str, Optional[float]]:
         """Wall-clock times until which a key is throttled or backing off (None when it is not)."""
         with self.cond:
             state = self.keys.get(routing_key)

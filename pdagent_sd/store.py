@@ -20,6 +20,7 @@ from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
 from pdagent_sd.events import Action, Event
+from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import (
     INTERNAL,
     STATE_NAMES,
@@ -38,6 +39,9 @@ from pdagent_sd.queuetypes import (
 # and Commit are still importable from here, where the tests and benchmarks import them.
 
 logger = logging.getLogger(__name__)
+
+# The one place a routing key is revealed to be stored (and looked up): SQLite binds a RoutingKey by its value.
+sqlite3.register_adapter(RoutingKey, RoutingKey.reveal)
 
 DB_NAME = "queue.db"
 PENDING_MARKER = marker.MARKER_NAME
@@ -557,7 +561,7 @@ class Store:
         """Which of these old-agent file names were imported already."""
         return sorted(_imported(self.reader(), names))
 
-    def retry_failed(self, routing_key: Optional[str] = None) -> int:
+    def retry_failed(self, routing_key: Optional[RoutingKey] = None) -> int:
         """Failed → pending, keeping each event's id and so its place in its key's order."""
         now = self.clock()
 
@@ -572,7 +576,7 @@ class Store:
 
         return self.write(op)
 
-    def drop(self, event_id: Optional[int] = None, routing_key: Optional[str] = None,
+    def drop(self, event_id: Optional[int] = None, routing_key: Optional[RoutingKey] = None,
              state: Optional[State] = None) -> int:
         """Delete one event, or a key's events in one state; return how many."""
 
@@ -634,7 +638,7 @@ class Store:
     # --- reads -----------------------------------------------------------------------------------------
 
     @_read_op
-    def oldest_pending(self, routing_key: str, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
+    def oldest_pending(self, routing_key: RoutingKey, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
         """A key's oldest pending events (of one party, if given), in the order they must be sent."""
         if party is None:
             rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {IN_ORDER}",
@@ -643,10 +647,10 @@ class Store:
             rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {PARTY_IN_ORDER}",
                                          {"state": State.PENDING.value, "key": routing_key, "n": limit,
                                           "party": party})
-        return [QueuedEvent(*row) for row in rows]
+        return [_queued(row) for row in rows]
 
     @_read_op
-    def next_pending(self, routing_key: str, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
+    def next_pending(self, routing_key: RoutingKey, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
         """A key's pending events (of one party, if given) in the order they should go with coalescing: the
         first triggers and resolves first, then acknowledges and change events, then updates, oldest first
         within each; an event is preceded by the earlier pending events of its own incident and party, so each
@@ -670,7 +674,7 @@ class Store:
                                                                           event_id)):
                     if row[0] not in seen:
                         seen.add(row[0])
-                        plan.append(QueuedEvent(*row))
+                        plan.append(_queued(row))
                 if len(plan) >= limit:
                     break
         finally:
@@ -678,7 +682,7 @@ class Store:
         return plan[:limit]
 
     @_read_op
-    def next_party(self, routing_key: str, after: Optional[int]) -> Optional[int]:
+    def next_party(self, routing_key: RoutingKey, after: Optional[int]) -> Optional[int]:
         """Whose pending events of a key go next: the trusted senders' while they have any, else the next
         sender uid after `after` in turn (round robin), or None when the key has nothing pending. Two or three
         seeks of events_by_party, however many events and senders wait."""
@@ -691,26 +695,27 @@ class Store:
         return int(following if following is not None else found)
 
     @_read_op
-    def latest_retry(self, routing_key: str) -> float:
+    def latest_retry(self, routing_key: RoutingKey) -> float:
         """The latest next_attempt of a key's pending events (0 when none waits): the backoff they remember."""
         row = self.reader().execute("SELECT MAX(next_attempt) FROM events WHERE state = 'pending' AND routing_key = ?",
                                     (routing_key,)).fetchone()
         return float(row[0] or 0.0) if row else 0.0
 
     @_read_op
-    def has_pending(self, routing_key: str) -> bool:
+    def has_pending(self, routing_key: RoutingKey) -> bool:
         return self.reader().execute("SELECT 1 FROM events WHERE state = 'pending' AND routing_key = ? LIMIT 1",
                                      (routing_key,)).fetchone() is not None
 
-    def pending_keys(self) -> List[Tuple[str, int]]:
+    def pending_keys(self) -> List[Tuple[RoutingKey, int]]:
         """Every routing key with pending events, with the sender of its oldest one."""
         rows = self.reader().execute(  # SQLite takes the bare column from the row MIN(id) picks
             "SELECT routing_key, sender_uid, MIN(id) FROM events WHERE state = 'pending' "
             "GROUP BY routing_key").fetchall()
-        return [(row[0], int(row[1])) for row in rows]
+        return [(RoutingKey(row[0]), int(row[1])) for row in rows]
 
     @_read_op
-    def key_counts(self, limit: int, routing_key: Optional[str] = None) -> Tuple[Dict[str, Dict[str, Any]], int]:
+    def key_counts(self, limit: int, routing_key: Optional[RoutingKey] = None
+                   ) -> Tuple[Dict[RoutingKey, Dict[str, Any]], int]:
         """Counts per state and the oldest pending event's creation time for at most `limit` routing keys (or
         just `routing_key`), from one snapshot, and how many routing keys the queue holds in all.
 
@@ -718,11 +723,11 @@ class Store:
         that a local user filled with a million made-up keys must not cost the daemon a million entries
         (and the reply a million lines) each time someone asks."""
         conn = self.reader()
-        keys: Dict[str, Dict[str, Any]] = {}
+        keys: Dict[RoutingKey, Dict[str, Any]] = {}
         conn.execute("BEGIN")  # one read transaction: every query sees the same commit
         try:
             if routing_key is not None:
-                chosen = [routing_key]
+                chosen = [routing_key.reveal()]
                 total = 1 if conn.execute("SELECT 1 FROM events WHERE routing_key = ? LIMIT 1",
                                           (routing_key,)).fetchone() else 0
             else:
@@ -751,7 +756,7 @@ class Store:
                                        {"state": State.PENDING.value, "key": key, "n": 1}).fetchone()
                     created = row[0] if row else None
                     entry["oldest_pending"] = created if isinstance(created, (int, float)) else None
-                keys[key] = entry
+                keys[RoutingKey(key)] = entry
         finally:
             conn.execute("COMMIT")
         return keys, total
@@ -771,12 +776,13 @@ class Store:
         return row[0] if row else None
 
     @_read_op
-    def list_events(self, state: Optional[State], routing_key: Optional[str], limit: int) -> List[Dict[str, Any]]:
+    def list_events(self, state: Optional[State], routing_key: Optional[RoutingKey],
+                    limit: int) -> List[Dict[str, Any]]:
         rows = self.reader().execute(*_select_in_order(", ".join(ROW_FIELDS), routing_key, state, limit))
         return [dict(zip(ROW_FIELDS, row)) for row in rows]
 
     @_read_op
-    def list_page(self, state: Optional[State], routing_key: Optional[str], limit: int, *,
+    def list_page(self, state: Optional[State], routing_key: Optional[RoutingKey], limit: int, *,
                   bodies: bool = True, max_bytes: int = 0) -> Tuple[List[Dict[str, Any]], bool]:
         """Rows in id order, with their bodies only if `bodies`; stops early once the bodies reach
         `max_bytes` (0 = no cap). Returns the rows and whether it stopped early."""
@@ -813,6 +819,10 @@ class Store:
         return [dict(zip(ROW_FIELDS, row)) for row in rows]
 
 
+def _queued(row: Sequence[Any]) -> QueuedEvent:
+    return QueuedEvent(row[0], RoutingKey(row[1]), *row[2:])
+
+
 QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid, party"
 ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
               "next_attempt", "last_status", "last_error", "superseded_by", "body")
@@ -846,7 +856,7 @@ def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
     return found
 
 
-def _select_in_order(fields: str, routing_key: Optional[str], state: Optional[State],
+def _select_in_order(fields: str, routing_key: Optional[RoutingKey], state: Optional[State],
                      limit: int) -> Tuple[str, Any]:
     """SELECT `fields` of the events of a key and/or state in id order, at most `limit`."""
     if routing_key is not None and state is not None:
@@ -856,7 +866,7 @@ def _select_in_order(fields: str, routing_key: Optional[str], state: Optional[St
     return f"SELECT {fields} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit]
 
 
-def _selector(event_id: Optional[int], routing_key: Optional[str],
+def _selector(event_id: Optional[int], routing_key: Optional[RoutingKey],
               state: Optional[State]) -> Tuple[str, List[Any]]:
     clauses, params = ["1"], []  # type: List[str], List[Any]
     if event_id is not None:

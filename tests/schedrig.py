@@ -28,6 +28,7 @@ from pdagent_sd.config import SETTINGS, Config
 from pdagent_sd.delivery import Outcome, Result, classify
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
+from pdagent_sd.keys import RoutingKey
 from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import INTERNAL, Sender, State, Store
 
@@ -186,7 +187,7 @@ class Rig:
             body["payload"] = {"summary": summary, "source": "rig", "severity": "critical"}
         sender = INTERNAL if sender_uid is None else Sender(sender_uid, False)
         event_id = self.store.enqueue(validate("v2", body), sender)
-        self.scheduler.wake(routing_key, sender.uid)
+        self.scheduler.wake(RoutingKey(routing_key), sender.uid)
         return event_id
 
     # --- time ----------------------------------------------------------------------------------------

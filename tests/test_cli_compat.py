@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from pdagent_sd.cli import send
 from pdagent_sd.cli.common import UsageError, redact, run, text_args
-from pdagent_sd.events import mask
 from pdagent_sd.integrations import nagios, sensu, zabbix
 from pdagent_sd.integrations.common import parse_args
+from pdagent_sd.keys import mask
 
 unit = pytest.mark.unit
 integration = pytest.mark.integration

@@ -20,6 +20,7 @@ from pdagent_sd.coalesce import Priority, Waiting, decide
 from pdagent_sd.delivery import Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
+from pdagent_sd.keys import RoutingKey
 from pdagent_sd.scheduler import THROTTLE_BACKOFF_MAX_SEC, KeyState, Scheduler, TokenBucket
 from pdagent_sd.store import State, Store, Superseded
 
@@ -105,7 +106,7 @@ def test_updates_collapse_and_a_resolve_leaves_first_trigger_and_itself(store: S
     assert store.pending_count == 2
     assert [(note.id, note.by, note.action) for note in store.notes] == [  # type: ignore[attr-defined]
         (ids[1], ids[2], T), (ids[2], ids[3], T), (ids[3], ids[4], T), (ids[4], resolve, T)]
-    assert store.key_counts(10)[0][KEY]["superseded"] == 4
+    assert store.key_counts(10)[0][RoutingKey(KEY)]["superseded"] == 4
 
 
 def test_incidents_of_other_dedup_keys_and_change_events_are_left_alone(store: Store) -> None:

@@ -7,7 +7,8 @@ import pytest
 from pdagent_sd import config
 from pdagent_sd.delivery import Outcome, classify, error_text, parse_retry_after
 from pdagent_sd.errors import ConfigError, InvalidEvent
-from pdagent_sd.events import Action, Api, mask, validate
+from pdagent_sd.events import Action, Api, validate
+from pdagent_sd.keys import mask
 from pdagent_sd.scheduler import TokenBucket, backoff_delay
 
 pytestmark = pytest.mark.unit

@@ -17,6 +17,7 @@ import pytest
 
 from pdagent_sd import config as config_module
 from pdagent_sd.events import validate
+from pdagent_sd.keys import RoutingKey
 from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import Sender, Store
 
@@ -54,7 +55,7 @@ def _drain(store: Store, scheduler: Scheduler, first: int, count: int) -> None:
                for n in range(first, first + count)]
     for n, commit in zip(range(first, first + count), commits):
         commit.result()
-        scheduler.wake(junk_key(n), 65534)
+        scheduler.wake(RoutingKey(junk_key(n)), 65534)
     deadline = time.monotonic() + 120
     while store.pending_count or not scheduler.idle() or scheduler.keys:
         assert time.monotonic() < deadline, (store.pending_count, len(scheduler.keys))

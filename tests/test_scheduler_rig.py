@@ -7,6 +7,8 @@ from typing import Iterator
 
 import pytest
 
+from pdagent_sd.keys import RoutingKey
+
 from schedrig import DELIVERED, KEY_A, KEY_B, Answer, Rig, refused, server_error, throttled, unreachable
 
 pytestmark = pytest.mark.unit
@@ -153,7 +155,7 @@ def test_token_bucket_refills_while_idle_and_the_status_shows_the_throttle(make_
         rig.send(KEY_A, dedup_key=f"a{number}")
     rig.step()
     assert len(rig.deliverer.sent) == 2
-    throttle = rig.scheduler.key_status(KEY_A)["throttled_until"]
+    throttle = rig.scheduler.key_status(RoutingKey(KEY_A))["throttled_until"]
     assert throttle == pytest.approx(rig.clock.wall() + 0.5)
     rig.run()
     assert len(rig.deliverer.sent) == 3
@@ -218,6 +220,7 @@ NOBODY, DEV = 65534, 1000
 def flood(rig, count: int, sender_uid: int = NOBODY, key: str = KEY_A) -> None:  # type: ignore[no-untyped-def]
     """`count` triggers of distinct incidents from one untrusted sender, committed together, then its wake."""
     from pdagent_sd.events import validate
+    from pdagent_sd.keys import RoutingKey
     from pdagent_sd.store import Sender
 
     commits = [rig.store.enqueue_async(validate("v2", {
@@ -225,7 +228,7 @@ def flood(rig, count: int, sender_uid: int = NOBODY, key: str = KEY_A) -> None: 
         "payload": {"summary": "junk", "source": "rig", "severity": "info"}}), Sender(sender_uid, False))
         for number in range(count)]
     commits[-1].result()
-    rig.scheduler.wake(key, sender_uid)
+    rig.scheduler.wake(RoutingKey(key), sender_uid)
 
 
 @pytest.mark.parametrize("junk", [400, 10_000])

@@ -67,7 +67,8 @@ def redact(text: str, limit: int = 300) -> str:
     """Text for an error message: every word shaped like a routing key masked, and no longer than limit."""
     import re
 
-    from pdagent_sd.events import ROUTING_KEY_LENGTH, mask
+    from pdagent_sd.events import ROUTING_KEY_LENGTH
+    from pdagent_sd.keys import mask
 
     text = re.sub(rf"[A-Za-z0-9]{{{ROUTING_KEY_LENGTH},}}", lambda match: mask(match.group()), text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -491,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
 def _shown(text: str) -> str:
     """A file name or reason from a directory any local user could write to: printable, one line, and the
     service key an old event file is named after masked, as everywhere else."""
-    from pdagent_sd.events import mask  # re and uuid: only for this command, not for a fast `status`
+    from pdagent_sd.keys import mask  # only for this command, not for a fast `status`
 
     text = safe(text)
     subdir, slash, name = text.rpartition("/")

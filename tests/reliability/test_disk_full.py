@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from pdagent_sd.keys import mask
+
 from agentproc import Agent, trigger
 from chaoslib import routing_key, runs
 
@@ -174,7 +176,12 @@ def test_full_disk_refuses_with_75_keeps_what_was_acknowledged_and_recovers(
             if event.body["dedup_key"] not in firsts:
                 firsts.append(event.body["dedup_key"])
         assert firsts == sorted((tag for tag in acked if tag in firsts), key=lambda tag: acked[tag])
-    assert "Traceback" not in agent.log()
+    log = agent.log()
+    assert "Traceback" not in log
+    # Deferrals and storage errors were logged, each naming its routing key (a keys.RoutingKey): masked only.
+    assert " deferred " in log and "delivery goes on in" in log, log[-3000:]
+    for key in KEYS:
+        assert key not in log and mask(key) in log
 
 
 @pytest.mark.integration

@@ -22,8 +22,8 @@ import pytest
 
 from pdagent_sd import config as config_module
 from pdagent_sd.errors import ConfigError, Forbidden, InvalidEvent
-from pdagent_sd.events import mask, validate
-from pdagent_sd.keys import Caller, KeyBook
+from pdagent_sd.events import validate
+from pdagent_sd.keys import Caller, KeyBook, mask
 
 from agentproc import KEY_A, KEY_B, Agent, trigger
 from asuser import OtherUser
@@ -45,12 +45,14 @@ def write_keys(agent: Agent, text: str, mode: int = 0o600) -> None:
 def test_a_name_is_replaced_by_its_key_in_the_body_for_every_api() -> None:
     book = KeyBook({"ops": KEY_A, "db.team-1": KEY_B})
     event = validate("v2", trigger("@ops", "disk"), keys=book)
-    assert event.routing_key == KEY_A and event.body["routing_key"] == KEY_A and "@ops" not in event.encoded()
+    assert event.routing_key.reveal() == KEY_A and event.body["routing_key"] == KEY_A and "@ops" not in event.encoded()
     v1 = validate("v1", {"service_key": "@db.team-1", "event_type": "trigger", "description": "x"}, keys=book)
-    assert v1.routing_key == KEY_B and v1.body["service_key"] == KEY_B
+    assert v1.routing_key.reveal() == KEY_B and v1.body["service_key"] == KEY_B
     change = validate("change", {"routing_key": "@ops", "payload": {"summary": "deployed"}}, keys=book)
-    assert change.routing_key == KEY_A
+    assert change.routing_key.reveal() == KEY_A
     assert KEY_A not in repr(book) and "@ops" in repr(book)
+    # the key travels typed: its str() and repr() are masked, in any f-string or log argument
+    assert KEY_A not in f"{event.routing_key} {event.routing_key!r}" and mask(KEY_A) in str(event.routing_key)
 
 
 @pytest.mark.unit
@@ -77,7 +79,7 @@ def test_keys_come_from_files_and_credentials_and_a_bad_one_names_file_and_name_
     loaded = config_module.load(str(main), {"CREDENTIALS_DIRECTORY": str(creds)})
     assert loaded.rate_limit_burst == 5
     assert loaded.keys.names() == ("Ops", "db", "shared")
-    assert [loaded.keys.resolve(n) for n in ("@Ops", "@db", "@shared")] == [KEY_A, KEY_B, KEY_B]
+    assert [loaded.keys.resolve(n).reveal() for n in ("@Ops", "@db", "@shared")] == [KEY_A, KEY_B, KEY_B]
     assert loaded.keys.source("shared") == "credential key.shared"
 
     bad = "0123456789abcdef0123456789abcdeX!"  # 33 characters, one not a letter or digit
@@ -100,10 +102,10 @@ def test_a_name_is_for_trusted_senders_and_whom_its_entry_grants_it_to(tmp_path:
     book = config_module.load(str(main), {}).keys
     stranger, granted, member = Caller(1000), Caller(4711), Caller(1001, frozenset({5, 4712}))
     root = Caller(0, trusted=True)
-    assert book.resolve("@ops", caller=root) == KEY_A and book.resolve("@ops") == KEY_A  # default: trusted
+    assert book.resolve("@ops", caller=root).reveal() == KEY_A == book.resolve("@ops").reveal()  # default: trusted
     for caller in (granted, member, root):
-        assert validate("v2", trigger("@nagios", "x"), keys=book, caller=caller).routing_key == KEY_B
-    assert book.resolve("@all", caller=stranger) == KEY_B
+        assert validate("v2", trigger("@nagios", "x"), keys=book, caller=caller).routing_key.reveal() == KEY_B
+    assert book.resolve("@all", caller=stranger).reveal() == KEY_B
     for name, caller in (("ops", stranger), ("ops", granted), ("nagios", stranger), ("ghost", stranger)):
         with pytest.raises(Forbidden) as caught:
             validate("v2", trigger(f"@{name}", "x"), keys=book, caller=caller)
@@ -119,7 +121,7 @@ def test_a_name_is_for_trusted_senders_and_whom_its_entry_grants_it_to(tmp_path:
     (creds / "key.db").write_text(f"{KEY_B}\ngroup:4712\n")  # a credential takes the same words
     main.write_text("")
     book = config_module.load(str(main), {"CREDENTIALS_DIRECTORY": str(creds)}).keys
-    assert book.resolve("@db", caller=member) == KEY_B
+    assert book.resolve("@db", caller=member).reveal() == KEY_B
     with pytest.raises(Forbidden):
         book.resolve("@db", caller=stranger)
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from pdagent_sd.config import ConfigError, is_safe_url, load
-from pdagent_sd.events import mask
+from pdagent_sd.keys import mask
 
 from agentproc import KEY_A, KEY_B, Agent, action, send_many, trigger
 from asuser import OtherUser
