@@ -184,7 +184,7 @@ class Handlers:
                          caller=peer.caller)
 
         def accepted(event_id: int) -> Message:
-            self.scheduler.wake(event.routing_key, peer.uid)
+            self.scheduler.wake(event.routing_key, peer.uid, peer.sender.trusted)
             report(Kind.ACCEPTED, f"accepted event {event_id} ({event.api.value} {event.action.value}) "
                    f"from uid {peer.uid}", event_id=event_id, dedup_key=event.dedup_key,
                    routing_key=event.routing_key, action=event.action.value, api=event.api.value)

@@ -15,7 +15,9 @@ of one party only — the trusted senders' (root, the service's user, group pdag
 whenever they have any pending, else the next untrusted sender uid in turn (round robin) — in that party's own
 order (FIFO, or truth first with coalescing, and always in order per incident). So a page of a trusted sender
 waits for at most the turn in progress and one token of the key's bucket, however many events other users
-have queued on the same key; and among untrusted users each waits for at most one turn of each other.
+have queued on the same key; and among untrusted users each waits for at most one turn of each other. A
+trusted sender's event on a key that waits in another sender's line moves the key to the trusted sender's
+line, so a shared key does not wait behind its waker's other keys.
 
 Memory: an idle key's state is forgotten once no backoff or throttle is in force for it and its token bucket
 has filled again (a new one would be the same), so made-up keys cost nothing once their events are settled.
@@ -166,10 +168,11 @@ class Scheduler:
 
     # --- waking keys -------------------------------------------------------------------------------------
 
-    def wake(self, routing_key: RoutingKey, sender_uid: int = UNKNOWN_SENDER) -> None:
-        """An event for this key was committed (by `sender_uid`): make sure a worker will look at it."""
+    def wake(self, routing_key: RoutingKey, sender_uid: int = UNKNOWN_SENDER, trusted: bool = False) -> None:
+        """An event for this key was committed (by `sender_uid`, a trusted sender or not): make sure a worker
+        will look at it."""
         with self.cond:
-            self._wake_locked(routing_key, sender_uid)
+            self._wake_locked(routing_key, sender_uid, trusted)
 
     def flush(self) -> int:
         """Look at every key with pending events now (backoffs and throttles still hold); return how many."""
@@ -186,13 +189,29 @@ class Scheduler:
             state = self.keys[routing_key] = KeyState(routing_key, bucket)
         return state
 
-    def _wake_locked(self, routing_key: RoutingKey, sender_uid: int = UNKNOWN_SENDER) -> None:
+    def _wake_locked(self, routing_key: RoutingKey, sender_uid: int = UNKNOWN_SENDER, trusted: bool = False) -> None:
         state = self._key(routing_key)
         if state.place == "idle":
             state.owner = sender_uid
             self._make_ready(state)
         elif state.place == "busy":
             state.woken = True
+        if trusted and state.owner != sender_uid:
+            self._move_to_line(state, sender_uid)
+
+    def _move_to_line(self, state: KeyState, owner: int) -> None:
+        """A trusted sender's event on a key another sender woke: the key waits in the trusted sender's line
+        from now on, not behind that sender's other ready keys (a shared key is not its waker's)."""
+        if state.place == "ready":
+            line = self.ready[state.owner]
+            line.remove(state.routing_key)
+            if not line:
+                del self.ready[state.owner]
+                self.turns.remove(state.owner)
+            state.owner = owner
+            self._make_ready(state)
+        else:
+            state.owner = owner  # waiting or busy: it joins this line when it is ready again
 
     def _make_ready(self, state: KeyState) -> None:
         line = self.ready.get(state.owner)

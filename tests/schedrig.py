@@ -187,7 +187,7 @@ class Rig:
             body["payload"] = {"summary": summary, "source": "rig", "severity": "critical"}
         sender = INTERNAL if sender_uid is None else Sender(sender_uid, False)
         event_id = self.store.enqueue(validate("v2", body), sender)
-        self.scheduler.wake(RoutingKey(routing_key), sender.uid)
+        self.scheduler.wake(RoutingKey(routing_key), sender.uid, sender.trusted)
         return event_id
 
     # --- time ----------------------------------------------------------------------------------------

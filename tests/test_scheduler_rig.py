@@ -284,3 +284,16 @@ def test_coalescing_never_crosses_senders(make_rig) -> None:  # type: ignore[no-
     rig.run()
     delivered = [s.dedup_key for s in rig.deliverer.sent if s.outcome == "delivered"]
     assert len(delivered) == 4 and rig.pending() == 0  # all four reach the alert log: nobody only adds to it
+
+
+def test_a_trusted_page_on_a_key_another_user_woke_does_not_wait_behind_that_users_other_keys(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """nobody's twenty keys are ready in nobody's line, the shared key last: root's event on the shared key
+    moves it to root's line, so it goes after one turn of nobody's, not after twenty."""
+    rig = make_rig(rate_limit_per_minute=0)
+    for number in range(20):
+        flood(rig, 10, key=f"{number:02d}" + "f" * 30)
+    flood(rig, 10)  # KEY_A, woken by nobody: last in nobody's line
+    rig.send(KEY_A, dedup_key="page")  # root
+    rig.run()
+    order = [s.dedup_key for s in rig.deliverer.sent]
+    assert len(order) == 211 and order.index("page") <= 10, order.index("page")
