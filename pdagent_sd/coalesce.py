@@ -2,7 +2,10 @@
 
 An incident is one (routing key, dedup key). PagerDuty holds it open from a delivered trigger until a delivered
 resolve. When a new event arrives for an incident, the events of that incident still waiting to be sent, read
-in order as if every one of them were sent, decide what the new event makes redundant:
+in order as if every one of them were sent, decide what the new event makes redundant. The rules see only the
+events of the new event's own sender (its party: a uid, or all trusted senders as one; store.py reads them so):
+a routing key is shared, an event is its sender's, and another user's event may add to PagerDuty's alert log
+but never take one of root's out of it (issue 18). The rules:
 
 - a trigger while the incident is open (or its opening trigger is still waiting) is an *update*: it supersedes
   the updates still waiting since the last resolve, so only the latest update goes;

@@ -19,7 +19,7 @@ the entry grants it to more after the key, in words separated by spaces:
     nagios = <32-character key> user:nagios group:developers
     legacy = <32-character key> everyone
 
-`user:NAME` (or `user:UID`), `group:NAME` (or `group:GID`), `everyone` (every local user, as before 0.9). A
+`user:NAME` (or `user:UID`), `group:NAME` (or `group:GID`), `everyone` (every local user, the old behaviour). A
 key.NAME credential takes the same words after its key. Any other sender is refused (forbidden, exit 77) with
 the name, never the key. Users and groups are looked up at start; one that does not exist is named in the log
 and grants nothing.
@@ -177,7 +177,7 @@ class KeyBook:
         return f"KeyBook({', '.join(PREFIX + name for name in sorted(self._keys))})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, KeyBook) and other._keys == self._keys
+        return isinstance(other, KeyBook) and other._keys == self._keys and other._grants == self._grants
 
     def __hash__(self) -> int:
         return hash(tuple(sorted(self._keys)))
