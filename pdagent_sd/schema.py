@@ -44,17 +44,18 @@ CREATE TABLE IF NOT EXISTS legacy_imports (
 # have imported or which were sent before parties existed).
 ADDED_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 1"), ("superseded_by", "INTEGER"),
                  ("sender_uid", "INTEGER NOT NULL DEFAULT -1"), ("party", "INTEGER NOT NULL DEFAULT -1"))
-# events_by_priority is the only index by (state, routing_key): every insert writes a page of each index, and a
-# third one (events_by_state_key, the same without priority, from 0.1) cost the writer a fifth of its time per
-# event. A key's events in id order are read from it as three runs, one per priority (store.IN_ORDER).
-# events_by_party_incident: an incident's events of one party (coalescing never crosses senders);
-# events_by_party: a key's events of one party in delivery order (fair delivery between senders on one key).
+# events_by_party is the only index by (state, routing_key): every insert writes a page of each index, and a
+# third one (events_by_state_key, from 0.1; later events_by_priority beside events_by_party) cost the writer a
+# fifth of its time per event. It holds a key's events per party (a sender uid, or all trusted senders) in
+# delivery order, for fair delivery between the senders on one key (issue 18); a key's events in id order are
+# read from it as three runs per party, one per priority, merged (store._oldest_ids).
+# events_by_party_incident: an incident's events of one party (coalescing never crosses senders).
 COALESCING_INDEXES = """
 CREATE INDEX IF NOT EXISTS events_by_party_incident ON events (routing_key, dedup_key, party, state);
-CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, priority DESC, id);
 CREATE INDEX IF NOT EXISTS events_by_party ON events (state, routing_key, party, priority DESC, id);
 DROP INDEX IF EXISTS events_by_state_key;
 DROP INDEX IF EXISTS events_by_incident;
+DROP INDEX IF EXISTS events_by_priority;
 """
 
 

@@ -509,7 +509,7 @@ class Store:
         head_only = "" if state is State.PENDING else (
             " AND NOT EXISTS (SELECT 1 FROM events AS earlier WHERE earlier.state = 'pending' "
             "AND earlier.routing_key = events.routing_key" + same_order + f" AND earlier.priority IN ({PRIORITIES}) "
-            "AND earlier.id < events.id)")  # three seeks of events_by_priority, not a scan of the key's events
+            "AND earlier.id < events.id)")  # three seeks of events_by_party, not a scan of the key's events
 
         def op(conn: sqlite3.Connection) -> Tuple[None, int]:
             changed = conn.execute(
@@ -641,8 +641,9 @@ class Store:
     def oldest_pending(self, routing_key: RoutingKey, limit: int, party: Optional[int] = None) -> List[QueuedEvent]:
         """A key's oldest pending events (of one party, if given), in the order they must be sent."""
         if party is None:
-            rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {IN_ORDER}",
-                                         {"state": State.PENDING.value, "key": routing_key, "n": limit})
+            conn = self.reader()
+            ids = _oldest_ids(conn, State.PENDING.value, routing_key, limit)
+            rows = conn.execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE id IN ({_ints(ids)}) ORDER BY id")
         else:
             rows = self.reader().execute(f"SELECT {QUEUED_FIELDS} FROM events WHERE {PARTY_IN_ORDER}",
                                          {"state": State.PENDING.value, "key": routing_key, "n": limit,
@@ -658,14 +659,16 @@ class Store:
         conn = self.reader()
         plan: List[QueuedEvent] = []
         seen: Set[int] = set()
-        of_party = "" if party is None else " AND party = :party"
         conn.execute("BEGIN")  # one snapshot for every query of the plan
         try:
-            candidates = conn.execute(
-                "SELECT id, dedup_key, party FROM events WHERE state = 'pending' AND routing_key = :key"
-                f"{of_party} ORDER BY priority DESC, id LIMIT :n",
-                {"key": routing_key, "n": limit, "party": party}).fetchall()
-            for event_id, dedup_key, event_party in candidates:
+            parties = [party] if party is not None else _parties(conn, State.PENDING.value, routing_key)
+            candidates: List[Tuple[int, int, str, int]] = []
+            for each in parties:  # a party's own order is a run of events_by_party; parties merged by it
+                candidates += conn.execute(
+                    "SELECT priority, id, dedup_key, party FROM events WHERE state = 'pending' AND routing_key = ? "
+                    "AND party = ? ORDER BY priority DESC, id LIMIT ?", (routing_key, each, limit)).fetchall()
+            candidates.sort(key=lambda row: (-row[0], row[1]))
+            for _priority, event_id, dedup_key, event_party in candidates[:limit]:
                 if event_id in seen:
                     continue
                 for row in conn.execute(
@@ -687,11 +690,11 @@ class Store:
         sender uid after `after` in turn (round robin), or None when the key has nothing pending. Two or three
         seeks of events_by_party, however many events and senders wait."""
         conn = self.reader()
-        query = "SELECT MIN(party) FROM events WHERE state = 'pending' AND routing_key = ? AND party > ?"
-        found = conn.execute(query, (routing_key, TRUSTED_PARTY - 1)).fetchone()[0]
+        pending = State.PENDING.value
+        found = conn.execute(NEXT_PARTY, (pending, routing_key, TRUSTED_PARTY - 1)).fetchone()[0]
         if found is None or found == TRUSTED_PARTY or after is None:
             return None if found is None else int(found)
-        following = conn.execute(query, (routing_key, after)).fetchone()[0]
+        following = conn.execute(NEXT_PARTY, (pending, routing_key, after)).fetchone()[0]
         return int(following if following is not None else found)
 
     @_read_op
@@ -751,9 +754,10 @@ class Store:
                         entry[state] = count
                 if not any(entry[state] for state in STATE_NAMES):
                     continue
-                if entry["pending"]:  # one index seek, not a scan of the key's pending rows
-                    row = conn.execute(f"SELECT created FROM events WHERE {IN_ORDER}",
-                                       {"state": State.PENDING.value, "key": key, "n": 1}).fetchone()
+                if entry["pending"]:  # index seeks (three per party), not a scan of the key's pending rows
+                    oldest = _oldest_ids(conn, State.PENDING.value, key, 1)
+                    row = conn.execute("SELECT created FROM events WHERE id = ?", oldest).fetchone() if oldest \
+                        else None
                     created = row[0] if row else None
                     entry["oldest_pending"] = created if isinstance(created, (int, float)) else None
                 keys[RoutingKey(key)] = entry
@@ -778,7 +782,8 @@ class Store:
     @_read_op
     def list_events(self, state: Optional[State], routing_key: Optional[RoutingKey],
                     limit: int) -> List[Dict[str, Any]]:
-        rows = self.reader().execute(*_select_in_order(", ".join(ROW_FIELDS), routing_key, state, limit))
+        conn = self.reader()
+        rows = conn.execute(*_select_in_order(conn, ", ".join(ROW_FIELDS), routing_key, state, limit))
         return [dict(zip(ROW_FIELDS, row)) for row in rows]
 
     @_read_op
@@ -789,7 +794,8 @@ class Store:
         fields = ROW_FIELDS if bodies else ROW_FIELDS[:-1]
         rows: List[Dict[str, Any]] = []
         size = 0
-        for row in self.reader().execute(*_select_in_order(", ".join(fields), routing_key, state, limit)):
+        conn = self.reader()
+        for row in conn.execute(*_select_in_order(conn, ", ".join(fields), routing_key, state, limit)):
             entry = dict(zip(fields, row))
             if bodies and max_bytes:
                 size += len(entry["body"]) if isinstance(entry["body"], str) else 0
@@ -828,12 +834,8 @@ ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "creat
               "next_attempt", "last_status", "last_error", "superseded_by", "body")
 NOT_COALESCED = Decision((), Priority.OTHER)
 PRIORITIES = ", ".join(str(int(priority)) for priority in Priority)  # the only values the column holds
-# A key's events in one state, oldest first, at most :n: the :n oldest of each priority's run of
-# events_by_priority, merged. ORDER BY id over the index's (priority, id) order would sort every event of the key.
-IN_ORDER = "id IN (" + " UNION ALL ".join(
-    f"SELECT id FROM (SELECT id FROM events WHERE state = :state AND routing_key = :key AND priority = {int(priority)} "
-    "ORDER BY id LIMIT :n)" for priority in Priority) + ") ORDER BY id LIMIT :n"
-# The same for one party's events, through events_by_party.
+# A key's events of one party in one state, oldest first, at most :n: the :n oldest of each priority's run of
+# events_by_party, merged. ORDER BY id over the index's (priority, id) order would sort every event of the key.
 PARTY_IN_ORDER = "id IN (" + " UNION ALL ".join(
     f"SELECT id FROM (SELECT id FROM events WHERE state = :state AND routing_key = :key AND party = :party "
     f"AND priority = {int(priority)} ORDER BY id LIMIT :n)" for priority in Priority) + ") ORDER BY id LIMIT :n"
@@ -846,6 +848,37 @@ COALESCE_READ = (
     "ORDER BY id DESC LIMIT 1)")
 
 
+# The smallest party above ? with events of a key in a state: one seek of events_by_party.
+NEXT_PARTY = "SELECT MIN(party) FROM events WHERE state = ? AND routing_key = ? AND party > ?"
+
+
+def _parties(conn: sqlite3.Connection, state: str, routing_key: Any) -> List[int]:
+    """The parties with events of a key in a state, smallest first, one seek each: the senders of one key are
+    the trusted ones and a few local uids, however many events they have."""
+    parties: List[int] = []
+    after = TRUSTED_PARTY - 1
+    while True:
+        found = conn.execute(NEXT_PARTY, (state, routing_key, after)).fetchone()[0]
+        if found is None:
+            return parties
+        after = int(found)
+        parties.append(after)
+
+
+def _oldest_ids(conn: sqlite3.Connection, state: str, routing_key: Any, limit: int) -> List[int]:
+    """The ids of a key's `limit` oldest events in a state: each party's `limit` oldest (PARTY_IN_ORDER),
+    merged; at most 3 x limit index entries per party."""
+    ids: List[int] = []
+    for party in _parties(conn, state, routing_key):
+        ids += [row[0] for row in conn.execute(f"SELECT id FROM events WHERE {PARTY_IN_ORDER}",
+                                               {"state": state, "key": routing_key, "party": party, "n": limit})]
+    return sorted(ids)[:limit]
+
+
+def _ints(ids: Iterable[int]) -> str:
+    return ",".join(str(int(event_id)) for event_id in ids)
+
+
 def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
     found: set = set()
     for start in range(0, len(names), 500):  # SQLite's limit on bound parameters is 999 on older versions
@@ -856,12 +889,12 @@ def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
     return found
 
 
-def _select_in_order(fields: str, routing_key: Optional[RoutingKey], state: Optional[State],
-                     limit: int) -> Tuple[str, Any]:
+def _select_in_order(conn: sqlite3.Connection, fields: str, routing_key: Optional[RoutingKey],
+                     state: Optional[State], limit: int) -> Tuple[str, Any]:
     """SELECT `fields` of the events of a key and/or state in id order, at most `limit`."""
     if routing_key is not None and state is not None:
-        return f"SELECT {fields} FROM events WHERE {IN_ORDER}", {"state": state.value, "key": routing_key,
-                                                                   "n": limit}
+        ids = _oldest_ids(conn, state.value, routing_key, limit)
+        return f"SELECT {fields} FROM events WHERE id IN ({_ints(ids)}) ORDER BY id", []
     where, params = _selector(None, routing_key, state)
     return f"SELECT {fields} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit]
 
