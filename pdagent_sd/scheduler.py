@@ -1,6 +1,6 @@
-"""Who sends what, when: FIFO per routing key (with coalescing: truth first, in order per incident), keys in
-parallel on a bounded pool of workers, exponential backoff with full jitter and Retry-After per key, and a token
-bucket per key.
+"""Who sends what, when: FIFO per routing key and sender (with coalescing: truth first, in order per incident),
+the senders of a key in turn (trusted first), keys in parallel on a bounded pool of workers, exponential
+backoff with full jitter and Retry-After per key, and a token bucket per key.
 
 A key is in exactly one place at a time: idle (nothing known to send), ready (waiting for a worker),
 waiting (backing off or throttled until a time), or busy (a worker is sending its oldest event).
