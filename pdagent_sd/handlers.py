@@ -236,9 +236,9 @@ class Handlers:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
         rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES)
-        if not peer.admin:
-            for row in rows:
-                row["routing_key"] = mask(row["routing_key"])
+        for row in rows:
+            row["routing_key"] = row["routing_key"].reveal() if peer.admin else str(row["routing_key"])
+            if not peer.admin:
                 row["dedup_key"] = mask(row["dedup_key"])  # a dedup key is all it takes to resolve an incident
         reply: Message = {"ok": True, "events": rows, "redacted": not peer.admin}
         if truncated:
@@ -246,7 +246,9 @@ class Handlers:
         return reply
 
     def op_show(self, message: Message, peer: Peer) -> Message:
-        return {"ok": True, "event": self.store.show(_event_id(message))}
+        event = self.store.show(_event_id(message))
+        event["routing_key"] = event["routing_key"].reveal()  # show is for admins
+        return {"ok": True, "event": event}
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
         routing_key = self._key_filter(message, peer)

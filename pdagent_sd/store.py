@@ -784,7 +784,7 @@ class Store:
                     limit: int) -> List[Dict[str, Any]]:
         conn = self.reader()
         rows = conn.execute(*_select_in_order(conn, ", ".join(ROW_FIELDS), routing_key, state, limit))
-        return [dict(zip(ROW_FIELDS, row)) for row in rows]
+        return [_row(ROW_FIELDS, row) for row in rows]
 
     @_read_op
     def list_page(self, state: Optional[State], routing_key: Optional[RoutingKey], limit: int, *,
@@ -796,7 +796,7 @@ class Store:
         size = 0
         conn = self.reader()
         for row in conn.execute(*_select_in_order(conn, ", ".join(fields), routing_key, state, limit)):
-            entry = dict(zip(fields, row))
+            entry = _row(fields, row)
             if bodies and max_bytes:
                 size += len(entry["body"]) if isinstance(entry["body"], str) else 0
                 if size > max_bytes and rows:
@@ -822,11 +822,19 @@ class Store:
     def _rows(self, where: str, params: List[Any], limit: int) -> List[Dict[str, Any]]:
         rows = self.reader().execute(
             f"SELECT {', '.join(ROW_FIELDS)} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit])
-        return [dict(zip(ROW_FIELDS, row)) for row in rows]
+        return [_row(ROW_FIELDS, row) for row in rows]
 
 
 def _queued(row: Sequence[Any]) -> QueuedEvent:
     return QueuedEvent(row[0], RoutingKey(row[1]), *row[2:])
+
+
+def _row(fields: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
+    """A list or show row: its routing key a RoutingKey (the reply reveals it to admins only), the rest as
+    stored."""
+    entry = dict(zip(fields, row))
+    entry["routing_key"] = RoutingKey(str(entry["routing_key"]))
+    return entry
 
 
 QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid, party"
