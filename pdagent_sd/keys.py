@@ -113,7 +113,7 @@ TRUSTED = Caller(-1, frozenset(), True)
 
 
 def _lookup(kind: str, value: str) -> Optional[int]:
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     try:
         return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
@@ -145,11 +145,6 @@ def parse_grant(name: str, words: Iterable[str], where: str) -> Grant:
 
 def is_name(value: str) -> bool:
     return value.startswith(PREFIX)
-
-
-def check_key(name: str, key: str, where: str) -> str:
-    """A configured key must be a whole routing key; the message names the name and the place, never the value."""
-    return check_entry(name, key, where)[0]
 
 
 def check_entry(name: str, value: str, where: str) -> Tuple[str, Grant]:
