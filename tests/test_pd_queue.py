@@ -211,10 +211,11 @@ def test_list_table_filters_and_json(agent, standin):
     assert agent.wait_until(lambda: _count(agent, KEY_A, "delivered") == 1)  # committed, not only sent
     make_failed(agent, standin, KEY_B, 1)
     lines = ok(pd_queue(agent, "list")).splitlines()
-    assert lines[0].split() == ["ID", "STATE", "ROUTING", "KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "DEDUP", "KEY",
-                                "DETAIL"]
+    assert lines[0].split() == ["ID", "STATE", "ROUTING", "KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "SENDER",
+                                "DEDUP", "KEY", "DETAIL"]
     assert len(lines) == 3
     assert lines[1].split()[:5] == ["1", "delivered", KEY_A, "v2", "trigger"]
+    assert lines[1].split()[8:10] == ["202", str(os.getuid())]  # HTTP, SENDER
     assert "srv01/disk" in lines[1] and "delivered one" in lines[1] and " 202 " in lines[1]
     assert lines[2].split()[:2] == ["2", "failed"] and "error: Event object is invalid" in lines[2]
 
@@ -311,6 +312,81 @@ def test_drop_asks_on_a_terminal(agent, standin):
     unasked = _on_terminal(agent, "", "drop", "-k", KEY_B, "--state", "failed", "--yes")
     assert unasked.returncode == 0 and "[y/N]" not in unasked.stdout
     assert unasked.stdout.strip() == "1 event(s) dropped."
+
+
+def _prompting(agent: Agent, *args: str) -> Any:
+    """pd-queue on a pseudo-terminal, stopped at its [y/N] prompt: (process, master fd, what it printed)."""
+    master, slave = os.openpty()
+    process = subprocess.Popen([agent.python, "-m", QUEUE, *args], env=agent.env, stdin=slave,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    printed = ""
+    while "[y/N]" not in printed:
+        chunk = process.stdout.read(1)  # type: ignore[union-attr]
+        if not chunk:
+            raise AssertionError(f"no prompt: {printed!r} {process.stderr.read()!r}")  # type: ignore[union-attr]
+        printed += chunk
+    return process, master, printed
+
+
+def test_drop_drops_only_the_events_it_asked_about(agent, standin):
+    standin.refuse_connections()  # everything stays pending
+    try:
+        junk = [reply["id"] for reply in send_many(agent, [trigger(KEY_A, f"junk {i}") for i in range(30)])]
+        process, master, printed = _prompting(agent, "drop", "-k", KEY_A, "--state", "pending")
+        try:
+            assert f"Drop 30 pending event(s) of routing key {KEY_A}?" in printed
+            # root's page arrives while the prompt waits; another key's event as well
+            page = send_many(agent, [trigger(KEY_A, "nginx.service failed", dedup_key="web01/nginx")])[0]["id"]
+            other = send_many(agent, [trigger(KEY_B, "unrelated")])[0]["id"]
+            os.write(master, b"y\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 0, err
+        assert out.strip().endswith("30 event(s) dropped."), out
+        for event_id in junk:
+            one_line_error(pd_queue(agent, "show", str(event_id)), 65)
+        assert _count(agent, KEY_A, "pending") == 1
+        assert "nginx.service failed" in ok(pd_queue(agent, "show", str(page)))
+        assert ok(pd_queue(agent, "show", str(other))).startswith(f"Event {other}: v2 trigger, pending")
+
+        # An event that changed state while the prompt waited is left alone, and the count says so.
+        ids = [reply["id"] for reply in send_many(agent, [trigger(KEY_B, f"more {i}") for i in range(2)])]
+        process, master, printed = _prompting(agent, "drop", "-k", KEY_B, "--state", "pending")
+        try:
+            assert "Drop 3 pending event(s)" in printed
+            assert ok(pd_queue(agent, "drop", str(ids[0]), "--yes")).strip() == "1 event(s) dropped."
+            os.write(master, b"yes\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+        assert out.strip().endswith("2 event(s) dropped.") and "1 of the 3 event(s)" in err, (out, err)
+    finally:
+        standin.accept_connections()
+
+
+def test_drop_one_event_asked_about_is_dropped_only_in_the_state_shown(agent, standin):
+    standin.refuse_connections()
+    try:
+        event_id = send_many(agent, [trigger(KEY_A, "disk full")])[0]["id"]
+        process, master, printed = _prompting(agent, "drop", str(event_id))
+        try:
+            assert f"Drop event {event_id} (v2 trigger, pending)" in printed
+            standin.accept_connections()  # delivered while the prompt waits
+            assert standin.wait_for(1, timeout=15, routing_key=KEY_A), agent.log()
+            assert agent.wait_until(lambda: _count(agent, KEY_A, "delivered") == 1), agent.log()
+            os.write(master, b"y\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+        assert out.strip().endswith("0 event(s) dropped.") and "left alone" in err, (out, err)
+        assert ok(pd_queue(agent, "show", str(event_id))).startswith(f"Event {event_id}: v2 trigger, delivered")
+    finally:
+        standin.accept_connections()
 
 
 # --- flush, metrics, errors, help -------------------------------------------------------------------------------
