@@ -568,8 +568,9 @@ def outsider(standin) -> Iterator[Callable[..., subprocess.CompletedProcess]]:  
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONPATH": source,
                "PYTHONDONTWRITEBYTECODE": "1", "PDAGENT_SOCKET": agent.socket}
 
-        def run(*args: str, admin_group: bool = False) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-            return subprocess.run([python, "-m", QUEUE, *args], env=env, cwd=workdir, user=NOBODY, group=NOBODY,
+        def run(*args: str, admin_group: bool = False, module: str = QUEUE
+                ) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+            return subprocess.run([python, "-m", module, *args], env=env, cwd=workdir, user=NOBODY, group=NOBODY,
                                   extra_groups=[admin_gid] if admin_group else [], capture_output=True, text=True,
                                   timeout=30)
 
@@ -619,3 +620,57 @@ def test_members_of_group_pdagent_are_admins(outsider, standin):
     assert "too clever" in ok(outsider("show", "1", admin_group=True))
     assert ok(outsider("retry", "-k", KEY_A, admin_group=True)).strip() == "1 event(s) set up for retry."
     assert standin.wait_for(1, timeout=10, routing_key=KEY_A)
+
+
+def test_drop_and_list_by_sender_touch_only_that_senders_events(outsider, standin):
+    """An admin removes what nobody queued on a shared key, and only that: root's page on the same key, and
+    nobody's events on another key when the drop names the key, stay."""
+    agent = outsider.agent
+    standin.refuse_connections()  # everything stays pending
+    try:
+        for key, number in [(KEY_A, n) for n in range(4)] + [(KEY_B, 9)]:
+            ok(outsider("-k", key, "-t", "trigger", "-d", f"junk {number}", "-i", f"junk/{number}",
+                        module="pdagent_sd.cli.send"))
+        page = send_many(agent, [trigger(KEY_A, "nginx.service failed", dedup_key="web01/nginx")])[0]["id"]
+        assert _count(agent, KEY_A, "pending") == 5
+
+        listed = json.loads(ok(pd_queue(agent, "list", "--sender", "nobody", "--json")))["events"]
+        assert [(row["routing_key"], row["sender_uid"]) for row in listed] == [(KEY_A, NOBODY)] * 4 + [(KEY_B, NOBODY)]
+        table = ok(pd_queue(agent, "list", "-k", KEY_A, "--sender", str(NOBODY))).splitlines()
+        assert len(table) == 5 and all(line.split()[9] == str(NOBODY) for line in table[1:]), table
+        assert [row["id"] for row in json.loads(ok(pd_queue(agent, "list", "--sender", "0", "--json")))["events"]] \
+            == [page]
+        mine = json.loads(ok(outsider("list", "--sender", str(NOBODY), "--json")))["events"]  # open to all ...
+        assert len(mine) == 5 and all("sender_uid" not in row for row in mine)  # ... but says no sender
+
+        # on a terminal: the question names the sender, and only nobody's events on KEY_A go
+        process, master, printed = _prompting(agent, "drop", "-k", KEY_A, "--sender", "nobody", "--state",
+                                              "pending")
+        try:
+            assert f"Drop 4 pending event(s) of routing key {KEY_A} sent by uid {NOBODY}?" in printed
+            os.write(master, b"y\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+        assert out.strip().endswith("4 event(s) dropped."), (out, err)
+        assert _count(agent, KEY_A, "pending") == 1 and _count(agent, KEY_B, "pending") == 1
+        assert "nginx.service failed" in ok(pd_queue(agent, "show", str(page)))
+        assert "  Sender:        uid 0 (root)" in ok(pd_queue(agent, "show", str(page))).splitlines()
+
+        # off a terminal, by sender alone, across keys: root's page still stays
+        assert ok(pd_queue(agent, "drop", "--sender", str(NOBODY), "--state", "pending")).strip() \
+            == "1 event(s) dropped."
+        assert _count(agent, KEY_B, "pending") == 0 and _count(agent, KEY_A, "pending") == 1
+    finally:
+        standin.accept_connections()
+    assert standin.wait_for(1, timeout=15), agent.log()
+    assert [body["payload"]["summary"] for body in standin.bodies()] == ["nginx.service failed"]
+
+
+@pytest.mark.parametrize("args", [["drop", "--sender", "1"], ["drop", "--sender", "no-such-user-x", "--state",
+                                  "pending"], ["list", "--sender", "4294967295"], ["drop", "1", "--sender", "0",
+                                  "--state", "failed"]])
+def test_sender_usage_errors_exit_2(agent, args):
+    result = pd_queue(agent, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "pd-queue" in result.stderr
