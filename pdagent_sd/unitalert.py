@@ -325,7 +325,8 @@ def sync_journal() -> None:
 
 
 def format_entry(entry: Dict[str, Any]) -> str:
-    """One journal entry as a short line: time, identifier[pid]: message (cut to MAX_JOURNAL_LINE)."""
+    """One journal entry as a short line: time, name[pid]: message (cut to MAX_JOURNAL_LINE). Name and PID are
+    journald's (_COMM, _PID); the name is left out when journald could not read it (the process had exited)."""
     stamp: Any = entry.get("__REALTIME_TIMESTAMP")
     when = stamp.strftime("%Y-%m-%dT%H:%M:%S.%f%z") if hasattr(stamp, "strftime") else ""
     ident = str(entry.get("_COMM") or "")  # not SYSLOG_IDENTIFIER, which the sender chooses
@@ -338,10 +339,15 @@ def format_entry(entry: Dict[str, Any]) -> str:
                MAX_JOURNAL_LINE)
 
 
-def journal_command(unit: str, invocation_id: str) -> str:
-    if ID128.fullmatch(invocation_id or ""):
-        return f"journalctl _SYSTEMD_INVOCATION_ID={invocation_id} + _PID=1 INVOCATION_ID={invocation_id}"
-    return f"journalctl -u {unit}"
+def journal_command(unit: str, invocation_id: str, main_pid: int = 0, boot: str = "") -> str:
+    """The journalctl command that shows the run's lines by the same trusted fields as read_journal, the main
+    process's lines journald could not tie to the run (main_pid, in this boot) included."""
+    if not ID128.fullmatch(invocation_id or ""):
+        return f"journalctl -u {unit}"
+    command = f"journalctl _SYSTEMD_INVOCATION_ID={invocation_id} + _PID=1 INVOCATION_ID={invocation_id}"
+    if main_pid > 1 and ID128.fullmatch(boot):
+        command += f" + _PID={main_pid} _BOOT_ID={boot}"
+    return command
 
 
 # --- building events -------------------------------------------------------------------------------------------
@@ -401,7 +407,8 @@ def unit_details(properties: Dict[str, str], journal_lines: List[str], journal_e
         details["journal"] = journal_lines
     if journal_error:
         details["journal_missing"] = journal_error
-    details["journal_command"] = journal_command(unit, properties.get("InvocationID", ""))
+    details["journal_command"] = journal_command(unit, properties.get("InvocationID", ""), main_pid(properties),
+                                                 boot_id())
     return details
 
 
