@@ -229,9 +229,13 @@ class Handlers:
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        sender_uid = _sender_uid(message)
+        if sender_uid is not None and sender_uid != peer.uid and not peer.admin:
+            raise Forbidden("listing another user's events is only for root, the agent's user and group pdagent; "
+                            "anyone may list their own (--sender with their own uid)")
         rows, truncated = self.store.list_page(state, self._key_filter(message), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES,
-                                                 sender_uid=_sender_uid(message))
+                                                 sender_uid=sender_uid)
         if not peer.admin:
             for row in rows:
                 row["routing_key"] = mask(row["routing_key"])

@@ -35,7 +35,8 @@ OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics", "i
 # A request carries at most LEGACY_BATCH events, so that its line stays well under MAX_LINE.
 LEGACY_BATCH = 100
 # list (open to all; routing and dedup keys masked, bodies and sender_uid left out unless admin):
-#   {"op": "list", "state": S?, "routing_key": K?, "sender_uid": UID?, "limit": N}
+#   {"op": "list", "state": S?, "routing_key": K?, "sender_uid": UID?, "limit": N}  (a non-admin may name only
+#   their own uid in sender_uid: forbidden otherwise)
 #   -> {"ok": true, "events": [{"id", "routing_key", "state", "sender_uid", ..., "body"}], "redacted": bool,
 #       "truncated": true?}  (oldest first; sender_uid -1: no recorded sender, e.g. imported from the old agent)
 # drop (admin): every filter given must match; an event is deleted only if it matches them all.

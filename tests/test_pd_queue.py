@@ -640,8 +640,10 @@ def test_drop_and_list_by_sender_touch_only_that_senders_events(outsider, standi
         assert len(table) == 5 and all(line.split()[9] == str(NOBODY) for line in table[1:]), table
         assert [row["id"] for row in json.loads(ok(pd_queue(agent, "list", "--sender", "0", "--json")))["events"]] \
             == [page]
-        mine = json.loads(ok(outsider("list", "--sender", str(NOBODY), "--json")))["events"]  # open to all ...
+        mine = json.loads(ok(outsider("list", "--sender", str(NOBODY), "--json")))["events"]  # one's own ...
         assert len(mine) == 5 and all("sender_uid" not in row for row in mine)  # ... but says no sender
+        refused = one_line_error(outsider("list", "--sender", "root"), 77)  # not another user's
+        assert "listing another user's events is only for root" in refused and "sudo" in refused
 
         # on a terminal: the question names the sender, and only nobody's events on KEY_A go
         process, master, printed = _prompting(agent, "drop", "-k", KEY_A, "--sender", "nobody", "--state",

@@ -240,7 +240,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         message["routing_key"] = args.key
     if args.sender is not None:
         message["sender_uid"] = args.sender
-    reply = _ask(args, message)
+    try:
+        reply = request(message, args.socket)
+    except Forbidden as refused:  # --sender with another user's uid
+        raise Forbidden(f"permission denied: {refused.message}; {ADMIN_ADVICE}") from None
     rows = reply["events"]
     if args.json:
         for row in rows:
@@ -495,7 +498,8 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
                     help="only events for this routing key")
     ls.add_argument("--sender", type=sender_uid, metavar="UID",
-                    help="only events queued by this uid or user name (-1: no recorded sender, e.g. imported)")
+                    help="only events queued by this uid or user name (-1: no recorded sender, e.g. imported); "
+                         "another user's only for root and group pdagent")
     ls.add_argument("--limit", type=_positive, default=100, metavar="N",
                     help="at most N events (default: 100, at most 10000)")
     ls.add_argument("--json", action="store_true", help="print the events as JSON")
