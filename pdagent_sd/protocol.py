@@ -41,7 +41,7 @@ LEGACY_BATCH = 100
 #       "truncated": true?}  (oldest first; sender_uid -1: no recorded sender, e.g. imported from the old agent)
 # drop (admin): every filter given must match; an event is deleted only if it matches them all.
 #   {"op": "drop", "id": N, "state": S?}                          one event (if still in state S)
-#   {"op": "drop", "ids": [N, ...], "state": S, "routing_key": K?, "sender_uid": UID?}
+#   {"op": "drop", "ids": [N, ...], "state": S?, "routing_key": K?, "sender_uid": UID?}
 #       the events pd-queue showed at its prompt, each only if it still matches: a page queued (or an event
 #       retried) while the prompt waited is not among them. At most DROP_BATCH ids a request.
 #   {"op": "drop", "state": S, "routing_key": K?, "sender_uid": UID?}  (at least one of the two)
