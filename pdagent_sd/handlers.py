@@ -22,7 +22,7 @@ from pdagent_sd.events import NO_KEYS, validate
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
 from pdagent_sd.metrics import render as render_metrics
-from pdagent_sd.protocol import LEGACY_BATCH, STATUS_MAX_KEYS, Message
+from pdagent_sd.protocol import DROP_BATCH, LEGACY_BATCH, STATUS_MAX_KEYS, Message
 from pdagent_sd.queuetypes import LegacyEntry, Sender, State
 from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import Store
@@ -234,12 +234,18 @@ class Handlers:
         limit = message.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        sender_uid = _sender_uid(message)
+        if sender_uid is not None and sender_uid != peer.uid and not peer.admin:
+            raise Forbidden("listing another user's events is only for root, the agent's user and group pdagent; "
+                            "anyone may list their own (--sender with their own uid)")
         rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
-                                                 bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES)
+                                                 bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES,
+                                                 sender_uid=sender_uid)
         for row in rows:
             row["routing_key"] = row["routing_key"].reveal() if peer.admin else str(row["routing_key"])
             if not peer.admin:
                 row["dedup_key"] = mask(row["dedup_key"])  # a dedup key is all it takes to resolve an incident
+                del row["sender_uid"]  # who pages about what is the admins' to know
         reply: Message = {"ok": True, "events": rows, "redacted": not peer.admin}
         if truncated:
             reply["truncated"] = True
@@ -265,17 +271,29 @@ class Handlers:
         return {"ok": True, "count": count}
 
     def op_drop(self, message: Message, peer: Peer) -> Message:
+        """Delete events: one id, or the ids `pd-queue drop` showed (each only if it still has the given state,
+        key and sender), or a state's events of a key and/or a sender as they are now. A dry run answers
+        the ids the last form would delete, which pd-queue shows and then passes back."""
+        state = _state(message.get("state"))
+        routing_key = self._key_filter(message, peer)
+        sender_uid = _sender_uid(message)
+        ids: Optional[List[int]] = None
         if "id" in message:
-            count = self.store.drop(event_id=_event_id(message))
-        else:
-            routing_key = self._key_filter(message, peer)
-            state = _state(message.get("state"))
-            if routing_key is None or state is None:
-                raise BadRequest("drop needs an id, or a routing_key and a state")
-            count = self.store.drop(routing_key=routing_key, state=state)
+            ids = [_event_id(message)]
+        elif "ids" in message:
+            ids = _event_ids(message)
+        elif state is None or (routing_key is None and sender_uid is None):
+            raise BadRequest("drop needs an id, ids, or a state with a routing_key and/or a sender_uid")
+        if message.get("dry_run") is True:
+            if ids is not None:
+                raise BadRequest("a dry run of drop takes a state with a routing_key and/or a sender_uid, no ids")
+            found = self.store.matching_ids(routing_key, state, sender_uid)
+            return {"ok": True, "count": len(found), "ids": found}
+        count = self.store.drop(routing_key=routing_key, state=state, event_ids=ids, sender_uid=sender_uid)
         if count:
-            report(Kind.DROPPED, f"{count} event(s) dropped by uid {peer.uid}", event_id=message.get("id"),
-                   routing_key=None if "id" in message else self._key_filter(message, peer))
+            whose = "" if sender_uid is None else f" sent by uid {sender_uid}"
+            report(Kind.DROPPED, f"{count} event(s){whose} dropped by uid {peer.uid}", event_id=message.get("id"),
+                   routing_key=routing_key)
         return {"ok": True, "count": count}
 
     def op_import_legacy(self, message: Message, peer: Peer) -> Message:
@@ -354,6 +372,27 @@ def _optional_str(message: Message, field: str) -> Optional[str]:
 
 
 MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER; a larger Python int cannot even be bound to a query
+
+
+MAX_UID = 2**32 - 2  # (uid_t)-1 is no uid
+
+
+def _sender_uid(message: Message) -> Optional[int]:
+    """The sender_uid a request filters by: a uid, or -1 for events of no recorded sender (imported, the
+    daemon's own, queued before senders were recorded)."""
+    value = message.get("sender_uid")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= MAX_UID:
+        raise BadRequest(f"sender_uid must be a uid from 0 to {MAX_UID}, or -1")
+    return value
+
+
+def _event_ids(message: Message) -> List[int]:
+    values = message.get("ids")
+    if not isinstance(values, list) or not 0 < len(values) <= DROP_BATCH:
+        raise BadRequest(f"ids must be a list of 1 to {DROP_BATCH} event ids")
+    return [_event_id({"id": value}) for value in values]
 
 
 def _event_id(message: Message) -> int:

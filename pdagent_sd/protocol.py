@@ -34,6 +34,21 @@ OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics", "i
 #                                nothing and answers would_import)
 # A request carries at most LEGACY_BATCH events, so that its line stays well under MAX_LINE.
 LEGACY_BATCH = 100
+# list (open to all; routing and dedup keys masked, bodies and sender_uid left out unless admin):
+#   {"op": "list", "state": S?, "routing_key": K?, "sender_uid": UID?, "limit": N}  (a non-admin may name only
+#   their own uid in sender_uid: forbidden otherwise)
+#   -> {"ok": true, "events": [{"id", "routing_key", "state", "sender_uid", ..., "body"}], "redacted": bool,
+#       "truncated": true?}  (oldest first; sender_uid -1: no recorded sender, e.g. imported from the old agent)
+# drop (admin): every filter given must match; an event is deleted only if it matches them all.
+#   {"op": "drop", "id": N, "state": S?}                          one event (if still in state S)
+#   {"op": "drop", "ids": [N, ...], "state": S?, "routing_key": K?, "sender_uid": UID?}
+#       the events pd-queue showed at its prompt, each only if it still matches: a page queued (or an event
+#       retried) while the prompt waited is not among them. At most DROP_BATCH ids a request.
+#   {"op": "drop", "state": S, "routing_key": K?, "sender_uid": UID?}  (at least one of the two)
+#       what matches now (pd-queue drop --yes, or off a terminal); with "dry_run": true nothing is deleted
+#       and the answer carries the ids it would delete: {"ok": true, "count": n, "ids": [...]}
+#   -> {"ok": true, "count": n}  (how many were deleted)
+DROP_BATCH = 10000
 # status (and metrics, rendered from it) details at most STATUS_MAX_KEYS routing keys in "keys", those with the
 # most pending, then failed, events; "keys_total" counts every key, "keys_omitted" those left out.
 STATUS_MAX_KEYS = 200

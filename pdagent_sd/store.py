@@ -577,11 +577,14 @@ class Store:
         return self.write(op)
 
     def drop(self, event_id: Optional[int] = None, routing_key: Optional[RoutingKey] = None,
-             state: Optional[State] = None) -> int:
-        """Delete one event, or a key's events in one state; return how many."""
+             state: Optional[State] = None, *, event_ids: Optional[Sequence[int]] = None,
+             sender_uid: Optional[int] = None) -> int:
+        """Delete the events that match every filter given (one id, some ids, a key, a state, a sender);
+        return how many. With ids, only those of them that still match the other filters go: `pd-queue drop`
+        passes the ids it showed and the state it showed them in, so nothing queued or moved since goes."""
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
-            where, params = _selector(event_id, routing_key, state)
+            where, params = _selector(event_id, routing_key, state, sender_uid, event_ids)
             pending = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = 'pending' AND {where}",
                                    params).fetchone()[0]
             self._uncharge_rows(conn, where, params)
@@ -788,14 +791,17 @@ class Store:
 
     @_read_op
     def list_page(self, state: Optional[State], routing_key: Optional[RoutingKey], limit: int, *,
-                  bodies: bool = True, max_bytes: int = 0) -> Tuple[List[Dict[str, Any]], bool]:
-        """Rows in id order, with their bodies only if `bodies`; stops early once the bodies reach
-        `max_bytes` (0 = no cap). Returns the rows and whether it stopped early."""
+                  bodies: bool = True, max_bytes: int = 0,
+                  sender_uid: Optional[int] = None) -> Tuple[List[Dict[str, Any]], bool]:
+        """Rows in id order (of one sender's events only, if sender_uid is given), with their bodies only if
+        `bodies`; stops early once the bodies reach `max_bytes` (0 = no cap). Returns the rows and whether it
+        stopped early."""
         fields = ROW_FIELDS if bodies else ROW_FIELDS[:-1]
         rows: List[Dict[str, Any]] = []
         size = 0
         conn = self.reader()
-        for row in conn.execute(*_select_in_order(conn, ", ".join(fields), routing_key, state, limit)):
+        for row in conn.execute(*_select_in_order(conn, ", ".join(fields), routing_key, state, limit,
+                                                  sender_uid)):
             entry = _row(fields, row)
             if bodies and max_bytes:
                 size += len(entry["body"]) if isinstance(entry["body"], str) else 0
@@ -803,6 +809,14 @@ class Store:
                     return rows, True
             rows.append(entry)
         return rows, False
+
+    @_read_op
+    def matching_ids(self, routing_key: Optional[RoutingKey], state: Optional[State],
+                     sender_uid: Optional[int] = None) -> List[int]:
+        """The ids of the events a drop by key, state and sender would delete now, in id order."""
+        where, params = _selector(None, routing_key, state, sender_uid)
+        return [row[0] for row in self.reader().execute(f"SELECT id FROM events WHERE {where} ORDER BY id",
+                                                        params)]
 
     @_read_op
     def show(self, event_id: int) -> Dict[str, Any]:
@@ -839,7 +853,7 @@ def _row(fields: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
 
 QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid, party"
 ROW_FIELDS = ("id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated", "attempts",
-              "next_attempt", "last_status", "last_error", "superseded_by", "body")
+              "next_attempt", "last_status", "last_error", "superseded_by", "sender_uid", "body")  # body last
 NOT_COALESCED = Decision((), Priority.OTHER)
 PRIORITIES = ", ".join(str(int(priority)) for priority in Priority)  # the only values the column holds
 # A key's events of one party in one state, oldest first, at most :n: the :n oldest of each priority's run of
@@ -898,21 +912,26 @@ def _imported(conn: sqlite3.Connection, names: Sequence[str]) -> set:
 
 
 def _select_in_order(conn: sqlite3.Connection, fields: str, routing_key: Optional[RoutingKey],
-                     state: Optional[State], limit: int) -> Tuple[str, Any]:
-    """SELECT `fields` of the events of a key and/or state in id order, at most `limit`."""
-    if routing_key is not None and state is not None:
+                     state: Optional[State], limit: int, sender_uid: Optional[int] = None) -> Tuple[str, Any]:
+    """SELECT `fields` of the events of a key and/or state (and/or sender) in id order, at most `limit`."""
+    if routing_key is not None and state is not None and sender_uid is None:
         ids = _oldest_ids(conn, state.value, routing_key, limit)
         return f"SELECT {fields} FROM events WHERE id IN ({_ints(ids)}) ORDER BY id", []
-    where, params = _selector(None, routing_key, state)
+    where, params = _selector(None, routing_key, state, sender_uid)
     return f"SELECT {fields} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit]
 
 
-def _selector(event_id: Optional[int], routing_key: Optional[RoutingKey],
-              state: Optional[State]) -> Tuple[str, List[Any]]:
+def _selector(event_id: Optional[int], routing_key: Optional[RoutingKey], state: Optional[State],
+              sender_uid: Optional[int] = None, event_ids: Optional[Sequence[int]] = None) -> Tuple[str, List[Any]]:
     clauses, params = ["1"], []  # type: List[str], List[Any]
     if event_id is not None:
         clauses.append("id = ?")
         params.append(event_id)
+    if event_ids is not None:  # whole numbers only (the handler checks), so written inline: no 999-parameter cap
+        clauses.append(f"id IN ({','.join(str(int(number)) for number in event_ids) or 'NULL'})")
+    if sender_uid is not None:
+        clauses.append("sender_uid = ?")
+        params.append(sender_uid)
     if routing_key is not None:
         clauses.append("routing_key = ?")
         params.append(routing_key)

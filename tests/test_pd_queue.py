@@ -211,10 +211,11 @@ def test_list_table_filters_and_json(agent, standin):
     assert agent.wait_until(lambda: _count(agent, KEY_A, "delivered") == 1)  # committed, not only sent
     make_failed(agent, standin, KEY_B, 1)
     lines = ok(pd_queue(agent, "list")).splitlines()
-    assert lines[0].split() == ["ID", "STATE", "ROUTING", "KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "DEDUP", "KEY",
-                                "DETAIL"]
+    assert lines[0].split() == ["ID", "STATE", "ROUTING", "KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "SENDER",
+                                "DEDUP", "KEY", "DETAIL"]
     assert len(lines) == 3
     assert lines[1].split()[:5] == ["1", "delivered", KEY_A, "v2", "trigger"]
+    assert lines[1].split()[8:10] == ["202", str(os.getuid())]  # HTTP, SENDER
     assert "srv01/disk" in lines[1] and "delivered one" in lines[1] and " 202 " in lines[1]
     assert lines[2].split()[:2] == ["2", "failed"] and "error: Event object is invalid" in lines[2]
 
@@ -311,6 +312,81 @@ def test_drop_asks_on_a_terminal(agent, standin):
     unasked = _on_terminal(agent, "", "drop", "-k", KEY_B, "--state", "failed", "--yes")
     assert unasked.returncode == 0 and "[y/N]" not in unasked.stdout
     assert unasked.stdout.strip() == "1 event(s) dropped."
+
+
+def _prompting(agent: Agent, *args: str) -> Any:
+    """pd-queue on a pseudo-terminal, stopped at its [y/N] prompt: (process, master fd, what it printed)."""
+    master, slave = os.openpty()
+    process = subprocess.Popen([agent.python, "-m", QUEUE, *args], env=agent.env, stdin=slave,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    printed = ""
+    while "[y/N]" not in printed:
+        chunk = process.stdout.read(1)  # type: ignore[union-attr]
+        if not chunk:
+            raise AssertionError(f"no prompt: {printed!r} {process.stderr.read()!r}")  # type: ignore[union-attr]
+        printed += chunk
+    return process, master, printed
+
+
+def test_drop_drops_only_the_events_it_asked_about(agent, standin):
+    standin.refuse_connections()  # everything stays pending
+    try:
+        junk = [reply["id"] for reply in send_many(agent, [trigger(KEY_A, f"junk {i}") for i in range(30)])]
+        process, master, printed = _prompting(agent, "drop", "-k", KEY_A, "--state", "pending")
+        try:
+            assert f"Drop 30 pending event(s) of routing key {KEY_A}?" in printed
+            # root's page arrives while the prompt waits; another key's event as well
+            page = send_many(agent, [trigger(KEY_A, "nginx.service failed", dedup_key="web01/nginx")])[0]["id"]
+            other = send_many(agent, [trigger(KEY_B, "unrelated")])[0]["id"]
+            os.write(master, b"y\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 0, err
+        assert out.strip().endswith("30 event(s) dropped."), out
+        for event_id in junk:
+            one_line_error(pd_queue(agent, "show", str(event_id)), 65)
+        assert _count(agent, KEY_A, "pending") == 1
+        assert "nginx.service failed" in ok(pd_queue(agent, "show", str(page)))
+        assert ok(pd_queue(agent, "show", str(other))).startswith(f"Event {other}: v2 trigger, pending")
+
+        # An event that changed state while the prompt waited is left alone, and the count says so.
+        ids = [reply["id"] for reply in send_many(agent, [trigger(KEY_B, f"more {i}") for i in range(2)])]
+        process, master, printed = _prompting(agent, "drop", "-k", KEY_B, "--state", "pending")
+        try:
+            assert "Drop 3 pending event(s)" in printed
+            assert ok(pd_queue(agent, "drop", str(ids[0]), "--yes")).strip() == "1 event(s) dropped."
+            os.write(master, b"yes\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+        assert out.strip().endswith("2 event(s) dropped.") and "1 of the 3 event(s)" in err, (out, err)
+    finally:
+        standin.accept_connections()
+
+
+def test_drop_one_event_asked_about_is_dropped_only_in_the_state_shown(agent, standin):
+    standin.refuse_connections()
+    try:
+        event_id = send_many(agent, [trigger(KEY_A, "disk full")])[0]["id"]
+        process, master, printed = _prompting(agent, "drop", str(event_id))
+        try:
+            assert f"Drop event {event_id} (v2 trigger, pending)" in printed
+            standin.accept_connections()  # delivered while the prompt waits
+            assert standin.wait_for(1, timeout=15, routing_key=KEY_A), agent.log()
+            assert agent.wait_until(lambda: _count(agent, KEY_A, "delivered") == 1), agent.log()
+            os.write(master, b"y\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+        assert out.strip().endswith("0 event(s) dropped.") and "left alone" in err, (out, err)
+        assert ok(pd_queue(agent, "show", str(event_id))).startswith(f"Event {event_id}: v2 trigger, delivered")
+    finally:
+        standin.accept_connections()
 
 
 # --- flush, metrics, errors, help -------------------------------------------------------------------------------
@@ -492,8 +568,9 @@ def outsider(standin) -> Iterator[Callable[..., subprocess.CompletedProcess]]:  
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONPATH": source,
                "PYTHONDONTWRITEBYTECODE": "1", "PDAGENT_SOCKET": agent.socket}
 
-        def run(*args: str, admin_group: bool = False) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-            return subprocess.run([python, "-m", QUEUE, *args], env=env, cwd=workdir, user=NOBODY, group=NOBODY,
+        def run(*args: str, admin_group: bool = False, module: str = QUEUE
+                ) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+            return subprocess.run([python, "-m", module, *args], env=env, cwd=workdir, user=NOBODY, group=NOBODY,
                                   extra_groups=[admin_gid] if admin_group else [], capture_output=True, text=True,
                                   timeout=30)
 
@@ -543,3 +620,59 @@ def test_members_of_group_pdagent_are_admins(outsider, standin):
     assert "too clever" in ok(outsider("show", "1", admin_group=True))
     assert ok(outsider("retry", "-k", KEY_A, admin_group=True)).strip() == "1 event(s) set up for retry."
     assert standin.wait_for(1, timeout=10, routing_key=KEY_A)
+
+
+def test_drop_and_list_by_sender_touch_only_that_senders_events(outsider, standin):
+    """An admin removes what nobody queued on a shared key, and only that: root's page on the same key, and
+    nobody's events on another key when the drop names the key, stay."""
+    agent = outsider.agent
+    standin.refuse_connections()  # everything stays pending
+    try:
+        for key, number in [(KEY_A, n) for n in range(4)] + [(KEY_B, 9)]:
+            ok(outsider("-k", key, "-t", "trigger", "-d", f"junk {number}", "-i", f"junk/{number}",
+                        module="pdagent_sd.cli.send"))
+        page = send_many(agent, [trigger(KEY_A, "nginx.service failed", dedup_key="web01/nginx")])[0]["id"]
+        assert _count(agent, KEY_A, "pending") == 5
+
+        listed = json.loads(ok(pd_queue(agent, "list", "--sender", "nobody", "--json")))["events"]
+        assert [(row["routing_key"], row["sender_uid"]) for row in listed] == [(KEY_A, NOBODY)] * 4 + [(KEY_B, NOBODY)]
+        table = ok(pd_queue(agent, "list", "-k", KEY_A, "--sender", str(NOBODY))).splitlines()
+        assert len(table) == 5 and all(line.split()[9] == str(NOBODY) for line in table[1:]), table
+        assert [row["id"] for row in json.loads(ok(pd_queue(agent, "list", "--sender", "0", "--json")))["events"]] \
+            == [page]
+        mine = json.loads(ok(outsider("list", "--sender", str(NOBODY), "--json")))["events"]  # one's own ...
+        assert len(mine) == 5 and all("sender_uid" not in row for row in mine)  # ... but says no sender
+        refused = one_line_error(outsider("list", "--sender", "root"), 77)  # not another user's
+        assert "listing another user's events is only for root" in refused and "sudo" in refused
+
+        # on a terminal: the question names the sender, and only nobody's events on KEY_A go
+        process, master, printed = _prompting(agent, "drop", "-k", KEY_A, "--sender", "nobody", "--state",
+                                              "pending")
+        try:
+            assert f"Drop 4 pending event(s) of routing key {KEY_A} sent by uid {NOBODY}?" in printed
+            os.write(master, b"y\n")
+            out, err = process.communicate(timeout=30)
+        finally:
+            os.close(master)
+        assert out.strip().endswith("4 event(s) dropped."), (out, err)
+        assert _count(agent, KEY_A, "pending") == 1 and _count(agent, KEY_B, "pending") == 1
+        assert "nginx.service failed" in ok(pd_queue(agent, "show", str(page)))
+        assert "  Sender:        uid 0 (root)" in ok(pd_queue(agent, "show", str(page))).splitlines()
+
+        # off a terminal, by sender alone, across keys: root's page still stays
+        assert ok(pd_queue(agent, "drop", "--sender", str(NOBODY), "--state", "pending")).strip() \
+            == "1 event(s) dropped."
+        assert _count(agent, KEY_B, "pending") == 0 and _count(agent, KEY_A, "pending") == 1
+    finally:
+        standin.accept_connections()
+    assert standin.wait_for(1, timeout=15), agent.log()
+    assert [body["payload"]["summary"] for body in standin.bodies()] == ["nginx.service failed"]
+
+
+@pytest.mark.parametrize("args", [["drop", "--sender", "1"], ["drop", "--sender", "no-such-user-x", "--state",
+                                  "pending"], ["list", "--sender", "4294967295"], ["drop", "1", "--sender", "0",
+                                  "--state", "failed"]])
+def test_sender_usage_errors_exit_2(agent, args):
+    result = pd_queue(agent, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "pd-queue" in result.stderr

@@ -42,13 +42,15 @@ TriggeredBy=backup.timer
 UTC = datetime.timezone.utc
 RECORDED_JOURNAL = [  # newest first, as the reader walks back from the tail
     {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 30, 3, 0, 7, 120000, tzinfo=UTC),
-     "SYSLOG_IDENTIFIER": "systemd", "_PID": 1, "INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+     "SYSLOG_IDENTIFIER": "systemd", "_COMM": "systemd", "_PID": 1, "INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
      "MESSAGE": "backup.service: Failed with result 'exit-code'."},
     {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 30, 3, 0, 7, 100000, tzinfo=UTC),
-     "SYSLOG_IDENTIFIER": "backup.sh", "_PID": 4242, "_SYSTEMD_INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+     "SYSLOG_IDENTIFIER": "backup.sh", "_COMM": "backup.sh", "_PID": 4242,
+     "_SYSTEMD_INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
      "MESSAGE": b"rsync: connection to nas01 refused \xff"},
     {"__REALTIME_TIMESTAMP": datetime.datetime(2026, 11, 30, 3, 0, 0, 5000, tzinfo=UTC),
-     "SYSLOG_IDENTIFIER": "backup.sh", "_PID": 4242, "_SYSTEMD_INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+     "SYSLOG_IDENTIFIER": "backup.sh", "_COMM": "backup.sh", "_PID": 4242,
+     "_SYSTEMD_INVOCATION_ID": "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
      "MESSAGE": "starting backup of /srv"},
 ]
 GOLDEN = {
@@ -78,7 +80,7 @@ GOLDEN = {
                 "2026-11-30T03:00:07.120000+0000 systemd[1]: backup.service: Failed with result 'exit-code'.",
             ],
             "journal_command": "journalctl _SYSTEMD_INVOCATION_ID=5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b"
-                               " + INVOCATION_ID=5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
+                               " + _PID=1 INVOCATION_ID=5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b",
         },
     },
 }
@@ -100,6 +102,37 @@ def test_the_golden_event_is_valid_once_the_agent_has_resolved_the_key_name() ->
     event = validate("v2", body, default_source="db1.example.org")
     assert event.dedup_key == "systemd/db1.example.org/backup.service"
     assert event.body["payload"]["source"] == "db1.example.org"
+
+
+INVOCATION = "5f0c7c2b1a3e4d5f8a9b0c1d2e3f4a5b"
+FORGED = {  # what a local user can send: any field without a leading underscore; journald adds the rest
+    "INVOCATION_ID": INVOCATION, "UNIT": "backup.service", "SYSLOG_IDENTIFIER": "systemd", "SYSLOG_PID": "1",
+    "_PID": 4711, "_COMM": "python3", "_UID": 65534, "_SYSTEMD_UNIT": "session-3.scope",
+    "MESSAGE": "backup.service: planned maintenance, no action needed",
+}
+
+
+@pytest.mark.parametrize("entry, claim", [
+    (RECORDED_JOURNAL[0], unitalert.Claim.OURS),  # PID 1 about the run
+    (RECORDED_JOURNAL[1], unitalert.Claim.OURS),  # the run's own process
+    ({**FORGED}, unitalert.Claim.NOT_OURS),
+    # a stream whose writer exited before journald read its cgroup: the unit name is the writer's own header
+    ({**FORGED, "_SYSTEMD_UNIT": "backup.service"}, unitalert.Claim.NOT_OURS),
+    ({**FORGED, "_SYSTEMD_UNIT": "backup.service", "INVOCATION_ID": "0" * 32}, unitalert.Claim.NOT_OURS),
+    ({**FORGED, "_PID": 1, "INVOCATION_ID": "0" * 32}, unitalert.Claim.NOT_OURS),  # PID 1, another run
+    ({"_PID": 1, "UNIT": "backup.service", "MESSAGE": "Starting"}, unitalert.Claim.IF_RECENT),
+    ({"_PID": 4242, "MESSAGE": "last words"}, unitalert.Claim.IF_RECENT),  # the main PID, no unit (issue 2913)
+    ({"_PID": 4242, "_SYSTEMD_UNIT": "backup.service", "MESSAGE": "w"}, unitalert.Claim.IF_RECENT),
+    ({"_PID": 4242, "_SYSTEMD_UNIT": "other.service", "MESSAGE": "w"}, unitalert.Claim.NOT_OURS),
+    ({"_PID": 4242, "_SYSTEMD_INVOCATION_ID": "0" * 32, "MESSAGE": "w"}, unitalert.Claim.NOT_OURS),
+])
+def test_only_trusted_fields_tie_a_journal_entry_to_the_failed_run(entry: dict, claim: unitalert.Claim) -> None:
+    assert unitalert._claim(entry, INVOCATION, "backup.service", 4242) == claim
+
+
+def test_the_identifier_shown_is_the_process_name_not_the_one_the_sender_chose() -> None:
+    line = unitalert.format_entry(FORGED)
+    assert "python3[4711]: backup.service: planned" in line and "systemd" not in line.split(":")[0]
 
 
 def test_a_service_is_critical_a_signal_is_named_and_severities_are_configurable() -> None:

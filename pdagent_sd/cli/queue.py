@@ -19,7 +19,7 @@ from pdagent_sd import exitcodes
 from pdagent_sd.cli.common import UsageError, run
 from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
-from pdagent_sd.protocol import Message, request
+from pdagent_sd.protocol import DROP_BATCH, Message, request
 from pdagent_sd.safetext import safe, safe_json
 
 PROGRAM = "pd-queue"
@@ -201,14 +201,35 @@ def _shorten(text: str, width: int = 60) -> str:
 
 def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List[str]:
     now = time.time() if now is None else now
-    table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "DEDUP KEY", "DETAIL"]]
+    table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "SENDER", "DEDUP KEY", "DETAIL"]]
     for row in rows:
         detail = f"error: {row['last_error']}" if row["state"] == "failed" and row.get("last_error") \
             else f"superseded by {row['superseded_by']}" if row.get("superseded_by") else _summary(row)
         table.append([str(row["id"]), row["state"], safe(row["routing_key"]), safe(f"{row['api']} {row['action']}"),
                       str(row["attempts"]), f"{_age(now - row['created'])} ago",
-                      str(row["last_status"] or "-"), _shorten(row["dedup_key"], 40), _shorten(detail)])
+                      str(row["last_status"] or "-"), _sender(row.get("sender_uid")),
+                      _shorten(row["dedup_key"], 40), _shorten(detail)])
     return _columns(table, right=(0, 4))
+
+
+def _sender(uid: Any) -> str:
+    """Who queued an event, as `--sender` takes it: a uid; "-" if not recorded or not shown to this user."""
+    return str(uid) if isinstance(uid, int) and uid >= 0 else "-"
+
+
+def sender_uid(text: str) -> int:
+    """--sender: a uid, a user name, or -1 (events of no recorded sender, e.g. imported from the old agent)."""
+    if text.isascii() and (text[1:] if text.startswith("-") else text).isdigit():
+        value = int(text)
+        if -1 <= value <= 2**32 - 2:
+            return value
+        raise argparse.ArgumentTypeError(f"not a uid: {text!r}")
+    import pwd  # only when a name is given
+
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"no such user: {safe(text)!r}") from None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -217,7 +238,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         message["state"] = args.state
     if args.key:
         message["routing_key"] = args.key
-    reply = _ask(args, message)
+    if args.sender is not None:
+        message["sender_uid"] = args.sender
+    try:
+        reply = request(message, args.socket)
+    except Forbidden as refused:  # --sender with another user's uid
+        raise Forbidden(f"permission denied: {refused.message}; {ADMIN_ADVICE}") from None
     rows = reply["events"]
     if args.json:
         for row in rows:
@@ -249,6 +275,7 @@ def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str
         f"  Updated:       {_when(event['updated'], now)}",
         f"  Attempts:      {event['attempts']}",
     ]
+    lines.append(f"  Sender:        {_sender_line(event.get('sender_uid'))}")
     if event.get("superseded_by"):
         lines.append(f"  Superseded by: event {event['superseded_by']} (of the same incident; this one is not sent)")
     if event["state"] == "pending" and event.get("next_attempt", 0) > now:
@@ -269,6 +296,17 @@ def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str
         body = safe(event.get("body", ""))
     lines.extend("  " + line for line in body.splitlines())
     return lines
+
+
+def _sender_line(uid: Any) -> str:
+    if not isinstance(uid, int) or uid < 0:
+        return "not recorded (imported, or queued by the agent itself)"
+    import pwd
+
+    try:
+        return f"uid {uid} ({safe(pwd.getpwuid(uid).pw_name)})"
+    except (KeyError, OverflowError):
+        return f"uid {uid}"
 
 
 def _answer(status: Optional[int], error: Optional[str]) -> str:
@@ -303,40 +341,65 @@ def _interactive() -> bool:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    if (args.id is None) == (args.key is None):
-        raise UsageError("drop needs exactly one of: an event ID, or -k KEY with --state")
+    many = args.key is not None or args.sender is not None
+    if (args.id is None) == (not many):
+        raise UsageError("drop needs exactly one of: an event ID, or --state with -k KEY and/or --sender UID")
     if args.id is not None:
         if args.state:
-            raise UsageError("--state goes with -k KEY, not with an event ID")
+            raise UsageError("--state goes with -k KEY or --sender UID, not with an event ID")
         message: Message = {"op": "drop", "id": args.id}
-        question = _drop_one_question(args) if _interactive() and not args.yes else ""
-    else:
-        if not args.state:
-            raise UsageError("drop -k KEY needs --state (pending, failed or delivered)")
-        message = {"op": "drop", "routing_key": args.key, "state": args.state}
-        question = _drop_many_question(args) if _interactive() and not args.yes else ""
-    if question and not _confirm(question):
+        if not _interactive() or args.yes:
+            return _dropped(_ask(args, message)["count"])
+        event = _ask(args, {"op": "show", "id": args.id})["event"]  # refuses a non-admin before any question
+        if not _confirm(_drop_one_question(event)):
+            print("Nothing dropped.")
+            return DECLINED
+        # the state it was shown in: an event delivered or retried while the prompt waited is not dropped
+        return _dropped(_ask(args, {**message, "state": event["state"]})["count"], 1)
+    if not args.state:
+        raise UsageError("drop -k KEY or --sender UID needs --state (pending, failed, delivered or superseded)")
+    message = {"op": "drop", "state": args.state}
+    if args.key is not None:
+        message["routing_key"] = args.key
+    if args.sender is not None:
+        message["sender_uid"] = args.sender
+    if not _interactive() or args.yes:
+        return _dropped(_ask(args, message)["count"])  # no prompt: what matches now, in one transaction
+    ids = _ask(args, {**message, "dry_run": True})["ids"]  # refuses a non-admin before any question
+    if not ids:
+        return _dropped(0)
+    if not _confirm(_drop_many_question(args, len(ids))):
         print("Nothing dropped.")
         return DECLINED
-    count = _ask(args, message)["count"]
+    # Exactly the events counted at the prompt, each only if still in the state shown: what was queued,
+    # retried or delivered while the prompt waited stays.
+    count = 0
+    for start in range(0, len(ids), DROP_BATCH):
+        count += _ask(args, {**message, "ids": ids[start:start + DROP_BATCH]})["count"]
+    return _dropped(count, len(ids))
+
+
+def _dropped(count: int, shown: int = 0) -> int:
     print(f"{count} event(s) dropped.")
+    if count < shown:
+        _note(f"{shown - count} of the {shown} event(s) asked about had been delivered, retried, dropped or "
+              "purged meanwhile and were left alone")
     return exitcodes.OK
 
 
-def _drop_one_question(args: argparse.Namespace) -> str:
-    event = _ask(args, {"op": "show", "id": args.id})["event"]  # refuses a non-admin before any question
+def _drop_one_question(event: Dict[str, Any]) -> str:
     summary = _summary(event)
     described = f" \"{_shorten(summary)}\"" if summary else ""
     return safe(f"Drop event {event['id']} ({event['api']} {event['action']}, {event['state']})") + described + "?"
 
 
-def _drop_many_question(args: argparse.Namespace) -> str:
-    # Ask nothing of someone the daemon will refuse anyway: `list` tells whether we are an admin.
-    if _ask(args, {"op": "list", "routing_key": args.key, "state": args.state, "limit": 1}).get("redacted"):
-        raise _refused("drop")
-    keys = _ask(args, {"op": "status", "routing_key": args.key})["keys"]
-    count = keys[0][args.state] if keys else 0
-    return f"Drop {count} {args.state} event(s) of routing key {safe(args.key)}? This cannot be undone."
+def _drop_many_question(args: argparse.Namespace, count: int) -> str:
+    which = []
+    if args.key is not None:
+        which.append(f"of routing key {safe(args.key)}")
+    if args.sender is not None:
+        which.append(f"sent by uid {args.sender}")
+    return f"Drop {count} {args.state} event(s) {' '.join(which)}? This cannot be undone."
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------------
@@ -434,6 +497,9 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--state", choices=STATES, help="only events in this state (default: all)")
     ls.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
                     help="only events for this routing key")
+    ls.add_argument("--sender", type=sender_uid, metavar="UID",
+                    help="only events queued by this uid or user name (-1: no recorded sender, e.g. imported); "
+                         "another user's only for root and group pdagent")
     ls.add_argument("--limit", type=_positive, default=100, metavar="N",
                     help="at most N events (default: 100, at most 10000)")
     ls.add_argument("--json", action="store_true", help="print the events as JSON")
@@ -446,15 +512,23 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true", help="print the event as JSON")
     sh.set_defaults(func=cmd_show)
 
-    d = command("drop", "delete an event, or a key's events in one state.",
-                "Delete one event by id, or every event of a routing key in one state (pd-queue drop -k KEY "
-                "--state failed). Asks for confirmation when run on a terminal. Needs root or group pdagent.",
-                "Dropped events are gone for good; `pd-queue retry` is the way to send failed events again.")
+    d = command("drop", "delete an event, or a key's or a sender's events in one state.",
+                "Delete one event by id, or every event in one state of a routing key and/or of one sender "
+                "(pd-queue drop -k KEY --state failed; pd-queue drop -k KEY --sender 1001 --state pending "
+                "removes uid 1001's events and nobody else's). On a terminal it asks first, and then drops "
+                "exactly the events it counted, each only if still in that state: an event queued or "
+                "retried while it asked is left alone. Needs root or group pdagent.",
+                "Dropped events are gone for good; `pd-queue retry` is the way to send failed events again. "
+                "`pd-queue list --sender UID` shows what one sender queued; SENDER in `pd-queue list`.")
     d.add_argument("id", type=int, nargs="?", metavar="ID", help="event id")
     d.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
                    help="drop this routing key's events (with --state)")
-    d.add_argument("--state", choices=STATES, help="which of the key's events to drop")
-    d.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    d.add_argument("--sender", type=sender_uid, metavar="UID",
+                   help="drop only events queued by this uid or user name (with --state; -1: no recorded "
+                        "sender, e.g. imported)")
+    d.add_argument("--state", choices=STATES, help="which of the key's or the sender's events to drop")
+    d.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask; drop what matches when the agent receives the request")
     d.set_defaults(func=cmd_drop)
 
     f = command("flush", "deliver what is due now.",

@@ -65,7 +65,9 @@ BODY is name:value lines, for example:
   name:{{TRIGGER.NAME}}
 A line without a colon continues the previous value. Every name goes into custom_details. When BODY begins
 with id, hostname or incident_key, only those leading lines set them (text inside a later value cannot);
-so keep free text such as the name last. Arguments after BODY are ignored, with a warning.
+so keep free text such as the name last. When BODY begins with other text (the old guide put name first),
+the last line of each name wins, but an incident_key line only after the last id and hostname lines counts.
+Arguments after BODY are ignored, with a warning.
 
 dedup key: the body's incident_key if not empty, else <id>-<hostname> (the old agent's).
 severity: Disaster critical; High, Average error; Warning warning; Information, Not classified info.
@@ -138,7 +140,10 @@ def read_body(body: str) -> Body:
       further down is text of the value before it (which is how it got there) and is warned about.
     - A body that begins with free text (the old agent's guide put name:{TRIGGER.NAME} first) is read the old
       way, the last line of each name winning: its template lines for id and hostname come after the name and
-      so still win, but an incident_key or id line in a value can set the key there. Put them first.
+      so still win. An incident_key line counts there only after the last id and hostname lines (a template
+      that adds one puts it at the end); one further up is text of the value before it, and is warned about.
+      An id or hostname line in a value that comes after the template's own can still set the key: put them
+      first.
     """
     entries = _entries(body)
     escalation_cancelled = bool(entries) and entries[0][0] == NOTE and ESCALATION_CANCELLED in entries[0][1].lower()
@@ -164,8 +169,21 @@ def read_body(body: str) -> Body:
             fields[name] = value
             previous = name
     else:  # the old layout: free text first, the last line of each name wins
-        for name, value, key_value in entries:
+        # ...except that an incident_key line counts only after the message's own id and hostname lines (the
+        # last of each, which come after the free text in the old guide's template): that template has no
+        # incident_key line, so one further up can only have come from inside a value such as the name.
+        own = max((index for index, entry in enumerate(entries) if entry[0] in ("id", "hostname")), default=-1)
+        previous = ""
+        for index, (name, value, key_value) in enumerate(entries):
+            if name == "incident_key" and index < own:
+                warnings.append(f"'incident_key:' before the message's own id and hostname lines is read as text "
+                                f"of '{previous}:', not as a field (text inside a value cannot set it; see "
+                                "docs/integrations.md)")
+                if previous:
+                    fields[previous] = f"{fields[previous]}\n{name}:{value}"
+                continue
             fields[name] = value
+            previous = name
             if name in STRUCTURAL:
                 structural[name] = key_value
     return Body(fields, structural, escalation_cancelled, warnings)

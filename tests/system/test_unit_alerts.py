@@ -1,7 +1,8 @@
 """Unit alerts under a real booted systemd: a failed unit pages with its journal lines, starting it again
 successfully resolves the same dedup key, a restart loop opens one incident, a failed timer job pages with
 severity error, the journal being unreadable does not stop the page, and with the host-wide service.d/ drop-in
-a failure of the agent itself (or of its alert handler) pages nothing and starts nothing in a loop.
+a failure of the agent itself (or of its alert handler) pages nothing and starts nothing in a loop, and journal
+entries forged by an unprivileged user with the failing run's invocation ID stay off the page.
 
 One container for the module (its boot and installation are most of the cost), the stand-in on the host's
 loopback; each test uses units of its own and looks only at its own dedup keys.
@@ -135,6 +136,53 @@ def test_failed_unit_pages_with_its_journal_and_a_successful_run_resolves(machin
     assert not machine.exists(f"/var/lib/pdagent-unit-alert/{unit}")
     assert machine.show(f"pdagent-unit-failed@{unit}.service", "ActiveState") == "inactive"
     assert machine.show(f"pdagent-unit-ok@{unit}.service", "Result") == "success"
+
+
+# Run as nobody while a unit fails: journal entries claiming to be systemd's messages about the failed run
+# (INVOCATION_ID and UNIT are fields any client may set; the invocation ID is public through systemctl show),
+# and stdout streams whose header names the unit, written by processes that exit at once so that journald
+# can only take the unit from the header. 25 entries per 50 ms, as the attack in issue 18.
+FORGER = r"""
+import os, socket, sys, time
+from systemd import journal
+invocation, unit, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for n in range(25):
+        journal.send(f"{unit}: FORGED planned maintenance, no action needed", INVOCATION_ID=invocation,
+                     UNIT=unit, SYSLOG_IDENTIFIER="systemd", SYSLOG_PID="1", PRIORITY="3")
+    if os.fork() == 0:
+        stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stream.connect("/run/systemd/journal/stdout")
+        stream.sendall(f"systemd\n{unit}\n3\n0\n0\n0\n0\nFORGED stream line\n".encode())
+        os._exit(0)
+    os.wait()
+    time.sleep(0.05)
+"""
+
+
+def test_entries_forged_by_another_user_never_reach_the_page(machine: BootedSystemd, api: StandIn) -> None:
+    unit = "alert-forged.service"
+    add_unit(machine, unit, oneshot("sleep 2; echo the real error: db01 unreachable; exit 1"))
+    machine.systemctl("start", "--no-block", unit)
+    invocation = wait_until(lambda: machine.show(unit, "InvocationID"), 10, f"{unit} to start")
+    machine.write_file("/usr/local/lib/forge-journal.py", FORGER)
+    machine.run(["systemd-run", "--quiet", "--collect", "--unit=forge-journal", "--uid=nobody", "--gid=nogroup",
+                 "python3", "/usr/local/lib/forge-journal.py", invocation, unit, "8"])
+    try:
+        details = wait_events(api, f"systemd/{host(machine)}/{unit}", 1, machine, unit)[0]["payload"][
+            "custom_details"]
+    finally:
+        machine.systemctl("stop", "forge-journal.service", check=False)
+    forged = machine.journal_json(f"INVOCATION_ID={invocation}", "_UID=65534")
+    assert len(forged) > 50, "the forger's entries carrying the run's ID are in the journal"
+    main_pid = machine.show(unit, "ExecMainPID")
+    lines = details["journal"]
+    assert not [line for line in lines if "FORGED" in line], lines
+    # the unit's shell is named by its _COMM, or only by its PID when it had exited before journald read it
+    assert all(f"[{main_pid}]: " in line or " systemd[1]: " in line for line in lines), lines
+    assert any(line.endswith(f"[{main_pid}]: the real error: db01 unreachable") for line in lines), lines
+    assert any(" systemd[1]: " in line and "Failed with result" in line for line in lines), lines
 
 
 def test_restart_loop_opens_one_incident_and_staying_up_resolves(machine: BootedSystemd, api: StandIn) -> None:
