@@ -123,17 +123,17 @@ def old_agent_processes(box: DebianContainer) -> str:
 
 def test_every_old_event_is_delivered_exactly_once_as_the_old_agent_would_have(
         switched: DebianContainer, release: str, events_api: StandIn) -> None:
+    wait_until(lambda: all(old_records(events_api, release).values()), 30, "the old agent's three pending events")
+    time.sleep(3 * POLL_SEC)  # the window: three polls of the old daemon, had it survived or could it see them
+    delivered = old_records(events_api, release)
+    assert {name: len(records) for name, records in delivered.items()} == dict.fromkeys(OLD_FILES[release], 1)
+    assert len(received(events_api)) - SEEN_BEFORE[release] == 3  # nothing else: no re-encoded or amended copy
     out = INSTALL_OUTPUT[release]
     assert "importing the events the old PagerDuty agent left in /var/lib/pdagent/outqueue" in out
     assert "imported: 4 (3 pending from pdq/, 1 failed from err/)" in out
     assert "by owner (the quota each is charged to): pdagent (uid " in out and "nobody (uid 65534) 3" in out
     assert "Moved from pdq/ to imported/ (out of the old daemon's reach, kept for a rollback): 3" in out
     assert KEY not in out  # masked
-    wait_until(lambda: all(old_records(events_api, release).values()), 30, "the old agent's three pending events")
-    time.sleep(3 * POLL_SEC)  # the window: three polls of the old daemon, had it survived or could it see them
-    delivered = old_records(events_api, release)
-    assert {name: len(records) for name, records in delivered.items()} == dict.fromkeys(OLD_FILES[release], 1)
-    assert len(received(events_api)) - SEEN_BEFORE[release] == 3  # nothing else: no re-encoded or amended copy
     in_order = [records[0] for _name, records in sorted(delivered.items())]
     assert [r.time for r in in_order] == sorted(r.time for r in in_order)  # per-key order: the old queue's
     assert all(r.path == "/generic/2010-04-15/create_event.json" for r in in_order)
