@@ -14,8 +14,8 @@ behave as the real ones were seen to behave:
   python process stays, as with the real unit. Every `send_interval_secs` (read from /etc/pdagent.conf, 10 by
   default) it POSTs every file of outqueue/pdq, in name order, unchanged, to the v1 endpoint
   (/generic/2010-04-15/create_event.json), then moves it to suc/ on a 2xx answer and to err/ on another 4xx; a
-  refused connection or a 5xx ends the pass. A file it cannot move stays and is sent again at the next pass (the
-  real one does that when dpkg removed an empty suc/). The real one reaches events.pagerduty.com; the stand-in
+  refused connection or a 5xx ends the pass. A file it cannot move stays, ends the pass and is sent again at the
+  next one (the real one re-sent the first file every pass when dpkg had removed an empty suc/). The real one reaches events.pagerduty.com; the stand-in
   reads the base URL from /etc/pdagent-standin-events-url, which a test writes (a deviation: no /etc/hosts, no
   CA).
 
@@ -101,6 +101,7 @@ while True:
             os.rename(os.path.join(Q, "pdq", name), os.path.join(Q, target, name))
         except OSError as error:
             print("pdagentd stand-in: sent %s, cannot move it: %s" % (name, error), file=sys.stderr, flush=True)
+            break
         print("pdagentd stand-in: sent %s: HTTP %d" % (name, status), file=sys.stderr, flush=True)
     time.sleep(interval)
 """
