@@ -15,9 +15,9 @@ behave as the real ones were seen to behave:
   default) it POSTs every file of outqueue/pdq, in name order, unchanged, to the v1 endpoint
   (/generic/2010-04-15/create_event.json), then moves it to suc/ on a 2xx answer and to err/ on another 4xx; a
   refused connection or a 5xx ends the pass. A file it cannot move stays, ends the pass and is sent again at the
-  next one (the real one re-sent the first file every pass when dpkg had removed an empty suc/). The real one reaches events.pagerduty.com; the stand-in
-  reads the base URL from /etc/pdagent-standin-events-url, which a test writes (a deviation: no /etc/hosts, no
-  CA).
+  next one (the real one re-sent the first file every pass when dpkg had removed an empty suc/). The real one
+  reaches events.pagerduty.com; the stand-in reads the base URL from /etc/pdagent-standin-events-url, which a
+  test writes (a deviation: no /etc/hosts, no CA).
 
 Deviations: the user is made with useradd (minbase has no adduser), and the old packages' dependency on sudo is
 left out.
