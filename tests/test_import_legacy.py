@@ -158,6 +158,8 @@ def test_files_planted_by_another_user_never_stop_the_import_and_count_against_t
           % (KEY_A, "[" * 100000, "]" * 100000))
     plant(queue, file_name(T_TRIGGER - 1, KEY_A), event_text("trigger", KEY_A, "planted/1", "planted one"))
     plant(queue, file_name(T_TRIGGER, KEY_A), event_text("trigger", KEY_A, "planted/2", "planted two"))
+    # and one naming a key by name: the old agent had no named keys, so no file may use one of this agent's
+    plant(queue, file_name(T_TRIGGER + 1, "@systemd"), event_text("trigger", "@systemd", "planted/3", "named"))
 
     dry = import_legacy(agent, queue, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -174,6 +176,7 @@ def test_files_planted_by_another_user_never_stop_the_import_and_count_against_t
     assert "refused (the owner could not have queued it now): 1" in out
     assert f"pdq/{shown(T_TRIGGER, KEY_A)} of nobody (uid 65534): uid 65534 already has 1" in out
     assert f"pdq/{shown(T_TRIGGER - 2, KEY_A)}: nested more than 100 levels deep" in out
+    assert "invalid events: 1" in out and "service_key @systemd is not a configured key name" in out
     assert standin.wait_for(3, timeout=10), agent.log()
     records = standin.received(KEY_A)
     with open(os.path.join(queue, "imported", root_trigger), "rb") as handle:
@@ -185,7 +188,8 @@ def test_files_planted_by_another_user_never_stop_the_import_and_count_against_t
     db.close()
     assert owners == [0, 0, NOBODY]
     # what was refused or unreadable stays in pdq/, to be fixed or dropped; a second run imports nothing twice
-    assert sorted(os.listdir(os.path.join(queue, "pdq"))) == [deep, file_name(T_TRIGGER, KEY_A)]
+    assert sorted(os.listdir(os.path.join(queue, "pdq"))) == [deep, file_name(T_TRIGGER, KEY_A),
+                                                               file_name(T_TRIGGER + 1, "@systemd")]
     again = import_legacy(agent, queue)
     # nobody's first event was delivered meanwhile, so its quota has room for the one refused: only that is new
     assert "imported: 1 (1 pending" in again.stdout and "refused (the owner could not have queued it now): 0" \
