@@ -147,7 +147,7 @@ class Daemon:
         self.scheduler = Scheduler(self.store, config)
         self.started = time.time()
         self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn,
-                                 keys=config.keys)
+                                 keys=config.keys, trusted_gids=trusted_gids(config.trusted_groups))
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
         self.server: Optional[ConnectionServer] = None  # while the main loop runs

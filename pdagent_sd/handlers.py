@@ -12,15 +12,16 @@ import socket
 import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple, Union
 
 from pdagent_sd import __version__
 from pdagent_sd.commit import Commit
-from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
-from pdagent_sd.events import NO_KEYS, validate
+from pdagent_sd.errors import BadRequest, Forbidden, InvalidEvent, PdagentError, StorageError
+from pdagent_sd.events import MAX_BODY_BYTES, NO_KEYS, Event, validate
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
+from pdagent_sd.legacy import parse as legacy_parse
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import DROP_BATCH, LEGACY_BATCH, STATUS_MAX_KEYS, Message
 from pdagent_sd.queuetypes import LegacyEntry, Sender, State
@@ -138,8 +139,10 @@ class Unavailable:
 
 class Handlers:
     def __init__(self, store: Store, scheduler: Scheduler, *, started: float,
-                 default_source: Callable[[], str], keys: KeyBook = NO_KEYS) -> None:
+                 default_source: Callable[[], str], keys: KeyBook = NO_KEYS,
+                 trusted_gids: FrozenSet[int] = frozenset()) -> None:
         self.keys = keys
+        self.trusted_gids = trusted_gids  # trusted_groups: for the owners of imported old-agent files
         self.store = store
         self.scheduler = scheduler
         self.started = started
@@ -297,8 +300,10 @@ class Handlers:
         return {"ok": True, "count": count}
 
     def op_import_legacy(self, message: Message, peer: Peer) -> Message:
-        """Events of the old agent's outqueue: each is checked as a v1 event (an invalid one is reported, never
-        fatal to the others), then all valid ones not imported before are queued in the order given."""
+        """Events of the old agent's outqueue: each file's text is checked as a v1 event (an invalid one is
+        reported, never fatal to the others) and queued exactly as it is, the bytes the old agent would have
+        POSTed; all valid ones not imported before are queued in the order given, each charged to the file's
+        owner as if that user had sent it (root's and the service user's files to the trusted room)."""
         items = message.get("events")
         if not isinstance(items, list) or len(items) > LEGACY_BATCH:
             raise BadRequest(f"events must be a list of at most {LEGACY_BATCH} entries")
@@ -310,19 +315,22 @@ class Handlers:
                 raise BadRequest("every entry needs a name (the old agent's file name)")
             state = LEGACY_STATES.get(item.get("state"))
             queued_at = item.get("queued_at")
+            owner = item.get("owner", -1)
             if state is None or not isinstance(queued_at, (int, float)) or isinstance(queued_at, bool):
                 raise BadRequest(f"{name}: state must be pending or failed, queued_at a number")
+            if not isinstance(owner, int) or isinstance(owner, bool) or owner < -1:
+                raise BadRequest(f"{name}: owner must be a uid")
             try:
-                event = validate("v1", item.get("event"), owned=True)
+                event = _legacy_event(item)
             except PdagentError as error:
                 results.append({"name": name, "result": "invalid", "error": error.message})
                 continue
             note = "" if state is State.PENDING else f"failed in the old agent (err/{name})"
-            entries.append(LegacyEntry(name, event, state, float(queued_at), note))
+            entries.append(LegacyEntry(name, event, state, float(queued_at), note, self.sender_for(owner)))
             results.append({"name": name, "result": "imported"})
         if message.get("dry_run") is True:
             already = set(self.store.imported_before([entry.name for entry in entries]))
-            ids: List[Optional[int]] = [None if entry.name in already else 0 for entry in entries]
+            ids: List[Union[int, str, None]] = [None if entry.name in already else 0 for entry in entries]
         else:
             ids = self.store.import_legacy(entries) if entries else []
         by_name = dict(zip((entry.name for entry in entries), ids))
@@ -331,23 +339,69 @@ class Handlers:
             if event_id is None:
                 result["result"] = "already_imported"
                 continue
+            if isinstance(event_id, str):
+                result.update(result="refused", error=event_id)
+                continue
             if not event_id:
                 result["result"] = "would_import"  # a dry run
             else:
                 result["id"] = event_id
                 report(Kind.ACCEPTED, f"imported event {event_id} ({entry.state.value}) from the old agent's "
-                       f"outqueue file {entry.name}, for uid {peer.uid}", event_id=event_id,
-                       dedup_key=entry.event.dedup_key, routing_key=entry.event.routing_key,
+                       f"outqueue file {entry.name}, for uid {peer.uid}, charged to uid {entry.sender.uid}",
+                       event_id=event_id, dedup_key=entry.event.dedup_key, routing_key=entry.event.routing_key,
                        action=entry.event.action.value, api=entry.event.api.value)
                 if entry.state is State.PENDING:
                     self.scheduler.wake(entry.event.routing_key)
         return {"ok": True, "results": results}
+
+    def sender_for(self, uid: int) -> Sender:
+        """The sender an old outqueue file's owner would have been on the socket: root and the service's user
+        are trusted, and so are members of group pdagent and of trusted_groups; anyone else has the quotas."""
+        if uid in (0, os.geteuid()):
+            return Sender(uid, True)
+        if uid < 0:
+            return Sender(uid, False)
+        wanted = set(self.trusted_gids)
+        admin_gid = group_id(ADMIN_GROUP)
+        if admin_gid is not None:
+            wanted.add(admin_gid)
+        try:
+            import pwd  # only here: an import is rare
+
+            entry = pwd.getpwuid(uid)
+            groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        except (KeyError, OSError):
+            groups = set()
+        return Sender(uid, bool(groups & wanted))
 
     def op_flush(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "keys": self.scheduler.flush()}  # flush reads the pending keys
 
     def op_metrics(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "text": render_metrics(self.status(None, reveal=False))}
+
+
+def _legacy_event(item: Dict[str, Any]) -> Event:
+    """An old outqueue file's event, validated as v1 and queued with the file's text unchanged (nothing added: a
+    trigger without incident_key gets one only in the queue's index, never in the body). Entries from older
+    clients carry the parsed body ("event") instead."""
+    text = item.get("text")
+    if text is None:
+        return validate("v1", item.get("event"), owned=True)
+    if not isinstance(text, str):
+        raise BadRequest("text must be the old event file's content")
+    try:
+        body = legacy_parse(text)
+    except ValueError as exc:
+        raise InvalidEvent(str(exc)) from None
+    event = validate("v1", body, owned=True)
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidEvent("the file holds text that is not valid Unicode") from None
+    if size > MAX_BODY_BYTES:
+        raise InvalidEvent(f"event is {size} bytes; the Events API accepts at most {MAX_BODY_BYTES}")
+    return replace(event, text=text)
 
 
 def _needs_source(event: Dict[str, Any]) -> bool:

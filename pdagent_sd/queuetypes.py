@@ -88,6 +88,7 @@ class LegacyEntry:
     state: State
     queued_at: float
     note: str = ""
+    sender: Sender = INTERNAL  # the file's owner: whose quota the event is charged to
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, cast
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, Union, cast
 
 from pdagent_sd import marker, schema
 from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
@@ -526,35 +526,44 @@ class Store:
 
         return self.submit(op)
 
-    def import_legacy(self, entries: Sequence[LegacyEntry]) -> List[Optional[int]]:
+    def import_legacy(self, entries: Sequence[LegacyEntry]) -> List[Union[int, str, None]]:
         """Queue events from the old agent's outqueue in the order given, in one transaction: pending ones as
-        pending, failed ones as failed (`pd-queue retry` sends them again). Returns each entry's new id, or None
-        for a file name imported before. Refused whole (QueueFull) if the pending ones do not fit."""
+        pending, failed ones as failed (`pd-queue retry` sends them again), each charged to its sender (the file's
+        owner) as if it had sent it now. Returns each entry's new id, None for a file name imported before, or
+        the reason it was refused (the queue or its sender's quota full: that entry only, not the others)."""
         now = self.clock()
 
-        def op(conn: sqlite3.Connection) -> Tuple[List[Optional[int]], int]:
+        def op(conn: sqlite3.Connection) -> Tuple[List[Union[int, str, None]], int]:
             names = [entry.name for entry in entries]
             seen = _imported(conn, names)
-            fresh = [entry for entry in entries if entry.name not in seen]
-            pending = sum(1 for entry in fresh if entry.state is State.PENDING)
-            if pending and self.pending_count + pending > self.max_pending:
-                raise QueueFull(f"importing {pending} pending events would exceed max_pending_events = "
-                                f"{self.max_pending} ({self.pending_count} pending now)",
-                                hint="deliver or drop pending events first, then import again")
-            ids: Dict[str, int] = {}
-            for entry in fresh:
+            outcome: Dict[str, Union[int, str]] = {}
+            pending = 0
+            for entry in entries:
+                if entry.name in seen or entry.name in outcome:
+                    continue
                 event = entry.event
+                body = event.encoded()
+                size = len(body.encode())
+                try:
+                    if entry.state is State.PENDING and self.pending_count + pending >= self.quotas.max_pending:
+                        raise QueueFull(f"the queue holds max_pending_events = {self.quotas.max_pending}")
+                    self._check_room(entry.sender, size)
+                except QueueFull as error:
+                    outcome[entry.name] = error.message
+                    continue
                 cursor = conn.execute(
                     "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
-                    "last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event.routing_key, event.api.value, event.action.value, event.dedup_key, event.encoded(),
-                     entry.state.value, entry.queued_at, now, entry.note or None))
-                ids[entry.name] = int(cursor.lastrowid or 0)
+                    "last_error, sender_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.routing_key, event.api.value, event.action.value, event.dedup_key, body,
+                     entry.state.value, entry.queued_at, now, entry.note or None, entry.sender.uid))
+                outcome[entry.name] = int(cursor.lastrowid or 0)
+                self._charge(entry.sender.uid, 1, size)
+                pending += entry.state is State.PENDING
                 conn.execute("INSERT INTO legacy_imports (name, event_id, imported) VALUES (?, ?, ?)",
-                             (entry.name, ids[entry.name], now))
-            return [ids.get(name) for name in names], pending
+                             (entry.name, outcome[entry.name], now))
+            return [outcome.get(name) for name in names], pending
 
-        return cast(List[Optional[int]], self.write(op))
+        return cast(List[Union[int, str, None]], self.write(op))
 
     @_read_op
     def imported_before(self, names: Sequence[str]) -> List[str]:

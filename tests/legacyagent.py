@@ -18,6 +18,18 @@ build-linux/make_package.sh). Only the facts are here; none of its code.
   and /var/lib/pdagent/scripts/pdagent.service, which its postinst copies to /lib/systemd/system and enables;
   it creates user and group pdagent with `adduser --system --group`. pdagent-integrations ships
   /usr/share/pdagent-integrations/bin/pd-nagios, pd-zabbix, pd-sensu.
+
+Seen when the real packages (rebuilt from those tags with their own make_package.sh layout and maintainer
+scripts) were installed on a booted Debian 12 and replaced by pdagent-sd (issue 19); tests/package/oldagent.py
+reproduces these:
+- The unit has KillMode=process and an ExecStart= shell wrapper that does not exec python, so `systemctl stop
+  pdagent` ends only the shell: the python daemon stays ("Unit process ... (python3) remains running after unit
+  stopped") and keeps POSTing the files of pdq/ every send_interval_secs (10), moving each to suc/ once sent; if
+  dpkg removed an empty suc/, the move fails and the same file is sent again at every pass.
+- A reinstall from state "rc" runs the old preinst as an upgrade, and it runs `systemctl stop pdagent`, which
+  exits 5 ("Unit pdagent.service not loaded") when no unit of that name exists.
+- /var/lib/pdagent is not 0700 under the old package: its pd-send, run as any user, writes outqueue/tmp.
+- The old `pd-queue status` crashes on Debian 12 (TypeError: not enough arguments for format string).
 """
 
 from __future__ import annotations

@@ -186,6 +186,7 @@ class EventRecord:
     time: float  # time.monotonic() on arrival
     wall_time: float
     headers: Dict[str, str]
+    raw: bytes = b""  # the request body exactly as it came
 
     @property
     def action(self) -> Optional[str]:
@@ -660,7 +661,8 @@ class StandIn:
             key = body.get("dedup_key") or uuid.uuid4().hex  # PagerDuty makes one for a trigger without
             status, answer = 202, {"status": "success", "message": "Event processed", "dedup_key": key}
         now = time.monotonic()
-        event = EventRecord(api, request.path, body, routing_key, key, now, time.time(), request.headers)
+        event = EventRecord(api, request.path, body, routing_key, key, now, time.time(), request.headers,
+                            bytes(request.body))
         self._note_request(RequestRecord(api, request.path, routing_key, status, now, False), event)
         return json_response(status, answer)
 

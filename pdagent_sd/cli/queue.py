@@ -549,12 +549,14 @@ def parser() -> argparse.ArgumentParser:
                  "Import the events still queued by PagerDuty's old agent (pdagent 1.x): pending ones (pdq/) "
                  "as pending, in the order the old agent queued them, failed ones (err/) as failed. v1 events "
                  "stay v1, with their incident keys. An event imported before is never imported again. Files "
-                 "that cannot be read or understood are counted and named, and the others imported. The old "
-                 "files are left where they are. Needs root or group pdagent (and permission to read DIR).")
+                 "that cannot be read or understood are counted and named, and the others imported. Each event is "
+                 "sent as the file's bytes and charged to the file owner's quota. Imported pdq/ files are moved "
+                 "to imported/, out of the old daemon's reach. Needs root or group pdagent (and permission to "
+                 "read DIR).")
     il.add_argument("dir", nargs="?", default=DEFAULT_OUTQUEUE, metavar="DIR",
                     help=f"the old agent's outqueue (default: {DEFAULT_OUTQUEUE})")
     il.add_argument("-n", "--dry-run", action="store_true",
-                    help="say what would be imported, change nothing")
+                    help="say what would be imported (and whose files they are), change nothing")
     il.set_defaults(func=cmd_import_legacy)
     return p
 
@@ -575,40 +577,82 @@ def _shown(text: str) -> str:
     return text
 
 
+def _owner_name(uid: int) -> str:
+    import pwd  # only here
+
+    try:
+        return f"{safe(pwd.getpwuid(uid).pw_name)} (uid {uid})"
+    except (KeyError, OverflowError):
+        return f"uid {uid}"
+
+
+def _batches(events: List[Any]) -> List[List[Any]]:
+    """At most LEGACY_BATCH events per request, and a request line well under the protocol's MAX_LINE."""
+    from pdagent_sd.protocol import LEGACY_BATCH, MAX_LINE
+
+    batches: List[List[Any]] = []
+    size = 0
+    for event in events:
+        cost = len(json.dumps(event.text)) + 256
+        if not batches or len(batches[-1]) >= LEGACY_BATCH or size + cost > MAX_LINE // 2:
+            batches.append([])
+            size = 0
+        batches[-1].append(event)
+        size += cost
+    return batches
+
+
 def cmd_import_legacy(args: argparse.Namespace) -> int:
-    from pdagent_sd.legacy import scan
-    from pdagent_sd.protocol import LEGACY_BATCH, Client
+    from pdagent_sd.legacy import retire, scan
+    from pdagent_sd.protocol import Client
 
     if not os.path.isdir(args.dir):
         raise NotFound(f"{args.dir} is not a directory: there is no old agent's outqueue to import",
                        hint="give the old agent's outqueue directory (it holds pdq/ and err/)")
     events, unusable = scan(args.dir)
-    counts: Dict[str, Any] = {"imported": {"pending": 0, "failed": 0}, "already_imported": 0, "invalid": []}
+    counts: Dict[str, Any] = {"imported": {"pending": 0, "failed": 0}, "already_imported": 0, "invalid": [],
+                              "refused": []}
     subdir_of = {event.name: event.subdir for event in events}
     state_of = {event.name: event.state for event in events}
+    owners: Dict[int, int] = {}
+    taken: List[str] = []  # pdq/ files the queue holds now: moved out of the old daemon's reach
     with Client(args.socket) as client:
-        for start in range(0, len(events), LEGACY_BATCH):
-            batch = events[start:start + LEGACY_BATCH]
+        for batch in _batches(events):
             message: Message = {"op": "import_legacy", "dry_run": args.dry_run,
                                 "events": [event.to_wire() for event in batch]}
             try:
                 reply = client.request(message)
             except Forbidden:
                 raise _refused("import-legacy") from None
+            owner_of = {event.name: event.owner for event in batch}
             for result in reply["results"]:
                 name = result["name"]
                 if result["result"] in ("imported", "would_import"):
                     counts["imported"][state_of[name]] += 1
+                    owners[owner_of[name]] = owners.get(owner_of[name], 0) + 1
                 elif result["result"] == "already_imported":
                     counts["already_imported"] += 1
+                elif result["result"] == "refused":
+                    counts["refused"].append((f"{subdir_of[name]}/{name}", owner_of[name], result.get("error", "")))
+                    continue
                 else:
                     counts["invalid"].append((f"{subdir_of[name]}/{name}", result.get("error", "invalid")))
+                    continue
+                if subdir_of[name] == "pdq" and result["result"] != "would_import":
+                    taken.append(name)
+    moved, not_moved = (0, []) if args.dry_run else retire(args.dir, taken)
     verb = "would import" if args.dry_run else "imported"
     imported = counts["imported"]
     print(f"{args.dir}: {len(events) + len(unusable)} file(s) in pdq/ and err/")
     print(f"{verb}: {imported['pending'] + imported['failed']} ({imported['pending']} pending from pdq/, "
           f"{imported['failed']} failed from err/)")
+    if owners:
+        print("  by owner (the quota each is charged to): " + ", ".join(
+            f"{_owner_name(uid)} {count}" for uid, count in sorted(owners.items())))
     print(f"already imported before: {counts['already_imported']}")
+    print(f"refused (the owner could not have queued it now): {len(counts['refused'])}")
+    for path, uid, reason in counts["refused"]:
+        print(f"  {_shown(path)} of {_owner_name(uid)}: {safe(reason)}")
     print(f"invalid events: {len(counts['invalid'])}")
     for path, reason in counts["invalid"]:
         print(f"  {_shown(path)}: {reason}")
@@ -617,7 +661,13 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
         print(f"  {_shown(problem.path)}: {problem.reason}")
     if imported["failed"] and not args.dry_run:
         print("Failed events stay failed: `pd-queue retry -a` sends them again.")
-    print("The old files are left where they are.")
+    if args.dry_run:
+        print("Nothing was changed.")
+    else:
+        print(f"Moved from pdq/ to imported/ (out of the old daemon's reach, kept for a rollback): {moved}")
+        for problem in not_moved:
+            print(f"  {_shown(problem.path)}: {problem.reason}")
+        print("Files of err/ and files not imported are left where they are.")
     return exitcodes.OK
 
 
