@@ -351,7 +351,7 @@ class Handlers:
                        event_id=event_id, dedup_key=entry.event.dedup_key, routing_key=entry.event.routing_key,
                        action=entry.event.action.value, api=entry.event.api.value)
                 if entry.state is State.PENDING:
-                    self.scheduler.wake(entry.event.routing_key)
+                    self.scheduler.wake(entry.event.routing_key, entry.sender.uid, entry.sender.trusted)
         return {"ok": True, "results": results}
 
     def sender_for(self, uid: int) -> Sender:

@@ -553,9 +553,10 @@ class Store:
                     continue
                 cursor = conn.execute(
                     "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, "
-                    "last_error, sender_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "last_error, sender_uid, party) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (event.routing_key, event.api.value, event.action.value, event.dedup_key, body,
-                     entry.state.value, entry.queued_at, now, entry.note or None, entry.sender.uid))
+                     entry.state.value, entry.queued_at, now, entry.note or None, entry.sender.uid,
+                     entry.sender.party))
                 outcome[entry.name] = int(cursor.lastrowid or 0)
                 self._charge(entry.sender.uid, 1, size)
                 pending += entry.state is State.PENDING
