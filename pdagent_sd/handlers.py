@@ -19,6 +19,7 @@ from pdagent_sd import __version__
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import BadRequest, Forbidden, PdagentError, StorageError
 from pdagent_sd.events import NO_KEYS, mask, validate
+from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import KeyBook
 from pdagent_sd.metrics import render as render_metrics
@@ -135,8 +136,10 @@ class Unavailable:
 
 class Handlers:
     def __init__(self, store: Store, scheduler: Scheduler, *, started: float,
-                 default_source: Callable[[], str], keys: KeyBook = NO_KEYS) -> None:
+                 default_source: Callable[[], str], keys: KeyBook = NO_KEYS,
+                 heartbeats: Optional[HeartbeatWatch] = None) -> None:
         self.keys = keys
+        self.heartbeats = heartbeats
         self.store = store
         self.scheduler = scheduler
         self.started = started
@@ -221,6 +224,7 @@ class Handlers:
         return {"keys": keys, "keys_total": keys_total, "keys_omitted": max(0, keys_total - len(keys)),
                 "totals": totals, "last_delivery": self.last_delivery(),
                 "throttled_keys": self.held_keys(), "warnings": warnings, "damaged_files": damaged,
+                "heartbeats": self.heartbeats.counts() if self.heartbeats is not None else {},
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
                            "tracked_keys": len(self.scheduler.keys)}}
 
@@ -323,6 +327,11 @@ class Handlers:
 
     def op_metrics(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "text": render_metrics(self.status(None, reveal=False))}
+
+    def op_heartbeat(self, message: Message, peer: Peer) -> Message:
+        if self.heartbeats is None:
+            raise BadRequest("this agent does not keep heartbeats")
+        return self.heartbeats.handle(message, peer.sender, peer.admin)
 
 
 def _needs_source(event: Dict[str, Any]) -> bool:

@@ -51,6 +51,24 @@ CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, pri
 DROP INDEX IF EXISTS events_by_state_key;
 """
 
+# Heartbeats (issue 20, heartbeat_store.py): one row per (owner uid, name); times are Unix times.
+HEARTBEATS = """
+CREATE TABLE IF NOT EXISTS heartbeats (
+    uid INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    user TEXT NOT NULL,
+    every REAL NOT NULL,
+    grace REAL NOT NULL,
+    last_checkin REAL NOT NULL,
+    routing_key TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    severity TEXT NOT NULL DEFAULT 'error',
+    paused_until REAL,
+    paged INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (uid, name)
+);
+"""
+
 
 def apply(conn: sqlite3.Connection) -> None:
     """Create what a new queue.db lacks and upgrade one from an earlier version in place: tables, then the
@@ -61,3 +79,4 @@ def apply(conn: sqlite3.Connection) -> None:
         if name not in present:
             conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
     conn.executescript(COALESCING_INDEXES)
+    conn.executescript(HEARTBEATS)
