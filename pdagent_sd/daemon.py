@@ -152,7 +152,7 @@ class Daemon:
         self.started = time.time()
         self.heartbeats = HeartbeatWatch(
             HeartbeatBook(self.store, host=socket.gethostname(), keys=config.keys,
-                          per_user=config.heartbeat_max_per_user), Arming(state_dir))
+                          per_user=config.heartbeat_max_per_user), Arming(state_dir), on_queued=self.scheduler.wake)
         self._paging = False
         self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn,
                                  keys=config.keys, heartbeats=self.heartbeats)

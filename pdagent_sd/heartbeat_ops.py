@@ -62,12 +62,14 @@ class HeartbeatWatch:
     daemon runs, and hands the earliest deadline to systemd (heartbeat_timer.py) for when it does not."""
 
     def __init__(self, book: HeartbeatBook, arming: Arming, *, clock: Callable[[], float] = time.time,
-                 booted: Optional[float] = None) -> None:
+                 booted: Optional[float] = None, on_queued: Callable[[str, int], None] = lambda key, uid: None
+                 ) -> None:
         from pdagent_sd.heartbeat_store import booted_at
 
         self.book = book
         self.arming = arming
         self.clock = clock
+        self.on_queued = on_queued  # an event was committed for (routing key, uid): the scheduler's wake
         self.booted = booted_at() if booted is None else booted
         self.beats: List[rules.Heartbeat] = []
         self.next: Optional[float] = None
@@ -95,6 +97,7 @@ class HeartbeatWatch:
         for change in self.book.page_due(now, self.booted):
             beat = change.beat
             assert beat is not None and change.event is not None
+            self.on_queued(change.event.routing_key, beat.uid)
             report(Kind.HEARTBEAT_MISSED, rules.summary(self.book.host, beat) + f" (uid {beat.uid}; event "
                    f"{change.event_id} queued)", event_id=change.event_id, dedup_key=change.event.dedup_key,
                    routing_key=change.event.routing_key, action="trigger", api="v2", heartbeat=beat.name,
@@ -153,6 +156,7 @@ class HeartbeatWatch:
     def _recovered(self, change: Change, name: str, uid: int, how: str) -> None:
         if change.event is None:
             return
+        self.on_queued(change.event.routing_key, uid)
         report(Kind.HEARTBEAT_RECOVERED, f"heartbeat {name} of uid {uid} {how}: its incident is resolved "
                f"(event {change.event_id} queued)", event_id=change.event_id, dedup_key=change.event.dedup_key,
                routing_key=change.event.routing_key, action="resolve", api="v2", heartbeat=name,
