@@ -54,6 +54,7 @@ class Heartbeat:
     severity: str = DEFAULT_SEVERITY
     paused_until: Optional[float] = None
     paged: bool = False
+    incident: str = ""  # the dedup key the page went to, while paged
 
     @property
     def scheduled(self) -> float:
@@ -129,7 +130,9 @@ def trigger(host: str, beat: Heartbeat, now: float) -> Dict[str, Any]:
 
 
 def resolve(host: str, beat: Heartbeat) -> Dict[str, Any]:
-    return {"routing_key": beat.routing_key, "event_action": "resolve", "dedup_key": dedup_key(host, beat)}
+    """The resolve of a page: to the dedup key the trigger went to (the hostname may have changed since)."""
+    return {"routing_key": beat.routing_key, "event_action": "resolve",
+            "dedup_key": beat.incident or dedup_key(host, beat)}
 
 
 def row(beat: Heartbeat, now: float, booted_at: float, host: str) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ from pdagent_sd.store import Store
 logger = logging.getLogger(__name__)
 
 FIELDS = ("uid, name, user, every, grace, last_checkin, routing_key, description, severity, paused_until, "
-          "paged")
+          "paged, incident")
 DB_NAME = "queue.db"
 
 
@@ -35,9 +35,9 @@ def booted_at() -> float:
 
 
 def _beat(row: Tuple[Any, ...]) -> rules.Heartbeat:
-    uid, name, user, every, grace, last, key, description, severity, paused, paged = row
+    uid, name, user, every, grace, last, key, description, severity, paused, paged, incident = row
     return rules.Heartbeat(int(uid), name, float(every), float(grace), float(last), key, user, description,
-                           severity, None if paused is None else float(paused), bool(paged))
+                           severity, None if paused is None else float(paused), bool(paged), incident)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class HeartbeatBook:
                 event = validate("v2", rules.resolve(self.host, old), owned=True)
                 event_id, delta = self.store.enqueue_op(event, sender)(conn)
             beat = replace(draft, routing_key=key, paused_until=None if old is None else old.paused_until)
-            conn.execute(f"INSERT OR REPLACE INTO heartbeats ({FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            conn.execute(f"INSERT OR REPLACE INTO heartbeats ({FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, '')",
                          (beat.uid, beat.name, beat.user, beat.every, beat.grace, beat.last_checkin,
                           beat.routing_key, beat.description, beat.severity, beat.paused_until))
             return Change(beat, event_id, event), delta
@@ -146,8 +146,9 @@ class HeartbeatBook:
                                  error.message)
                     continue
                 delta += added
-                conn.execute("UPDATE heartbeats SET paged = 1 WHERE uid = ? AND name = ?", (beat.uid, beat.name))
-                paged.append(Change(replace(beat, paged=True), event_id, event))
+                conn.execute("UPDATE heartbeats SET paged = 1, incident = ? WHERE uid = ? AND name = ?",
+                             (event.dedup_key, beat.uid, beat.name))
+                paged.append(Change(replace(beat, paged=True, incident=event.dedup_key), event_id, event))
             return paged, delta
 
         return self.store.write(op)  # type: ignore[no-any-return]

@@ -51,7 +51,8 @@ CREATE INDEX IF NOT EXISTS events_by_priority ON events (state, routing_key, pri
 DROP INDEX IF EXISTS events_by_state_key;
 """
 
-# Heartbeats (issue 20, heartbeat_store.py): one row per (owner uid, name); times are Unix times.
+# Heartbeats (issue 20, heartbeat_store.py): one row per (owner uid, name); times are Unix times; incident is the
+# dedup key of the trigger of a page while it is open (the resolve goes to it, whatever the hostname is by then).
 HEARTBEATS = """
 CREATE TABLE IF NOT EXISTS heartbeats (
     uid INTEGER NOT NULL,
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     severity TEXT NOT NULL DEFAULT 'error',
     paused_until REAL,
     paged INTEGER NOT NULL DEFAULT 0,
+    incident TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (uid, name)
 );
 """

@@ -113,6 +113,9 @@ def test_the_page_says_what_was_missed() -> None:
         "last_check_in": "2027-01-12T08:00:00Z", "deadline": "2027-01-13T10:00:00Z", "description": "restic"}
     assert rules.resolve("db1", hb) == {"routing_key": KEY, "event_action": "resolve",
                                         "dedup_key": "heartbeat/db1/root/nightly-backup"}
+    # a resolve goes to the incident its trigger opened, though the host be renamed since
+    paged = rules.Heartbeat(**{**hb.__dict__, "paged": True, "incident": "heartbeat/db1/root/nightly-backup"})
+    assert rules.resolve("db1-renamed", paged)["dedup_key"] == "heartbeat/db1/root/nightly-backup"
 
 
 # --- through queue.db, on a fake clock -------------------------------------------------------------------
