@@ -182,3 +182,28 @@ def test_nobodys_check_in_under_the_same_name_does_not_keep_roots_alive(as_nobod
     assert {(row["owner"], row["name"]) for row in mine} == {(nobody_name, "a"), (nobody_name, "b")}
     assert all(KEY_B not in row["routing_key"] for row in mine)  # masked to a non-admin
     assert beat(agent, "c", "--every", "1h", "-k", KEY_A).returncode == 0  # root: no quota
+
+
+def documented_check_ins() -> List[List[str]]:
+    """Every `/usr/bin/pd-heartbeat ...` command line of docs/heartbeats.md's wiring, as argv."""
+    import re
+    import shlex
+
+    with open(os.path.join(ROOT, "docs", "heartbeats.md"), encoding="utf-8") as docs:
+        text = docs.read()
+    lines = re.findall(r"/usr/bin/pd-heartbeat ([^\n]*?)(?: && |; fi'|$)", text, re.M)
+    return [shlex.split(line) for line in lines]
+
+
+def test_the_documented_wiring_checks_in(make_agent, standin) -> None:  # type: ignore[no-untyped-def]
+    agent = make_agent(start=False)
+    with open(agent.config, "w") as config:
+        config.write(f"[Keys]\nops = {KEY_A}\nnagios = {KEY_A}\nzabbix = {KEY_B}\n")
+    agent.start()
+    commands = documented_check_ins()
+    assert len(commands) == 4, commands  # the timer job, cron, Nagios, Zabbix
+    for argv in commands:
+        done = beat(agent, *argv)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), argv
+    assert {row["name"] for row in json.loads(beat(agent, "--list", "--json").stdout)} == \
+        {"backup", "nagios", "zabbix"}

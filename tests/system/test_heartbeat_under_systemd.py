@@ -24,6 +24,12 @@ KEY = "4ea7bea7c04764012d7bfb002500d5d1"
 MISSED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b1"
 RECOVERED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b2"
 PAGE_WITHIN_SEC = 30.0
+JOB_UNIT = f"""[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'test ! -e /run/nightly-fails'
+ExecStopPost=/bin/sh -c 'if [ "$SERVICE_RESULT" = success ]; then \\
+  exec /usr/bin/pd-heartbeat nightly --every 40s --grace 10s -k {KEY} -d "the backup"; fi'
+"""
 
 
 def actions(api: StandIn, dedup_key: str) -> List[str]:
@@ -36,7 +42,10 @@ def test_a_miss_pages_from_the_timer_with_no_daemon_waiting(agent_machine: Boote
     machine.set_environment({"PDAGENT_EVENTS_URL": events_api.url, "PDAGENT_IDLE_EXIT_SEC": "3"})
     host = machine.run(["hostname"]).stdout.strip()
     dedup = f"heartbeat/{host}/root/nightly"
-    machine.run(["pd-heartbeat", "nightly", "--every", "40s", "--grace", "10s", "-k", KEY, "-d", "the backup"])
+    # The job checks in from ExecStopPost= on success, as docs/heartbeats.md wires it; a failed run does not.
+    machine.write_file("/etc/systemd/system/nightly.service", JOB_UNIT)
+    machine.systemctl("daemon-reload")
+    machine.systemctl("start", "nightly.service")
     [listed] = json.loads(machine.run(["pd-heartbeat", "--list", "--json"]).stdout)
     deadline = listed["last_check_in"] + 50
     assert listed["next_deadline"] == deadline
@@ -46,6 +55,10 @@ def test_a_miss_pages_from_the_timer_with_no_daemon_waiting(agent_machine: Boote
     wait_until(lambda: machine.show("pdagent-heartbeat.timer", "ActiveState") == "active", 10,
                "pdagent-heartbeat.timer armed by pdagent-heartbeat-arm.service")
     # No pdagent process at all while the deadline waits (looked at every second until shortly before it).
+    machine.write_file("/run/nightly-fails", "")
+    machine.systemctl("start", "nightly.service", check=False)  # fails: no check-in, the deadline stands
+    assert machine.show("nightly.service", "Result") == "exit-code"
+    machine.remove_file("/run/nightly-fails")
     samples = 0
     while time.time() < deadline - 2:
         assert machine.agent_pids() == [], machine.processes()
@@ -72,7 +85,7 @@ def test_a_miss_pages_from_the_timer_with_no_daemon_waiting(agent_machine: Boote
     missed = machine.journal_json("-u", "pdagent.service", f"MESSAGE_ID={MISSED}")
     assert [entry["PDAGENT_DEDUP_KEY"] for entry in missed] == [dedup]
 
-    machine.run(["pd-heartbeat", "nightly", "--every", "40s", "--grace", "10s", "-k", KEY])
+    machine.systemctl("start", "nightly.service")  # a good run again
     wait_until(lambda: actions(events_api, dedup) == ["trigger", "resolve"], 20, "the resolve")
     recovered = machine.journal_json("-u", "pdagent.service", f"MESSAGE_ID={RECOVERED}")
     assert [entry["PDAGENT_DEDUP_KEY"] for entry in recovered] == [dedup]
