@@ -2,7 +2,7 @@
 
 pdagentd runs unprivileged and hardened: it can neither write unit files nor ask PID 1 for a transient unit.
 So it writes one number, the earliest deadline as a Unix time, to `heartbeat-due` in its state directory
-(and removes the file when no heartbeat can page). pdagent-heartbeat-arm.path watches that file and starts
+(`none` when no heartbeat can page, which stops the timer). pdagent-heartbeat-arm.path watches that file and starts
 pdagent-heartbeat-arm.service (root, a few lines of sh), which turns the number into a transient
 pdagent-heartbeat.timer (`systemd-run --on-calendar=@N --unit=pdagent-heartbeat`) that starts the shipped
 pdagent-heartbeat.service at the deadline: `pd-queue flush` connects to the socket, which starts pdagentd,
@@ -25,6 +25,7 @@ from pdagent_sd import marker
 logger = logging.getLogger(__name__)
 
 DUE_FILE = "heartbeat-due"
+NOTHING = "none"  # what the file says when no heartbeat can page: the arm service stops the timer
 
 
 class Arming:
@@ -41,24 +42,25 @@ class Arming:
         return int(text) if text.isdigit() else None
 
     def arm(self, deadline: Optional[float]) -> None:
-        """Make the file say `deadline` (whole seconds, rounded up); no write when it already does."""
+        """Make the file say `deadline` (whole seconds, rounded up); no write when it already does. With no
+        deadline, a file that said one says `none` (the timer armed for it is stopped); none is created."""
         wanted = None if deadline is None else max(0, math.ceil(deadline))
         if wanted == self.armed:
             return
+        if wanted is None and not os.path.lexists(self.path):
+            self.armed = None
+            return
         try:
-            if wanted is None:
-                marker.remove(self.path)
-            else:
-                temporary = self.path + ".new"
-                marker.remove(temporary)
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-                try:
-                    os.write(fd, f"{wanted}\n".encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(temporary, self.path)  # one change for the path unit to see, never a half-written file
-                marker.fsync_directory(os.path.dirname(self.path) or ".")
+            temporary = self.path + ".new"
+            marker.remove(temporary)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, f"{NOTHING if wanted is None else wanted}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, self.path)  # one change for the path unit to see, never a half-written file
+            marker.fsync_directory(os.path.dirname(self.path) or ".")
         except OSError as exc:
             logger.error("cannot write %s (%s): a heartbeat's miss may page only at the next start of pdagentd",
                          self.path, exc.strerror or exc)

@@ -331,11 +331,14 @@ def test_a_boot_after_the_deadline_gives_each_heartbeat_its_grace(state_dir: str
 
 def test_no_heartbeat_to_watch_arms_nothing(state_dir: str) -> None:
     rig = Rig(state_dir, T0)
+    rig.watch.exiting()
+    assert not os.path.exists(os.path.join(state_dir, "heartbeat-due"))  # never armed: no file at all
     rig.check_in()
     rig.watch.exiting()
     assert os.path.exists(os.path.join(state_dir, "heartbeat-due"))
     rig.watch.handle({"action": "remove", "name": "backup"}, ROOT, True)
     rig.watch.exiting()
-    assert not os.path.exists(os.path.join(state_dir, "heartbeat-due"))
+    with open(os.path.join(state_dir, "heartbeat-due")) as due:
+        assert due.read() == "none\n"  # the arm service stops the timer armed before
     assert not waiting(state_dir)
     rig.close()

@@ -15,16 +15,17 @@ from pdagent_sd.cli.common import run, text_args
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Any, Dict, List, Optional, Tuple
 
 ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
 
-DESCRIPTION = """\
-usage: pd-heartbeat NAME --every SPAN [--grace SPAN] [-k KEY|@name] [-d TEXT] [--severity LEVEL]
+USAGE = """\
+pd-heartbeat NAME --every SPAN [--grace SPAN] [-k KEY|@name] [-d TEXT] [--severity LEVEL]
        pd-heartbeat NAME --pause SPAN
        pd-heartbeat NAME --remove
-       pd-heartbeat --list [--json]
-
+       pd-heartbeat --list [--json]"""
+DESCRIPTION = """\
 Check in: NAME is alive now and checks in again within SPAN. If the next check-in does not come by then plus
 the grace, the agent triggers an incident (dedup key heartbeat/<host>/<user>/NAME); the check-in after that
 resolves it. A heartbeat belongs to the user who runs this: another user's NAME is another heartbeat."""
@@ -45,7 +46,16 @@ examples (docs/heartbeats.md has the wiring for a systemd timer job, cron, Nagio
   pd-heartbeat --list
 """
 
-COMMAND = Command("pd-heartbeat", DESCRIPTION, EPILOG, (
+class _Command(Command):
+    """pd-send's option table and parser; the usage names NAME, which the table (options only) cannot."""
+
+    def argparser(self) -> argparse.ArgumentParser:
+        parser = super().argparser()
+        parser.usage = USAGE
+        return parser
+
+
+COMMAND = _Command("pd-heartbeat", DESCRIPTION, EPILOG, (
     Option(("--every",), "every", metavar="SPAN", help="the longest time until the next check-in"),
     Option(("--grace",), "grace", metavar="SPAN",
            help="how much later than --every a check-in may come before it pages (default: a tenth of --every, "

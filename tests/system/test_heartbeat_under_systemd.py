@@ -90,6 +90,12 @@ def test_a_miss_pages_from_the_timer_with_no_daemon_waiting(agent_machine: Boote
     recovered = machine.journal_json("-u", "pdagent.service", f"MESSAGE_ID={RECOVERED}")
     assert [entry["PDAGENT_DEDUP_KEY"] for entry in recovered] == [dedup]
     assert "1 ok" in machine.pd_queue("status").stdout
+    # The last heartbeat removed: the file says none once pdagentd exits, and the timer is stopped.
+    machine.run(["pd-heartbeat", "nightly", "--remove"])
+    machine.wait_for_state("pdagent.service", "inactive", timeout=20)
+    assert machine.run(["cat", f"{STATE_DIR}/heartbeat-due"]).stdout == "none\n"
+    wait_until(lambda: machine.show("pdagent-heartbeat.timer", "ActiveState") == "inactive", 10,
+               "pdagent-heartbeat.timer stopped")
 
 
 def test_a_power_cut_after_a_check_in_pages_within_60s_of_the_boot(boot_machine: Callable[..., BootedSystemd],
