@@ -331,7 +331,10 @@ class Handlers:
     def op_heartbeat(self, message: Message, peer: Peer) -> Message:
         if self.heartbeats is None:
             raise BadRequest("this agent does not keep heartbeats")
-        return self.heartbeats.handle(message, peer.sender, peer.admin)
+        # The trigger a check-in would send is checked like a pd-send of the same user's: one place decides
+        # which keys (and @names) a sender may use.
+        return self.heartbeats.handle(message, peer.sender, peer.admin,
+                                      lambda body: validate("v2", body, keys=self.keys))
 
 
 def _needs_source(event: Dict[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from pdagent_sd import heartbeat_rules as rules
 from pdagent_sd.errors import BadRequest, InvalidEvent
-from pdagent_sd.events import mask
+from pdagent_sd.events import Event, mask
 from pdagent_sd.heartbeat_store import Change, HeartbeatBook
 from pdagent_sd.heartbeat_timer import Arming
 from pdagent_sd.journal import Kind, report
@@ -116,7 +116,9 @@ class HeartbeatWatch:
 
     # --- the wire op --------------------------------------------------------------------------------
 
-    def handle(self, message: Dict[str, Any], sender: Sender, admin: bool) -> Dict[str, Any]:
+    def handle(self, message: Dict[str, Any], sender: Sender, admin: bool,
+               check: Optional[Callable[[Dict[str, Any]], Event]] = None) -> Dict[str, Any]:
+        """One request of the op; `check` validates the trigger a check-in would send as the send op does."""
         action = message.get("action")
         if action not in ACTIONS:
             raise BadRequest(f"heartbeat action must be one of: {', '.join(ACTIONS)}")
@@ -124,7 +126,7 @@ class HeartbeatWatch:
             return self._list(sender.uid, admin)
         name = _name(message)
         if action == "check_in":
-            reply = self._check_in(message, sender, name)
+            reply = self._check_in(message, sender, name, check)
         elif action == "pause":
             until = self.clock() + _span(message, "for", 1.0)
             change = self.book.pause(sender.uid, name, until)
@@ -136,7 +138,8 @@ class HeartbeatWatch:
         self.refresh()
         return reply
 
-    def _check_in(self, message: Dict[str, Any], sender: Sender, name: str) -> Dict[str, Any]:
+    def _check_in(self, message: Dict[str, Any], sender: Sender, name: str,
+                  check: Optional[Callable[[Dict[str, Any]], Event]]) -> Dict[str, Any]:
         every = _span(message, "every", rules.MIN_EVERY_SEC)
         grace = rules.default_grace(every) if message.get("grace") is None else _span(message, "grace", 0.0)
         key = message.get("routing_key")
@@ -149,7 +152,7 @@ class HeartbeatWatch:
         if severity not in rules.SEVERITIES:
             raise InvalidEvent(f"severity must be one of: {', '.join(rules.SEVERITIES)}")
         change = self.book.check_in(sender, _user_name(sender.uid), name, every, grace, key, description,
-                                    severity, self.clock())
+                                    severity, self.clock(), check)
         self._recovered(change, name, sender.uid, "checked in again")
         return {"ok": True, "heartbeat": self._row(change, False), "resolved": change.event_id is not None}
 
