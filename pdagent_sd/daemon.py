@@ -24,7 +24,7 @@ from pdagent_sd.connections import ConnectionServer
 from pdagent_sd.errors import ConfigError, PdagentError, StorageError
 from pdagent_sd.handlers import Handlers, Unavailable, group_id
 from pdagent_sd.heartbeat_ops import HeartbeatWatch
-from pdagent_sd.heartbeat_store import HeartbeatBook
+from pdagent_sd.heartbeat_store import HeartbeatBook, note_boot
 from pdagent_sd.heartbeat_store import waiting as heartbeats_waiting
 from pdagent_sd.heartbeat_timer import Arming
 from pdagent_sd.journal import Kind, report
@@ -353,6 +353,7 @@ def check_pending(state_dir: str) -> int:
     """At boot, before anything else: 0 (go on and start a delivery pass) if queue.db holds pending events,
     with the marker made good so that pdagent-retry.timer keeps coming back; 1 if the queue is empty."""
     try:
+        note_boot(state_dir)  # heartbeats' deadlines that passed before it get their grace after it
         pending = marker.check_pending(state_dir)
         if not pending and heartbeats_waiting(state_dir):
             logger.info("queue in %s: heartbeats to watch, starting pdagentd", state_dir)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 from pdagent_sd import heartbeat_rules as rules
 from pdagent_sd.errors import BadRequest, InvalidEvent
 from pdagent_sd.events import Event, mask
-from pdagent_sd.heartbeat_store import Change, HeartbeatBook
+from pdagent_sd.heartbeat_store import Change, HeartbeatBook, booted_at
 from pdagent_sd.heartbeat_timer import Arming
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import NAME, NAME_RULE
@@ -64,13 +64,11 @@ class HeartbeatWatch:
     def __init__(self, book: HeartbeatBook, arming: Arming, *, clock: Callable[[], float] = time.time,
                  booted: Optional[float] = None, on_queued: Callable[[str, int], None] = lambda key, uid: None
                  ) -> None:
-        from pdagent_sd.heartbeat_store import booted_at
-
         self.book = book
         self.arming = arming
         self.clock = clock
         self.on_queued = on_queued  # an event was committed for (routing key, uid): the scheduler's wake
-        self.booted = booted_at() if booted is None else booted
+        self.booted = booted_at(book.store.state_dir) if booted is None else booted
         self.beats: List[rules.Heartbeat] = []
         self.next: Optional[float] = None
         self._retry_after = 0.0

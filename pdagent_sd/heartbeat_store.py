@@ -28,10 +28,37 @@ FIELDS = ("uid, name, user, every, grace, last_checkin, routing_key, description
 DB_NAME = "queue.db"
 
 
-def booted_at() -> float:
-    """This boot's start as a Unix time, from CLOCK_BOOTTIME (the service cannot read /proc/stat: ProcSubset=pid).
-    In a container it is the host's boot."""
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+BOOT_STAMP = "booted"
+
+
+def booted_at(state_dir: Optional[str] = None) -> float:
+    """This boot's start as a Unix time: the kernel's (CLOCK_BOOTTIME; the service cannot read /proc/stat,
+    ProcSubset=pid), or, if later, the time in the state directory's `booted` stamp, which pdagent-boot.service
+    writes early in each boot (note_boot): in a container, which shares the host's kernel, that is the
+    container's own boot."""
+    kernel = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    if state_dir is None:
+        return kernel
+    try:
+        with open(os.path.join(state_dir, BOOT_STAMP), encoding="ascii") as stamp:
+            noted = float(stamp.read(64).strip())
+    except (OSError, ValueError):
+        return kernel
+    return max(kernel, noted) if noted <= time.time() else kernel
+
+
+def note_boot(state_dir: str, now: Optional[float] = None) -> None:
+    """At boot (pdagentd --check-pending): stamp the state directory with this boot's time (see booted_at).
+    Not made durable: a stamp lost to a power cut is one from before the cut's boot, read as this kernel's boot.
+    Where it cannot be written (no state directory yet: nothing to watch), nothing is said."""
+    path = os.path.join(state_dir, BOOT_STAMP)
+    temporary = path + ".new"
+    try:
+        with open(temporary, "w", encoding="ascii") as stamp:
+            stamp.write(f"{time.time() if now is None else now:.3f}\n")
+        os.rename(temporary, path)
+    except OSError as exc:
+        logger.debug("cannot stamp the boot in %s: %s", path, exc)
 
 
 def _beat(row: Tuple[Any, ...]) -> rules.Heartbeat:

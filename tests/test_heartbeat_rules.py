@@ -342,3 +342,17 @@ def test_no_heartbeat_to_watch_arms_nothing(state_dir: str) -> None:
         assert due.read() == "none\n"  # the arm service stops the timer armed before
     assert not waiting(state_dir)
     rig.close()
+
+
+def test_the_boot_is_the_later_of_the_kernels_and_the_boot_stamp(state_dir: str) -> None:
+    from pdagent_sd.heartbeat_store import booted_at, note_boot
+
+    kernel = booted_at()
+    assert booted_at(state_dir) == pytest.approx(kernel, abs=0.01)  # no stamp (no state directory, even)
+    note_boot(state_dir)  # no directory: nothing written, nothing raised
+    os.makedirs(state_dir)
+    note_boot(state_dir, kernel - 3600)  # a stamp from an earlier boot: the kernel's is later
+    assert booted_at(state_dir) == pytest.approx(kernel, abs=0.01)
+    container = kernel + 5  # a container booted after the host: its stamp is later
+    note_boot(state_dir, container)
+    assert booted_at(state_dir) == pytest.approx(container)

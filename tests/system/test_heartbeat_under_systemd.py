@@ -100,6 +100,9 @@ def test_a_miss_pages_from_the_timer_with_no_daemon_waiting(agent_machine: Boote
 
 def test_a_power_cut_after_a_check_in_pages_within_60s_of_the_boot(boot_machine: Callable[..., BootedSystemd],
                                                                   events_api: StandIn, tmp_path) -> None:
+    """Two heartbeats checked in, the machine killed, booted after both deadlines: each gets its grace after
+    the boot (pdagent-boot.service stamps the container's own boot); `late` pages then, `persistent` checks in
+    within its grace (as a Persistent=true timer job would) and is never paged."""
     state = str(tmp_path / "var-lib-pdagent")
     os.mkdir(state, 0o700)
 
@@ -108,18 +111,28 @@ def test_a_power_cut_after_a_check_in_pages_within_60s_of_the_boot(boot_machine:
                             extra_args=[f"--bind={state}:/var/lib/pdagent"])
 
     first = boot()
-    first.run(["pd-heartbeat", "job", "--every", "3s", "--grace", "2s", "-k", KEY])
-    [listed] = json.loads(first.run(["pd-heartbeat", "--list", "--json"]).stdout)
-    first.kill()  # power cut right after the check-in
-    time.sleep(max(0.0, listed["next_deadline"] + 1 - time.time()))  # the deadline passes while it is off
+    first.run(["pd-heartbeat", "late", "--every", "3s", "--grace", "2s", "-k", KEY])
+    first.run(["pd-heartbeat", "persistent", "--every", "3s", "--grace", "12s", "-k", KEY])
+    deadlines = [row["next_deadline"] for row in json.loads(first.run(["pd-heartbeat", "--list", "--json"]).stdout)]
+    first.kill()  # power cut right after the check-ins
+    time.sleep(max(0.0, max(deadlines) + 1 - time.time()))  # both deadlines pass while the machine is off
     second = boot()
     booted = time.monotonic()
+    second.run(["pd-heartbeat", "persistent", "--every", "3s", "--grace", "12s", "-k", KEY])
+    host = second.run(["hostname"]).stdout.strip()  # each container has its own: the page names this one
     try:
-        # the dedup key names the host as it is when the page is made: each container has its own hostname
         wait_until(lambda: [event.body["dedup_key"] for event in events_api.events]
-                   == [f"heartbeat/{second.run(['hostname']).stdout.strip()}/root/job"], 60, "the page after the boot")
+                   == [f"heartbeat/{host}/root/late"], 60, "the page after the boot")
     except Exception:
         print(second.unit_log("pdagent-boot.service", "pdagent.service", "pdagent-heartbeat-arm.service"))
         raise
-    print(f"power cut after a check-in: paged {time.monotonic() - booted:.1f}s after the boot")
+    paged_after = time.monotonic() - booted
+    with open(os.path.join(state, "booted")) as stamp:
+        boot_time = float(stamp.read())
+    page = events_api.events[0]
+    assert page.wall_time >= boot_time + 2 - 0.5, "paged before its grace after the boot"
+    print(f"power cut after a check-in: paged {paged_after:.1f}s after the boot "
+          f"({page.wall_time - boot_time:.1f}s after the boot stamp; grace 2s)")
+    time.sleep(max(0.0, boot_time + 12 + 3 - time.time()))
+    assert [event.body["dedup_key"] for event in events_api.events] == [f"heartbeat/{host}/root/late"]
     second.stop()
