@@ -207,3 +207,27 @@ def test_the_documented_wiring_checks_in(make_agent, standin) -> None:  # type: 
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), argv
     assert {row["name"] for row in json.loads(beat(agent, "--list", "--json").stdout)} == \
         {"backup", "nagios", "zabbix"}
+
+
+@pytest.mark.parametrize("request_, code", [
+    ({"op": "heartbeat"}, "bad_request"),
+    ({"op": "heartbeat", "action": "explode"}, "bad_request"),
+    ({"op": "heartbeat", "action": "check_in", "name": 7, "every": 60, "routing_key": KEY_A}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "../x", "every": 60, "routing_key": KEY_A}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "x", "every": True, "routing_key": KEY_A}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "x", "every": "60", "routing_key": KEY_A}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "x", "every": 1e308, "routing_key": KEY_A}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "x", "every": 60, "routing_key": ["k"]}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "x", "every": 60, "routing_key": KEY_A,
+      "description": {"a": 1}}, "invalid_event"),
+    ({"op": "heartbeat", "action": "check_in", "name": "x", "every": 60, "routing_key": KEY_A,
+      "severity": "\u202e"}, "invalid_event"),
+    ({"op": "heartbeat", "action": "pause", "name": "x", "for": -5}, "invalid_event"),
+    ({"op": "heartbeat", "action": "pause", "name": "nosuch", "for": 60}, "not_found"),
+])
+def test_hostile_requests_get_a_clear_error(agent, request_, code) -> None:  # type: ignore[no-untyped-def]
+    reply = agent.request(request_)
+    assert reply["ok"] is False and reply["code"] == code, reply
+    assert "Traceback" not in agent.log()
+    assert agent.request({"op": "heartbeat", "action": "list"}) == {"ok": True, "heartbeats": [],
+                                                                   "now": pytest.approx(time.time(), abs=60)}

@@ -356,3 +356,19 @@ def test_the_boot_is_the_later_of_the_kernels_and_the_boot_stamp(state_dir: str)
     container = kernel + 5  # a container booted after the host: its stamp is later
     note_boot(state_dir, container)
     assert booted_at(state_dir) == pytest.approx(container)
+
+
+def test_a_queue_from_before_heartbeats_has_none_to_wait_for(state_dir: str) -> None:
+    import sqlite3
+
+    os.makedirs(state_dir)
+    from pdagent_sd import schema
+
+    db = sqlite3.connect(os.path.join(state_dir, "queue.db"))
+    db.executescript(schema.SCHEMA)  # the tables of a queue.db from before heartbeats
+    db.close()
+    assert not waiting(state_dir)  # no heartbeats table yet: the boot pass starts nothing for heartbeats
+    rig = Rig(state_dir, T0)  # opening it adds the table in place
+    rig.check_in()
+    rig.close()
+    assert waiting(state_dir)
