@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import pwd
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -72,10 +73,18 @@ class HeartbeatWatch:
         self.beats: List[rules.Heartbeat] = []
         self.next: Optional[float] = None
         self._retry_after = 0.0
+        self.loaded = False  # until the heartbeats were read once, nothing is known to hand to the timer
         self._lock = threading.Lock()  # beats and next: written on the ops thread, read by the main loop
 
     def refresh(self) -> None:
-        beats = self.book.all()
+        """Read the heartbeats again (after every write). A failed read keeps what was known: forgetting the
+        deadlines would stop the timer that is to page them."""
+        try:
+            beats = self.book.all()
+        except sqlite3.Error as exc:
+            logger.error("cannot read the heartbeats from the queue: %s", exc)
+            return
+        self.loaded = True
         with self._lock:
             self.beats = beats
             self.next = rules.next_deadline(beats, self.booted)
@@ -107,6 +116,8 @@ class HeartbeatWatch:
     def exiting(self) -> None:
         """The daemon is about to exit: the timer must take over at the earliest deadline (a deadline already
         past, a page the queue refused, is tried again a second after the exit)."""
+        if not self.loaded:
+            return
         deadline = self.next
         if deadline is not None:
             deadline = max(deadline, self.clock() + 1)

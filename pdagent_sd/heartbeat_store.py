@@ -86,11 +86,8 @@ class HeartbeatBook:
     # --- reads ----------------------------------------------------------------------------------------
 
     def all(self) -> List[rules.Heartbeat]:
-        try:
-            rows = self.store.reader().execute(f"SELECT {FIELDS} FROM heartbeats ORDER BY uid, name").fetchall()
-        except sqlite3.Error as exc:
-            logger.error("cannot read the heartbeats: %s", exc)
-            return []
+        """Every heartbeat; sqlite3.Error if the queue cannot be read."""
+        rows = self.store.reader().execute(f"SELECT {FIELDS} FROM heartbeats ORDER BY uid, name").fetchall()
         return [_beat(row) for row in rows]
 
     # --- writes ---------------------------------------------------------------------------------------

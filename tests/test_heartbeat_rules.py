@@ -372,3 +372,22 @@ def test_a_queue_from_before_heartbeats_has_none_to_wait_for(state_dir: str) -> 
     rig.check_in()
     rig.close()
     assert waiting(state_dir)
+
+
+def test_a_failed_read_keeps_the_deadlines_and_the_timer(state_dir: str) -> None:
+    import sqlite3
+
+    rig = Rig(state_dir, T0)
+    rig.check_in()
+    db = sqlite3.connect(os.path.join(state_dir, "queue.db"))
+    db.execute("ALTER TABLE heartbeats RENAME TO heartbeats_away")  # every read of the table fails now
+    db.commit()
+    db.close()
+    rig.watch.refresh()
+    assert rig.watch.next == T0 + 3660
+    rig.watch.exiting()
+    assert Arming(state_dir).armed == T0 + 3660  # not "none": the timer stays armed for the deadline
+    rig.close()
+    unread = HeartbeatWatch(rig.book, Arming(state_dir), clock=Clock(T0), booted=BOOT)
+    unread.exiting()  # never read: hands nothing to the timer, rather than "none"
+    assert Arming(state_dir).armed == T0 + 3660
