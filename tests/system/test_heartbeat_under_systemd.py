@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
+from pathlib import Path
 from typing import Callable, List
 
 import pytest
@@ -24,11 +26,23 @@ KEY = "4ea7bea7c04764012d7bfb002500d5d1"
 MISSED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b1"
 RECOVERED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b2"
 PAGE_WITHIN_SEC = 30.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def documented_exec_stop_post() -> str:
+    """docs/heartbeats.md's ExecStopPost= line for a timer job, with this test's heartbeat in it."""
+    line = next(line for line in (REPO / "docs" / "heartbeats.md").read_text().splitlines()
+                if line.startswith("ExecStopPost="))
+    ours = f'nightly --every 40s --grace 10s -k {KEY} -d "the backup"'
+    wired, count = re.subn(r"(/usr/bin/pd-heartbeat )[^;]*(; fi')$", lambda m: m.group(1) + ours + m.group(2), line)
+    assert count == 1, line
+    return wired
+
+
 JOB_UNIT = f"""[Service]
 Type=oneshot
 ExecStart=/bin/sh -c 'test ! -e /run/nightly-fails'
-ExecStopPost=/bin/sh -c 'if [ "$SERVICE_RESULT" = success ]; then \\
-  exec /usr/bin/pd-heartbeat nightly --every 40s --grace 10s -k {KEY} -d "the backup"; fi'
+{documented_exec_stop_post()}
 """
 
 
@@ -42,7 +56,7 @@ def test_a_miss_pages_from_the_timer_with_no_daemon_waiting(agent_machine: Boote
     machine.set_environment({"PDAGENT_EVENTS_URL": events_api.url, "PDAGENT_IDLE_EXIT_SEC": "3"})
     host = machine.run(["hostname"]).stdout.strip()
     dedup = f"heartbeat/{host}/root/nightly"
-    # The job checks in from ExecStopPost= on success, as docs/heartbeats.md wires it; a failed run does not.
+    # The job checks in from docs/heartbeats.md's ExecStopPost= line on success; a failed run does not.
     machine.write_file("/etc/systemd/system/nightly.service", JOB_UNIT)
     machine.systemctl("daemon-reload")
     machine.systemctl("start", "nightly.service")
