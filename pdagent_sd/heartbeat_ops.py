@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from pdagent_sd import heartbeat_rules as rules
-from pdagent_sd.errors import BadRequest, InvalidEvent
+from pdagent_sd.errors import BadRequest, InvalidEvent, PdagentError
 from pdagent_sd.events import Event, mask
 from pdagent_sd.heartbeat_store import Change, HeartbeatBook, booted_at
 from pdagent_sd.heartbeat_timer import Arming
@@ -101,7 +101,13 @@ class HeartbeatWatch:
     def page(self) -> None:
         """Page every heartbeat past its deadline (on the ops thread)."""
         now = self.clock()
-        for change in self.book.page_due(now, self.booted):
+        try:
+            changes = self.book.page_due(now, self.booted)
+        except PdagentError as error:  # the queue cannot be written (a full disk): try again shortly
+            logger.error("cannot page missed heartbeats: %s", error.message)
+            self._retry_after = now + RETRY_PAGE_SEC
+            return
+        for change in changes:
             beat = change.beat
             assert beat is not None and change.event is not None
             self.on_queued(change.event.routing_key, beat.uid)

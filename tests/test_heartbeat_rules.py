@@ -136,9 +136,10 @@ def state_dir(tmp_path) -> str:  # type: ignore[no-untyped-def]
 class Rig:
     """A store, a heartbeat book and the daemon's watch over them, on a fake clock and a given boot time."""
 
-    def __init__(self, state_dir: str, now: float, booted: float = BOOT, per_user: int = 3) -> None:
+    def __init__(self, state_dir: str, now: float, booted: float = BOOT, per_user: int = 3,
+                 max_pending: int = 1000000) -> None:
         self.clock = Clock(now)
-        self.store = Store(state_dir, clock=self.clock)
+        self.store = Store(state_dir, clock=self.clock, max_pending=max_pending)
         self.store.open()
         self.book = HeartbeatBook(self.store, host="db1", keys=KeyBook({"ops": KEY}), per_user=per_user)
         self.watch = HeartbeatWatch(self.book, Arming(state_dir), clock=self.clock, booted=booted)
@@ -391,3 +392,21 @@ def test_a_failed_read_keeps_the_deadlines_and_the_timer(state_dir: str) -> None
     unread = HeartbeatWatch(rig.book, Arming(state_dir), clock=Clock(T0), booted=BOOT)
     unread.exiting()  # never read: hands nothing to the timer, rather than "none"
     assert Arming(state_dir).armed == T0 + 3660
+
+
+def test_a_page_the_full_queue_refuses_is_tried_again(state_dir: str) -> None:
+    from pdagent_sd.events import validate
+
+    rig = Rig(state_dir, T0, max_pending=1)
+    rig.check_in()
+    filler = rig.store.enqueue(validate("v2", {"routing_key": KEY, "event_action": "trigger", "payload": {
+        "summary": "s", "source": "s", "severity": "info"}}))
+    rig.clock.now = T0 + 3660
+    rig.tick()
+    assert rig.state() == "late" and len(rig.events()) == 1  # refused: not marked paged, nothing lost
+    assert not rig.watch.due(rig.clock.now + 1)  # not again on every tick
+    rig.store.drop(event_id=filler)
+    rig.clock.now += 5
+    rig.tick()
+    assert rig.state() == "paged" and [event[0] for event in rig.events()] == ["trigger"]
+    rig.close()

@@ -190,6 +190,11 @@ def test_socket_and_timer_enabled_and_started_service_only_socket_activated(inst
     assert installed.run("systemctl", "is-active", "pdagent.socket", "pdagent-retry.timer").stdout.split() == [
         "active", "active"]
     assert installed.unit_property("pdagent.socket", "Listen") == "/run/pdagent/pdagent.sock (Stream)"
+    # Heartbeats (docs/heartbeats.md): the path unit watches for deadlines; the arm service runs at boot.
+    heartbeat_units = installed.run("systemctl", "is-enabled", "pdagent-heartbeat-arm.path",
+                                    "pdagent-heartbeat-arm.service", check=False).stdout.split()
+    assert heartbeat_units == ["enabled", "enabled"], heartbeat_units
+    assert installed.run("systemctl", "is-active", "pdagent-heartbeat-arm.path").stdout.strip() == "active"
     mode = installed.run("stat", "-c", "%F %a", "/run/pdagent/pdagent.sock").stdout.strip()
     assert mode == "socket 666"
 
