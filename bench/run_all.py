@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("bench_core.py", "bench_systemd.py", "bench_queue.py", "bench_storm.py")
+SCRIPTS = ("bench_core.py", "bench_systemd.py", "bench_queue.py", "bench_storm.py", "bench_heartbeat.py")
 
 
 def main() -> int:

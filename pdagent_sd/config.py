@@ -154,6 +154,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "A client that has not sent its next whole request line this long after its last reply, or not "
             "read a reply this long, is closed."),
     Setting("watchdog", parse_bool, True, "Send WATCHDOG=1 when systemd asks for it (WatchdogSec=)."),
+    Setting("heartbeat_max_per_user", parse_count, 20,
+            "Heartbeats (pd-heartbeat) one user outside the trusted ones may have; past it a new one is refused "
+            "with queue_full (exit 75). 0 = no limit."),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -186,6 +189,7 @@ class Config:
     first_line_timeout_sec: float
     client_timeout_sec: float
     watchdog: bool
+    heartbeat_max_per_user: int
     keys: KeyBook = field(default_factory=KeyBook)  # named routing keys ([Keys], credentials key.NAME)
 
     def replace(self, **changes: Any) -> Config:

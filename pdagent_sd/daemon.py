@@ -23,6 +23,10 @@ from pdagent_sd import config as config_module
 from pdagent_sd.connections import ConnectionServer
 from pdagent_sd.errors import ConfigError, PdagentError, StorageError
 from pdagent_sd.handlers import Handlers, Unavailable, group_id
+from pdagent_sd.heartbeat_ops import HeartbeatWatch
+from pdagent_sd.heartbeat_store import HeartbeatBook, note_boot
+from pdagent_sd.heartbeat_store import waiting as heartbeats_waiting
+from pdagent_sd.heartbeat_timer import Arming
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.protocol import socket_path
 from pdagent_sd.queuetypes import Quotas, Superseded
@@ -146,8 +150,13 @@ class Daemon:
                            coalesce=config.coalesce, on_superseded=_report_superseded)
         self.scheduler = Scheduler(self.store, config)
         self.started = time.time()
+        self.heartbeats = HeartbeatWatch(
+            HeartbeatBook(self.store, host=socket.gethostname(), keys=config.keys,
+                          per_user=config.heartbeat_max_per_user), Arming(state_dir), on_queued=self.scheduler.wake)
+        self._paging = False
         self.handlers = Handlers(self.store, self.scheduler, started=self.started, default_source=_fqdn,
-                                 keys=config.keys, trusted_gids=trusted_gids(config.trusted_groups))
+                                 keys=config.keys, trusted_gids=trusted_gids(config.trusted_groups),
+                                 heartbeats=self.heartbeats)
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
         self.server: Optional[ConnectionServer] = None  # while the main loop runs
@@ -175,6 +184,7 @@ class Daemon:
                 report(Kind.STARTED, f"pdagentd {__version__} started: {self.store.pending_count} pending "
                        f"event(s), delivering to {self.config.events_url}")
                 self.notifier.notify("READY=1")
+                self.handlers.in_background(self.heartbeats.refresh)
                 self.handlers.in_background(self._update_status)
                 threading.Thread(target=_fqdn, name="fqdn", daemon=True).start()  # resolved before it is needed
                 self._serve(server)
@@ -233,6 +243,9 @@ class Daemon:
             if now >= next_retention:
                 next_retention = now + RETENTION_EVERY_SEC
                 self._purge_expired()
+            if self.heartbeats.due(time.time()) and not self._paging:
+                self._paging = True
+                self.handlers.in_background(self._page_missed)
             if now >= next_status:
                 next_status = now + STATUS_EVERY_SEC
                 self.handlers.in_background(self._update_status)
@@ -246,6 +259,12 @@ class Daemon:
                 logger.info("idle for %ss with an empty queue: exiting (systemd keeps the socket)",
                             self.config.idle_exit_sec)
                 break
+
+    def _page_missed(self) -> None:
+        try:
+            self.heartbeats.page()
+        finally:
+            self._paging = False
 
     def _tend_watchdog(self, now: float) -> None:
         if self.watchdog_every and self.config.watchdog and now >= self.next_watchdog:
@@ -263,7 +282,8 @@ class Daemon:
         if not self.activated or self.config.idle_exit_sec <= 0:
             return False
         busy = self.server is not None and self.server.busy()
-        if busy or self.store.pending_count > 0 or not self.scheduler.idle():
+        if busy or self.store.pending_count > 0 or not self.scheduler.idle() or self._paging \
+                or self.heartbeats.due(time.time()):
             self.last_activity = now
             return False
         return now - self.last_activity >= self.config.idle_exit_sec
@@ -284,6 +304,11 @@ class Daemon:
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
         text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
                 f"throttled keys: {held}, last delivery: {last_text}")
+        beats = self.heartbeats.counts()
+        if any(beats.values()):
+            text += (f", heartbeats: {sum(beats.values())}"
+                     + (f" ({beats['late']} late, {beats['paged']} paged)" if beats["late"] or beats["paged"]
+                        else ""))
         if self.store.corrupt_files():
             text += " (WARNING: damaged queue moved aside; see pd-queue status)"
         if self.store.marker_error is not None:
@@ -302,6 +327,7 @@ class Daemon:
         self.handlers.close()
         self.store.close()
         if self.queue_open:
+            self.heartbeats.exiting()  # the timer takes over the deadlines (heartbeat_timer.py)
             report(Kind.STOPPED, f"pdagentd stopped: {self.store.pending_count} pending event(s) kept")
         else:
             report(Kind.STOPPED, "pdagentd stopped before the queue could be opened; it was left as it was")
@@ -328,7 +354,11 @@ def check_pending(state_dir: str) -> int:
     """At boot, before anything else: 0 (go on and start a delivery pass) if queue.db holds pending events,
     with the marker made good so that pdagent-retry.timer keeps coming back; 1 if the queue is empty."""
     try:
+        note_boot(state_dir)  # heartbeats' deadlines that passed before it get their grace after it
         pending = marker.check_pending(state_dir)
+        if not pending and heartbeats_waiting(state_dir):
+            logger.info("queue in %s: heartbeats to watch, starting pdagentd", state_dir)
+            return exitcodes.OK
     except OSError as error:
         report(Kind.MARKER_FAILED, f"cannot create the pending marker in {state_dir} ({error.strerror or error}); "
                "starting a delivery pass anyway", error=error.strerror or str(error))

@@ -19,6 +19,7 @@ from pdagent_sd import __version__
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import BadRequest, Forbidden, InvalidEvent, PdagentError, StorageError
 from pdagent_sd.events import MAX_BODY_BYTES, NO_KEYS, Event, validate
+from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
 from pdagent_sd.legacy import parse as legacy_parse
@@ -140,9 +141,11 @@ class Unavailable:
 class Handlers:
     def __init__(self, store: Store, scheduler: Scheduler, *, started: float,
                  default_source: Callable[[], str], keys: KeyBook = NO_KEYS,
-                 trusted_gids: FrozenSet[int] = frozenset()) -> None:
+                 trusted_gids: FrozenSet[int] = frozenset(),
+                 heartbeats: Optional[HeartbeatWatch] = None) -> None:
         self.keys = keys
         self.trusted_gids = trusted_gids  # trusted_groups: for the owners of imported old-agent files
+        self.heartbeats = heartbeats
         self.store = store
         self.scheduler = scheduler
         self.started = started
@@ -229,6 +232,7 @@ class Handlers:
         return {"keys": keys, "keys_total": keys_total, "keys_omitted": max(0, keys_total - len(keys)),
                 "totals": totals, "last_delivery": self.last_delivery(),
                 "throttled_keys": self.held_keys(), "warnings": warnings, "damaged_files": damaged,
+                "heartbeats": self.heartbeats.counts() if self.heartbeats is not None else {},
                 "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
                            "tracked_keys": len(self.scheduler.keys)}}
 
@@ -379,6 +383,14 @@ class Handlers:
 
     def op_metrics(self, message: Message, peer: Peer) -> Message:
         return {"ok": True, "text": render_metrics(self.status(None, reveal=False))}
+
+    def op_heartbeat(self, message: Message, peer: Peer) -> Message:
+        if self.heartbeats is None:
+            raise BadRequest("this agent does not keep heartbeats")
+        # The trigger a check-in would send is checked like a pd-send of the same user's: one place decides
+        # which keys (and @names) a sender may use.
+        return self.heartbeats.handle(message, peer.sender, peer.admin,
+                                      lambda body: validate("v2", body, keys=self.keys, caller=peer.caller))
 
 
 def _legacy_event(item: Dict[str, Any]) -> Event:

@@ -40,10 +40,13 @@ class Kind(str, Enum):
     CORRUPT_QUEUE = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a"
     MARKER_FAILED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5d1"
     SUPERSEDED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c515"
+    HEARTBEAT_MISSED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b1"
+    HEARTBEAT_RECOVERED = "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b2"
 
 
 LEVELS = {Kind.FAILED: logging.ERROR, Kind.CORRUPT_QUEUE: logging.CRITICAL, Kind.DEFERRED: logging.WARNING,
-          Kind.DROPPED: logging.WARNING, Kind.MARKER_FAILED: logging.ERROR}
+          Kind.DROPPED: logging.WARNING, Kind.MARKER_FAILED: logging.ERROR,
+          Kind.HEARTBEAT_MISSED: logging.WARNING}
 
 
 def report(kind: Kind, message: str, **fields: Any) -> None:

@@ -77,6 +77,11 @@ def render(status: Dict[str, Any]) -> str:
     last: Optional[float] = status.get("last_delivery")
     doc.family("pdagent_last_delivery_timestamp_seconds", "When an event was last delivered (Unix time).",
                [f"pdagent_last_delivery_timestamp_seconds {_number(last)}"] if last else [])
+    beats = status.get("heartbeats") or {}
+    doc.family("pdagent_heartbeats", "Heartbeats (pd-heartbeat) by state: ok, late (overdue, within the grace), "
+               "paged (missed; incident open), paused.",
+               [f'pdagent_heartbeats{{state="{state}"}} {int(beats.get(state, 0))}'
+                for state in ("ok", "late", "paged", "paused")])
     doc.family("pdagent_damaged_queue_files", "Damaged queue databases moved aside and not delivered from.",
                [f"pdagent_damaged_queue_files {len(status.get('damaged_files') or [])}"])
     return doc.text()

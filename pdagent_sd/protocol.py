@@ -24,7 +24,8 @@ MAX_LINE = 1024 * 1024
 DEFAULT_SOCKET = "/run/pdagent/pdagent.sock"
 CLIENT_TIMEOUT_SEC = 60.0
 
-OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics", "import_legacy")
+OPS = ("send", "status", "list", "show", "retry", "drop", "flush", "metrics", "import_legacy", "heartbeat")
+# heartbeat: check_in, pause, remove, list (heartbeat_ops.py says what each carries and answers).
 
 # import_legacy (admin): events read from the old agent's outqueue by `pd-queue import-legacy`, in enqueue order.
 #   {"op": "import_legacy", "dry_run": false,

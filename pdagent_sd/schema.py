@@ -58,6 +58,26 @@ DROP INDEX IF EXISTS events_by_incident;
 DROP INDEX IF EXISTS events_by_priority;
 """
 
+# Heartbeats (issue 20, heartbeat_store.py): one row per (owner uid, name); times are Unix times; incident is the
+# dedup key of the trigger of a page while it is open (the resolve goes to it, whatever the hostname is by then).
+HEARTBEATS = """
+CREATE TABLE IF NOT EXISTS heartbeats (
+    uid INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    user TEXT NOT NULL,
+    every REAL NOT NULL,
+    grace REAL NOT NULL,
+    last_checkin REAL NOT NULL,
+    routing_key TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    severity TEXT NOT NULL DEFAULT 'error',
+    paused_until REAL,
+    paged INTEGER NOT NULL DEFAULT 0,
+    incident TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (uid, name)
+);
+"""
+
 
 def apply(conn: sqlite3.Connection) -> None:
     """Create what a new queue.db lacks and upgrade one from an earlier version in place: tables, then the
@@ -68,3 +88,4 @@ def apply(conn: sqlite3.Connection) -> None:
         if name not in present:
             conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
     conn.executescript(COALESCING_INDEXES)
+    conn.executescript(HEARTBEATS)

@@ -414,6 +414,11 @@ class Store:
 
     def enqueue_async(self, event: Event, sender: Sender = INTERNAL) -> Commit:
         """Queue the write and return at once; the future resolves to the id after the commit."""
+        return self.submit(self.enqueue_op(event, sender))
+
+    def enqueue_op(self, event: Event, sender: Sender = INTERNAL) -> WriteOp:
+        """The write that commits `event` as pending, for an op that commits it with writes of its own (a
+        heartbeat's page with the heartbeat's new state); it refuses (QueueFull) before it writes anything."""
         now = self.clock()
         body = event.encoded()
         size = len(body.encode())
@@ -442,7 +447,7 @@ class Store:
                     for old in decision.superseded)
             return event_id, 1 - len(decision.superseded)
 
-        return self.submit(op)
+        return op
 
     def _coalesce(self, conn: sqlite3.Connection, event: Event,
                   party: int) -> Tuple[Decision, Dict[int, Tuple[str, str]]]:

@@ -33,7 +33,7 @@ def test_mypy_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("module", ["pdagent_sd.cli.send", "pdagent_sd.protocol"])
+@pytest.mark.parametrize("module", ["pdagent_sd.cli.send", "pdagent_sd.cli.heartbeat", "pdagent_sd.protocol"])
 def test_hot_path_imports_nothing_heavy(module: str) -> None:
     probe = (f"import sys, {module}; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
              "('requests', 'urllib3', 'systemd', 'sdnotify', 'sqlite3', 'pdagent_sd.daemon')); print(heavy)")

@@ -128,6 +128,11 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
     lines.append("")
     last = reply.get("last_delivery")
     lines.append(f"Last delivery: {_when(last, now) if last else 'none on record'}")
+    beats = reply.get("heartbeats") or {}
+    if any(beats.values()):
+        lines.append("Heartbeats: " + ", ".join(f"{beats.get(state, 0)} {state}"
+                                                for state in ("ok", "late", "paged", "paused"))
+                     + " (pd-heartbeat --list)")
     return lines
 
 

@@ -104,6 +104,14 @@ def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltD
                  "/usr/share/doc/pdagent-sd/examples/unit-alert.conf.example",
                  "/usr/share/doc/pdagent-sd/examples/service-alert.conf.example"):
         assert path in files
+    # Heartbeats (docs/heartbeats.md): the command, its man page, the units, the doc their Documentation= names.
+    for path in ("/usr/bin/pd-heartbeat", "/usr/share/man/man1/pd-heartbeat.1.gz",
+                 "/usr/lib/systemd/system/pdagent-heartbeat.service",
+                 "/usr/lib/systemd/system/pdagent-heartbeat-arm.service",
+                 "/usr/lib/systemd/system/pdagent-heartbeat-arm.path",
+                 "/usr/lib/systemd/system/pdagent-heartbeat.service.d/pdagent-alert.conf",
+                 "/usr/share/doc/pdagent-sd/heartbeats.md"):
+        assert path in files, path
     if (Path(__file__).resolve().parents[2] / "integrations").is_dir():
         assert any(f.startswith("/usr/share/pdagent-sd/") and not f.endswith("/") for f in files)
     conffiles = subprocess.run(["dpkg-deb", "--info", str(built_deb.path), "conffiles"], stdout=subprocess.PIPE,
@@ -182,6 +190,11 @@ def test_socket_and_timer_enabled_and_started_service_only_socket_activated(inst
     assert installed.run("systemctl", "is-active", "pdagent.socket", "pdagent-retry.timer").stdout.split() == [
         "active", "active"]
     assert installed.unit_property("pdagent.socket", "Listen") == "/run/pdagent/pdagent.sock (Stream)"
+    # Heartbeats (docs/heartbeats.md): the path unit watches for deadlines; the arm service runs at boot.
+    heartbeat_units = installed.run("systemctl", "is-enabled", "pdagent-heartbeat-arm.path",
+                                    "pdagent-heartbeat-arm.service", check=False).stdout.split()
+    assert heartbeat_units == ["enabled", "enabled"], heartbeat_units
+    assert installed.run("systemctl", "is-active", "pdagent-heartbeat-arm.path").stdout.strip() == "active"
     mode = installed.run("stat", "-c", "%F %a", "/run/pdagent/pdagent.sock").stdout.strip()
     assert mode == "socket 666"
 

@@ -56,7 +56,8 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 PYTHON_MODULES = {"systemd.daemon": "python3-systemd", "systemd.journal": "python3-systemd",
                   "sdnotify": "python3-sdnotify", "requests": "python3-requests"}
 UNITS = ("pdagent.socket", "pdagent.service", "pdagent-retry.timer", "pdagent-retry.service", "pdagent-boot.service",
-         "pdagent-unit-rearm.service", "pdagent-unit-failed@.service", "pdagent-unit-ok@.service")
+         "pdagent-unit-rearm.service", "pdagent-unit-failed@.service", "pdagent-unit-ok@.service",
+         "pdagent-heartbeat.service", "pdagent-heartbeat-arm.service", "pdagent-heartbeat-arm.path")
 # The agent's own units carry a drop-in that masks the host-wide pdagent-alert.conf (docs/systemd-alerts.md).
 NO_UNIT_ALERT = tuple(unit for unit in UNITS if unit.endswith(".service"))
 UNIT_DIR = "/etc/systemd/system"
@@ -390,7 +391,7 @@ class BootedSystemd:
         self.systemctl("daemon-reload")
         self.systemctl("enable", "pdagent.socket")
         if start:
-            self.systemctl("start", "pdagent.socket", "pdagent-retry.timer")
+            self.systemctl("start", "pdagent.socket", "pdagent-retry.timer", "pdagent-heartbeat-arm.path")
 
     def set_environment(self, env: Dict[str, str], name: str = "50-test-environment", reload: bool = True
                         ) -> str:

@@ -35,6 +35,8 @@ MESSAGE_IDS = {
     "corrupt_queue": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c50a",
     "superseded": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c515",
     "marker_failed": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5d1",
+    "heartbeat_missed": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b1",
+    "heartbeat_recovered": "7f1c2c1e5a0b4d0c9f3e2a61b8d4c5b2",
 }
 
 
@@ -70,7 +72,7 @@ def catalog_entries(text: str) -> Dict[str, str]:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found (package systemd)")
 @pytest.mark.parametrize("unit", ["pdagent.service", "pdagent-retry.service", "pdagent-boot.service",
-                                  "pdagent-unit-rearm.service"])
+                                  "pdagent-unit-rearm.service", "pdagent-heartbeat.service"])
 def test_security_exposure_offline(unit: str) -> None:
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNITS_DIR / unit)],
                             capture_output=True, text=True, timeout=60)
