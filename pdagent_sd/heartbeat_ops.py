@@ -22,11 +22,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 from pdagent_sd import heartbeat_rules as rules
 from pdagent_sd.errors import BadRequest, InvalidEvent, PdagentError
-from pdagent_sd.events import Event, mask
+from pdagent_sd.events import Event
 from pdagent_sd.heartbeat_store import Change, HeartbeatBook, booted_at
 from pdagent_sd.heartbeat_timer import Arming
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.keys import NAME, NAME_RULE
+from pdagent_sd.keys import NAME, NAME_RULE, RoutingKey
 from pdagent_sd.limits import MAX_SUMMARY
 from pdagent_sd.queuetypes import Sender
 
@@ -63,8 +63,8 @@ class HeartbeatWatch:
     daemon runs, and hands the earliest deadline to systemd (heartbeat_timer.py) for when it does not."""
 
     def __init__(self, book: HeartbeatBook, arming: Arming, *, clock: Callable[[], float] = time.time,
-                 booted: Optional[float] = None, on_queued: Callable[[str, int], None] = lambda key, uid: None
-                 ) -> None:
+                 booted: Optional[float] = None,
+                 on_queued: Callable[[RoutingKey, int, bool], None] = lambda key, uid, trusted: None) -> None:
         self.book = book
         self.arming = arming
         self.clock = clock
@@ -110,7 +110,7 @@ class HeartbeatWatch:
         for change in changes:
             beat = change.beat
             assert beat is not None and change.event is not None
-            self.on_queued(change.event.routing_key, beat.uid)
+            self.on_queued(change.event.routing_key, beat.uid, True)
             report(Kind.HEARTBEAT_MISSED, rules.summary(self.book.host, beat) + f" (uid {beat.uid}; event "
                    f"{change.event_id} queued)", event_id=change.event_id, dedup_key=change.event.dedup_key,
                    routing_key=change.event.routing_key, action="trigger", api="v2", heartbeat=beat.name,
@@ -148,7 +148,7 @@ class HeartbeatWatch:
             reply = {"ok": True, "heartbeat": self._row(change, admin)}
         else:
             change = self.book.remove(sender, name)
-            self._recovered(change, name, sender.uid, "removed")
+            self._recovered(change, name, sender, "removed")
             reply = {"ok": True, "resolved": change.event_id is not None}
         self.refresh()
         return reply
@@ -168,13 +168,14 @@ class HeartbeatWatch:
             raise InvalidEvent(f"severity must be one of: {', '.join(rules.SEVERITIES)}")
         change = self.book.check_in(sender, _user_name(sender.uid), name, every, grace, key, description,
                                     severity, self.clock(), check)
-        self._recovered(change, name, sender.uid, "checked in again")
+        self._recovered(change, name, sender, "checked in again")
         return {"ok": True, "heartbeat": self._row(change, False), "resolved": change.event_id is not None}
 
-    def _recovered(self, change: Change, name: str, uid: int, how: str) -> None:
+    def _recovered(self, change: Change, name: str, sender: Sender, how: str) -> None:
         if change.event is None:
             return
-        self.on_queued(change.event.routing_key, uid)
+        uid = sender.uid
+        self.on_queued(change.event.routing_key, uid, sender.trusted)
         report(Kind.HEARTBEAT_RECOVERED, f"heartbeat {name} of uid {uid} {how}: its incident is resolved "
                f"(event {change.event_id} queued)", event_id=change.event_id, dedup_key=change.event.dedup_key,
                routing_key=change.event.routing_key, action="resolve", api="v2", heartbeat=name,
@@ -186,7 +187,7 @@ class HeartbeatWatch:
 
     def _shown(self, beat: rules.Heartbeat, now: float, admin: bool) -> Dict[str, Any]:
         row = rules.row(beat, now, self.booted, self.book.host)
-        row["routing_key"] = beat.routing_key if admin else mask(beat.routing_key)
+        row["routing_key"] = beat.routing_key.reveal() if admin else str(beat.routing_key)
         return row
 
     def _list(self, uid: int, admin: bool) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, Dict, Iterable, Optional
 
 from pdagent_sd import timespan
+from pdagent_sd.keys import RoutingKey
 
 # --grace when not given: a tenth of --every, at least GRACE_MIN_SEC (a job's own run time and cron's or a
 # timer's start jitter are seconds even for a job run every minute).
@@ -48,7 +49,7 @@ class Heartbeat:
     every: float
     grace: float
     last_checkin: float
-    routing_key: str
+    routing_key: RoutingKey
     user: str = ""  # the owner's user name when created (the uid, where it has none)
     description: str = ""
     severity: str = DEFAULT_SEVERITY
@@ -122,7 +123,7 @@ def trigger(host: str, beat: Heartbeat, now: float) -> Dict[str, Any]:
     }
     if beat.description:
         details["description"] = beat.description
-    return {"routing_key": beat.routing_key, "event_action": "trigger", "dedup_key": dedup_key(host, beat),
+    return {"routing_key": beat.routing_key.reveal(), "event_action": "trigger", "dedup_key": dedup_key(host, beat),
             "payload": {"summary": summary(host, beat), "source": host, "severity": beat.severity,
                         "timestamp": iso(now), "component": beat.name, "class": "heartbeat",
                         "custom_details": details},
@@ -131,7 +132,7 @@ def trigger(host: str, beat: Heartbeat, now: float) -> Dict[str, Any]:
 
 def resolve(host: str, beat: Heartbeat) -> Dict[str, Any]:
     """The resolve of a page: to the dedup key the trigger went to (the hostname may have changed since)."""
-    return {"routing_key": beat.routing_key, "event_action": "resolve",
+    return {"routing_key": beat.routing_key.reveal(), "event_action": "resolve",
             "dedup_key": beat.incident or dedup_key(host, beat)}
 
 

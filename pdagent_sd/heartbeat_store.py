@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from pdagent_sd import heartbeat_rules as rules
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull
 from pdagent_sd.events import NO_KEYS, Event, validate
-from pdagent_sd.keys import KeyBook
+from pdagent_sd.keys import KeyBook, RoutingKey
 from pdagent_sd.queuetypes import Sender
 from pdagent_sd.store import Store
 
@@ -63,7 +63,7 @@ def note_boot(state_dir: str, now: Optional[float] = None) -> None:
 
 def _beat(row: Tuple[Any, ...]) -> rules.Heartbeat:
     uid, name, user, every, grace, last, key, description, severity, paused, paged, incident = row
-    return rules.Heartbeat(int(uid), name, float(every), float(grace), float(last), key, user, description,
+    return rules.Heartbeat(int(uid), name, float(every), float(grace), float(last), RoutingKey(key), user, description,
                            severity, None if paused is None else float(paused), bool(paged), incident)
 
 
@@ -100,7 +100,8 @@ class HeartbeatBook:
         The trigger a miss would send is checked now, with the key as given, by `check` (handlers.py passes the
         send op's own validation, so an @name is resolved, and allowed or not, exactly as for the caller's
         pd-send): a bad, unknown or forbidden key is refused at the check-in, not found out at the miss."""
-        draft = rules.Heartbeat(sender.uid, name, every, grace, now, routing_key, user, description, severity)
+        draft = rules.Heartbeat(sender.uid, name, every, grace, now, RoutingKey(routing_key), user, description,
+                                severity)
         body = rules.trigger(self.host, draft, now)
         key = (check(body) if check is not None else validate("v2", body, keys=self.keys)).routing_key
 

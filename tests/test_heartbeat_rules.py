@@ -18,7 +18,7 @@ from pdagent_sd.errors import InvalidEvent, NotFound, QueueFull
 from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.heartbeat_store import HeartbeatBook, waiting
 from pdagent_sd.heartbeat_timer import Arming
-from pdagent_sd.keys import KeyBook
+from pdagent_sd.keys import KeyBook, RoutingKey
 from pdagent_sd.queuetypes import Sender
 from pdagent_sd.store import Store
 
@@ -32,7 +32,8 @@ NOBODY = Sender(65534, False)
 
 
 def beat(**fields) -> rules.Heartbeat:  # type: ignore[no-untyped-def]
-    values = dict(uid=0, name="backup", every=3600.0, grace=60.0, last_checkin=T0, routing_key=KEY, user="root")
+    values = dict(uid=0, name="backup", every=3600.0, grace=60.0, last_checkin=T0, routing_key=RoutingKey(KEY),
+                  user="root")
     values.update(fields)
     return rules.Heartbeat(**values)  # type: ignore[arg-type]
 
