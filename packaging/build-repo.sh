@@ -79,9 +79,11 @@ repo=$outdir/repo
 rm -rf "$repo"
 mkdir -p "$repo/pool/main/p/pdagent-sd" "$repo/dists/stable/main/binary-all"
 cp "${debs[@]}" "$repo/pool/main/p/pdagent-sd/"
-(cd "$repo" && apt-ftparchive --arch all packages pool >dists/stable/main/binary-all/Packages)
+# SHA-256 and SHA-512 only: no MD5 or SHA1 left for a client to fall back on.
+weak=(-o APT::FTPArchive::MD5=false -o APT::FTPArchive::SHA1=false)
+(cd "$repo" && apt-ftparchive "${weak[@]}" --arch all packages pool >dists/stable/main/binary-all/Packages)
 gzip -9n --keep "$repo/dists/stable/main/binary-all/Packages"
-(cd "$repo/dists/stable" && apt-ftparchive \
+(cd "$repo/dists/stable" && apt-ftparchive "${weak[@]}" \
     -o APT::FTPArchive::Release::Origin=pdagent-sd \
     -o APT::FTPArchive::Release::Label=pdagent-sd \
     -o APT::FTPArchive::Release::Suite=stable \
