@@ -2,12 +2,12 @@
 # Build the signed package repositories: an apt repository in dist/repo/ and a dnf/yum one in dist/rpmrepo/.
 #
 #   packaging/build-repo.sh [--outdir DIR] [--url URL] [--deb FILE]... [--rpm FILE]... [--key FPR]
-#                           [--key-expiry 2y]
+#                           [--key-expiry 2y] [--no-rpm]
 #
 # Without --deb / --rpm the packages are built first (build-deb.sh, build-rpm.sh; the RPM only when rpmbuild and
-# its helpers are installed). Without --key a throwaway signing key is made for this build (RSA 4096, SHA-512,
-# expiring after --key-expiry) in a temporary GNUPGHOME that is deleted at exit: the private half is never
-# written anywhere else. A maintainer publishing a release passes --key with the fingerprint of the project's
+# its helpers are installed; --no-rpm: the apt repository only). Without --key a throwaway signing key is made
+# for this build (RSA 4096, SHA-512, expiring after --key-expiry) in a temporary GNUPGHOME that is deleted at
+# exit: the private half is never written anywhere else. A maintainer publishing a release passes --key with the fingerprint of the project's
 # real key, which must then be in $GNUPGHOME (docs/packaging.md, "Signed repositories").
 #
 # Output (DIR defaults to dist/, URL to https://pdagent-sd.example):
@@ -25,6 +25,7 @@ debs=()
 rpms=()
 key=
 expiry=2y
+with_rpm=yes
 while [ $# -gt 0 ]; do
     case $1 in
         --outdir) outdir=$2; shift 2 ;;
@@ -33,7 +34,8 @@ while [ $# -gt 0 ]; do
         --rpm) rpms+=("$2"); shift 2 ;;
         --key) key=$2; shift 2 ;;
         --key-expiry) expiry=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --no-rpm) with_rpm=no; shift ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-repo: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -53,7 +55,7 @@ if [ ${#debs[@]} -eq 0 ]; then
     bash "$top/packaging/build-deb.sh" --outdir "$work/built" --no-lintian
     debs=("$work"/built/pdagent-sd_*_all.deb)
 fi
-if [ ${#rpms[@]} -eq 0 ] && command -v rpmbuild >/dev/null && command -v createrepo_c >/dev/null; then
+if [ "$with_rpm" = yes ] && [ ${#rpms[@]} -eq 0 ] && command -v rpmbuild >/dev/null && command -v createrepo_c >/dev/null; then
     if bash "$top/packaging/build-rpm.sh" --outdir "$work/built" --no-rpmlint; then
         rpms=("$work"/built/pdagent-sd-*.noarch.rpm)
     else
@@ -106,7 +108,7 @@ EOF
 echo "apt repository: $repo (sources: $repo/pdagent-sd.sources)"
 
 # --- dnf / yum ------------------------------------------------------------------------------------------------
-[ ${#rpms[@]} -gt 0 ] || exit 0
+[ "$with_rpm" = yes ] && [ ${#rpms[@]} -gt 0 ] || exit 0
 command -v createrepo_c >/dev/null || { echo "build-repo: createrepo_c is missing; apt-get install createrepo-c" >&2; exit 1; }
 rpmrepo=$outdir/rpmrepo
 rm -rf "$rpmrepo"
