@@ -15,7 +15,7 @@ deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[test]' ruff mypy
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[test,fleet]' ruff mypy
 	touch $@
 
 venv: deps $(VENV)/.installed
