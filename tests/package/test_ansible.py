@@ -202,7 +202,7 @@ def test_check_diff_shows_the_one_file_a_changed_variable_would_change(fleet: Fl
     counts = recap(done.stdout)
     for host, numbers in counts.items():
         assert numbers["changed"] == 1, (host, numbers, done.stdout[-4000:])
-    diffs = re.findall(r"^\+\+\+ after: (\S+)", done.stdout, re.MULTILINE)
+    diffs = re.findall(r"^--- before: (\S+)", done.stdout, re.MULTILINE)
     assert diffs == ["/etc/pdagent/agent.conf.d/40-ansible.conf"] * 2, done.stdout[-4000:]
     assert "+trusted_groups = adm nagios" in done.stdout
     for key in KEYS.values():
