@@ -14,6 +14,8 @@ key made for the run; the agents page the Events API stand-in on the host.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -26,7 +28,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 from debbuild import BuiltDeb, timed
-from debcontainer import REPO, DebianContainer, cached_rootfs, wait_until
+from debcontainer import APT_ARCHIVES, REPO, DebianContainer, cached_rootfs, wait_until
 from signedrepo import build_repo, serve
 from signedrepo import signing_key as make_key
 
@@ -34,7 +36,7 @@ from standin import StandIn
 
 ANSIBLE_DIR = REPO / "packaging" / "ansible"
 BIN = Path(sys.executable).parent
-KEYS = {"ops": "0123456789abcdef0123456789abc0ps", "systemd": "fedcba9876543210fedcba98765sy5d"}
+KEYS = {"ops": "0123456789abcdef0123456789abc0ps", "systemd": "fedcba9876543210fedcba987654sy5d"}
 HOSTS = (("deb12", "bookworm"), ("deb13", "trixie"))
 
 
@@ -66,6 +68,15 @@ class Fleet:
                                           "[ssh_connection]\npipelining = True\n")
 
     def playbook(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """ansible-playbook site.yml, holding the host's locks on the containers' shared apt archives (see
+        DebianContainer.apt: apt inside cannot see another container's lock)."""
+        with contextlib.ExitStack() as stack:
+            for _, release in HOSTS:
+                lock = stack.enter_context(open(APT_ARCHIVES / f"{release}.lock", "w"))
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._playbook(*args, check=check)
+
+    def _playbook(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(self.work / "inventory"),
                                "--vault-password-file", str(self.work / "vault-pass"), str(ANSIBLE_DIR / "site.yml"),
                                *args], cwd=self.work, env=self.env, stdout=subprocess.PIPE,
@@ -75,7 +86,8 @@ class Fleet:
         return done
 
     def ad_hoc(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ansible"), "-i", str(self.work / "inventory"), "pdagent", "-m",
+        return subprocess.run([str(BIN / "ansible"), "-i", str(self.work / "inventory"), "--vault-password-file",
+                               str(self.work / "vault-pass"), "pdagent", "-m",
                                "ansible.builtin.command", "-a", command], cwd=self.work, env=self.env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
 
@@ -111,7 +123,7 @@ def fleet(ansible_skip: None, built_deb: BuiltDeb, tmp_path_factory: pytest.Temp
                     box.write("/root/.ssh/authorized_keys", (work / "id_ed25519.pub").read_text())
                     box.run("chmod", "-R", "go-rwx", "/root/.ssh")
                     box.apt("update")
-                    box.apt("install", "--no-install-recommends", "openssh-server")
+                    box.apt("install", "--no-install-recommends", "openssh-server", "python3-apt")
                     box.run("systemctl", "restart", "ssh.service")
                     wait_until(lambda port=port: _accepts(port), 30, f"sshd of {name}")
                     # a unit to page for, as a fleet's backup job would be
