@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv test test-fast test-pythons demo demo-local bench deb rpm reliability clean
+.PHONY: all deps venv test test-fast test-pythons demo demo-local bench deb rpm repo reliability clean
 
 all: test
 
@@ -15,7 +15,7 @@ deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[test]' ruff mypy
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[test,fleet]' ruff mypy
 	touch $@
 
 venv: deps $(VENV)/.installed
@@ -49,6 +49,11 @@ deb: deps
 
 rpm: deps
 	./packaging/build-rpm.sh
+
+# dist/repo (apt) and dist/rpmrepo (dnf), signed by a throwaway key unless REPO_KEY names the real one
+# (docs/packaging.md, "Signed repositories").
+repo: deps
+	./packaging/build-repo.sh $(if $(REPO_KEY),--key $(REPO_KEY)) $(if $(REPO_URL),--url $(REPO_URL))
 
 clean:
 	rm -rf $(VENV) .venvs dist build .pytest_cache *.egg-info

@@ -14,6 +14,10 @@ APT_PACKAGES=(
   # packaging
   debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian help2man
   rpm rpmlint fakeroot devscripts
+  # the fleet (issue 22): make repo signs an apt and a dnf repository; dnf reads it back, promtool checks
+  # the alert rules, a real prometheus and node_exporter scrape the metrics; ansible reaches hosts over SSH
+  gnupg apt-utils createrepo-c dnf python3-build python3-installer
+  prometheus prometheus-node-exporter openssh-client
   # benchmarks
   hyperfine
   # the power-cut layer (tests/reliability/lazyfs.py): FUSE, and fusepy for Debian's python3

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pdagent_sd import exitcodes
 from pdagent_sd.cli.common import UsageError, run
-from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound
+from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound, StorageError
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import DROP_BATCH, Message, request
 from pdagent_sd.safetext import safe, safe_json
@@ -411,6 +411,8 @@ def _drop_many_question(args: argparse.Namespace, count: int) -> str:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    if args.from_queue:
+        return _metrics_from_queue(args)
     try:
         text = _ask(args, {"op": "metrics"})["text"]
     except AgentUnreachable:
@@ -419,6 +421,23 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
             write_atomically(args.output, render_unreachable())
         raise
+    if args.output:
+        write_atomically(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return exitcodes.OK
+
+
+def _metrics_from_queue(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from pdagent_sd.metrics import render
+    from pdagent_sd.queuefile import read_status
+
+    try:
+        text = render(read_status(args.from_queue))
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot read the queue in {safe(args.from_queue)}: {safe(str(exc))}") from None
     if args.output:
         write_atomically(args.output, text)
     else:
@@ -548,6 +567,10 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE atomically (temporary file and rename) instead of stdout; if the "
                         "agent cannot be reached, FILE says pdagent_up 0")
+    m.add_argument("--from-queue", metavar="DIR",
+                   help="read the queue in state directory DIR (read-only, as its owner) instead of asking the "
+                        "agent, so that an idle agent is not started: pdagent-metrics.service does this while "
+                        "pdagentd is not running")
     m.set_defaults(func=cmd_metrics)
 
     il = command("import-legacy", "queue the events the old PagerDuty agent left behind.",
