@@ -16,7 +16,7 @@ import sqlite3
 import time
 from typing import Any, Dict, List, Optional
 
-from pdagent_sd.events import mask
+from pdagent_sd.keys import mask
 from pdagent_sd.metrics import STATES
 from pdagent_sd.protocol import STATUS_MAX_KEYS
 from pdagent_sd.store import DB_NAME
