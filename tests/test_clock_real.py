@@ -122,3 +122,40 @@ def test_pagerduty_ends_as_fifo_through_late_answers_and_503s_on_the_real_daemon
     time.sleep(1.0)  # a copy held by the stand-in lands at most 0.95 s after it arrived
     end = from_standin(standin.received()).end_state()
     assert end == fifo(reference).end_state(), f"seed {seed} (CLOCK_REAL_SEED={seed} replays it)"
+
+
+@pytest.mark.parametrize("fault, unknown", [
+    (dict(status=None, delay=0.6), True),  # no answer within the 0.3 s read timeout: may still be processed
+    (dict(disconnect=True), True),  # the connection closed after the request went out
+    (dict(status=504), True),  # a gateway gave up waiting: upstream may still take it
+    (dict(status=503), False),  # PagerDuty's own refusal
+    (dict(status=429), False),
+    (None, False),  # delivered
+], ids=["read-timeout", "dropped", "504", "503", "429", "delivered"])
+def test_the_outcome_of_an_attempt_is_unknown_only_once_the_request_went_out(standin, fault, unknown) -> None:  # type: ignore[no-untyped-def]
+    from pdagent_sd.delivery import Deliverer, Outcome
+    from pdagent_sd.events import Api, validate
+
+    if fault is not None:
+        standin.add_fault(count=1, **fault)
+    deliverer = Deliverer(standin.url, connect_timeout=0.3, read_timeout=0.3)
+    try:
+        result = deliverer.attempt(Api.V2, validate("v2", trigger(KEY_A, "disk full", "inc")).encoded())
+    finally:
+        deliverer.close()
+    assert result.unknown is unknown, result
+    assert result.outcome is (Outcome.DELIVERED if fault is None else Outcome.RETRY)
+
+
+def test_a_refused_connection_is_a_known_failure(standin) -> None:  # type: ignore[no-untyped-def]
+    from pdagent_sd.delivery import Deliverer, Outcome
+    from pdagent_sd.events import Api, validate
+
+    standin.refuse_connections()
+    deliverer = Deliverer(standin.url, connect_timeout=0.3, read_timeout=0.3)
+    try:
+        result = deliverer.attempt(Api.V2, validate("v2", trigger(KEY_A, "disk full", "inc")).encoded())
+    finally:
+        deliverer.close()
+    assert result.outcome is Outcome.RETRY and not result.unknown, result
+    assert "cannot connect" in result.error
