@@ -411,13 +411,17 @@ class Scheduler:
         (after a restart, say). FIFO found that on the oldest event, the one that was deferred; in truth-first
         order another event of the key may come first, and must not go out during the backoff either."""
         state.resumed = True
-        if self.unknown_at_start is None:
-            self.unknown_at_start = self.store.recent_unknown(self.wall_clock(), landing_window(self.config))
+        recent = None
+        if self.unknown_at_start is None:  # workers may race here: the first answer read is the one kept
+            recent = self.store.recent_unknown(self.wall_clock(), landing_window(self.config))
         now = self.clock()
-        for (routing_key, dedup_key), (event_id, left) in list(self.unknown_at_start.items()):
-            if routing_key == state.routing_key:  # an attempt before the restart may still land
-                state.landing[dedup_key] = (event_id, now + left)
-                del self.unknown_at_start[(routing_key, dedup_key)]
+        with self.cond:
+            if self.unknown_at_start is None:
+                self.unknown_at_start = recent or {}
+            for (routing_key, dedup_key), (event_id, left) in list(self.unknown_at_start.items()):
+                if routing_key == state.routing_key:  # an attempt before the restart may still land
+                    state.landing[dedup_key] = (event_id, now + left)
+                    del self.unknown_at_start[(routing_key, dedup_key)]
         remaining = self.store.retry_remaining(state.routing_key, self.wall_clock())
         # A wall-clock time is a hint: whatever the clock did since it was written (stepped back an hour, a day),
         # a remembered backoff is never longer than the longest one the scheduler gives.
