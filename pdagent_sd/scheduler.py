@@ -46,7 +46,7 @@ BATCH_PER_TURN = 32  # events a worker sends for one key before letting other re
 def landing_window(config: Config) -> float:
     """How long after an attempt began its request may still land at PagerDuty when no answer said what became
     of it: the attempt's own time (connect, then the answer) and as long again for an answer PagerDuty was late
-    with. The incident's next event waits that long (docs/design-notes.md, "A late answer")."""
+    with. The incident's next event waits that long (docs/design-notes.md, "Time and order")."""
     return config.connect_timeout_sec + 2 * config.request_timeout_sec
 
 
@@ -400,6 +400,9 @@ class Scheduler:
 
     def _note_unknown(self, state: KeyState, event: QueuedEvent, sent_at: float) -> None:
         """An attempt of `event` that began at `sent_at` may yet be processed: hold the rest of its incident."""
+        now = self.clock()
+        for dedup_key in [key for key, (_, until) in state.landing.items() if until <= now]:
+            del state.landing[dedup_key]  # over: forgotten here too, for incidents that sent nothing since
         until = sent_at + landing_window(self.config)
         earlier = state.landing.get(event.dedup_key)
         if earlier is not None and earlier[0] == event.id:
