@@ -387,8 +387,8 @@ class Scheduler:
 
     def _landing_wait(self, state: KeyState, event: QueuedEvent) -> float:
         """How long `event` must wait for an earlier attempt of its incident whose outcome is unknown: until
-        that attempt's first copy can no longer land at PagerDuty after this one (docs/design-notes.md, "A late
-        answer"). The unknown event itself may go again at once: a second copy of the same event lands the same
+        that attempt's first copy can no longer land at PagerDuty after this one (docs/design-notes.md, "Time
+        and order"). The unknown event itself may go again at once: a second copy of the same event lands the same
         way."""
         landing = state.landing.get(event.dedup_key)
         if landing is None or landing[0] == event.id:
