@@ -20,6 +20,8 @@ APT_PACKAGES=(
   prometheus prometheus-node-exporter openssh-client
   # benchmarks
   hyperfine
+  # a jumping wall clock under the real daemon (tests/test_clock_real.py): libfaketime
+  faketime
   # the power-cut layer (tests/reliability/lazyfs.py): FUSE, and fusepy for Debian's python3
   fuse3 python3-fusepy
 )

@@ -139,7 +139,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("backoff_max_sec", parse_positive, 300.0,
             "Largest delay before a retry (exponential, full jitter); also caps a Retry-After."),
     Setting("connect_timeout_sec", parse_positive, 5.0, "Time allowed to connect to the Events API."),
-    Setting("request_timeout_sec", parse_positive, 15.0, "Time allowed for the Events API to answer."),
+    Setting("request_timeout_sec", parse_positive, 15.0,
+            "Time allowed for the Events API to answer. A request left unanswered may still be processed: the "
+            "next event of its incident waits until connect_timeout_sec + 2 x this after it was sent."),
     Setting("delivery_workers", parse_count, 8, "Routing keys delivered in parallel."),
     Setting("max_connections", parse_count, 256, "Client connections served at once; more wait."),
     Setting("reserved_connections", parse_count, 64,

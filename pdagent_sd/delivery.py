@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any, Optional
 
 import requests
+from urllib3.exceptions import ProtocolError
 
 from pdagent_sd import __version__
 from pdagent_sd.events import Api
@@ -40,6 +41,9 @@ class Result:
     error: str = ""
     retry_after: Optional[float] = None  # seconds the API asked us to wait
     throttled: bool = False  # the API said slow down: the whole routing key backs off
+    # The request went out and no answer says what became of it (a read timeout, the connection reset or closed
+    # after sending, a gateway timeout): PagerDuty may still process it later, after events sent since.
+    unknown: bool = False
 
 
 def classify(api: Api, status: int, text: str, retry_after_header: Optional[str],
@@ -52,7 +56,9 @@ def classify(api: Api, status: int, text: str, retry_after_header: Optional[str]
         return Result(Outcome.RETRY, status, error or "throttled", parse_retry_after(retry_after_header, now),
                       throttled=True)
     if status >= 500:
-        return Result(Outcome.RETRY, status, error, parse_retry_after(retry_after_header, now))
+        # 504: a gateway gave up waiting for PagerDuty, which may still take the event it was handed.
+        return Result(Outcome.RETRY, status, error, parse_retry_after(retry_after_header, now),
+                      unknown=status == 504)
     return Result(Outcome.FAILED, status, error or f"HTTP {status}")
 
 
@@ -131,18 +137,30 @@ class Deliverer:
             return Result(Outcome.RETRY, None, f"TLS error talking to {url}: {_reason(exc)}")
         except requests.exceptions.ProxyError as exc:
             return Result(Outcome.RETRY, None, f"proxy error: {_reason(exc)}")
-        except requests.exceptions.Timeout:
-            return Result(Outcome.RETRY, None, f"timed out talking to {url}")
+        except requests.exceptions.ConnectTimeout:  # before Timeout, which it is too: nothing was sent
+            return Result(Outcome.RETRY, None, f"timed out connecting to {url}")
+        except requests.exceptions.Timeout:  # a read timeout: the request went out, its fate is unknown
+            return Result(Outcome.RETRY, None, f"timed out waiting for {url} to answer", unknown=True)
         except requests.exceptions.ConnectionError as exc:
+            if _after_sending(exc):
+                return Result(Outcome.RETRY, None, f"connection to {url} lost before its answer: {_reason(exc)}",
+                              unknown=True)
             return Result(Outcome.RETRY, None, f"cannot connect to {url}: {_reason(exc)}")
         except requests.exceptions.RequestException as exc:
-            return Result(Outcome.RETRY, None, f"request to {url} failed: {_reason(exc)}")
+            return Result(Outcome.RETRY, None, f"request to {url} failed: {_reason(exc)}", unknown=True)
         if response.is_redirect or 300 <= response.status_code < 400:
             return redirected(url, response.status_code, response.headers.get("Location"))
         return classify(api, response.status_code, response.text, response.headers.get("Retry-After"))
 
     def close(self) -> None:
         self.session.close()
+
+
+def _after_sending(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether the connection broke once the request was on its way: urllib3 reports a connection it could not
+    open as a MaxRetryError around a NewConnectionError, and one that broke while sending or reading (reset,
+    closed without an answer) as a ProtocolError, which requests passes on as it is."""
+    return bool(exc.args) and isinstance(exc.args[0], ProtocolError)
 
 
 def _reason(exc: Any) -> str:

@@ -218,7 +218,8 @@ class Handlers:
             held = self.scheduler.key_status(key) if entry["pending"] else NOT_HELD
             oldest = entry.pop("oldest_pending")
             keys.append({"routing_key": key.reveal() if reveal else str(key), **entry,
-                         "oldest_pending_age": round(now - oldest, 3) if oldest else None, **held})
+                         # a wall-clock hint: after a step back the event is new, never negative in age
+                         "oldest_pending_age": max(0.0, round(now - oldest, 3)) if oldest else None, **held})
         totals = {state: 0 for state in ("pending", "delivered", "failed", "superseded")}
         if routing_key is None:
             totals.update(self.store.totals())

@@ -42,7 +42,7 @@ from pdagent_sd.events import Api
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
-from pdagent_sd.store import Store
+from pdagent_sd.store import UNKNOWN_OUTCOME, Store
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ logger = logging.getLogger(__name__)
 TOKEN_EPSILON = 1e-9
 THROTTLE_BACKOFF_MAX_SEC = 15.0  # the longest wait after a throttle answer (429) without Retry-After
 BATCH_PER_TURN = 32  # events a worker sends for one key before letting other ready keys have a turn
+
+
+def landing_window(config: Config) -> float:
+    """How long after an attempt began its request may still land at PagerDuty when no answer said what became
+    of it: the attempt's own time (connect, then the answer) and as long again for an answer PagerDuty was late
+    with. The incident's next event waits that long (docs/design-notes.md, "Time and order")."""
+    return config.connect_timeout_sec + 2 * config.request_timeout_sec
 
 
 def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], float] = random.random) -> float:
@@ -96,7 +103,7 @@ class TokenBucket:
 
 class KeyState:
     __slots__ = ("routing_key", "bucket", "place", "due", "failures", "woken", "throttled_until",
-                 "backoff_until", "owner", "retire_at", "resumed", "last_party")
+                 "backoff_until", "owner", "retire_at", "resumed", "last_party", "landing", "held_for_landing")
 
     def __init__(self, routing_key: RoutingKey, bucket: TokenBucket) -> None:
         self.routing_key = routing_key
@@ -111,6 +118,10 @@ class KeyState:
         self.retire_at = 0.0  # when an idle key may be forgotten
         self.resumed = False  # the backoff remembered in the queue has been read (see _resume)
         self.last_party: Optional[int] = None  # the untrusted sender whose events the key sent last
+        # Incidents with an attempt whose outcome is unknown: dedup key -> (that event's id, the clock() time until
+        # which its first copy may still land at PagerDuty). Their next events wait until then (see _landing_wait).
+        self.landing: Dict[str, Tuple[int, float]] = {}
+        self.held_for_landing = False  # waiting only because every event it read is held so: a new one may go
 
 
 @dataclass
@@ -142,6 +153,8 @@ class Scheduler:
         self.stopping = False
         self.stats = Stats()
         self.workers: List[threading.Thread] = []
+        # Attempts of the previous process whose outcome is unknown, read at the first key's first turn (_resume)
+        self.unknown_at_start: Optional[Dict[Tuple[RoutingKey, str], Tuple[int, float]]] = None
 
     def start(self) -> None:
         for index in range(self.config.delivery_workers):
@@ -196,6 +209,8 @@ class Scheduler:
             self._make_ready(state)
         elif state.place == "busy":
             state.woken = True
+        elif state.place == "waiting" and state.held_for_landing:
+            self._make_ready(state)  # the new event may be another incident's, which nothing holds
         if trusted and state.owner != sender_uid:
             self._move_to_line(state, sender_uid)
 
@@ -262,6 +277,7 @@ class Scheduler:
                     state = self._take_ready()
                     state.place = "busy"
                     state.woken = False
+                    state.held_for_landing = False
                     return state
                 if not block:
                     return None
@@ -323,7 +339,8 @@ class Scheduler:
             else:
                 state.place = "idle"
                 now = self.clock()
-                state.retire_at = max(now, state.throttled_until, state.backoff_until, state.bucket.full_at(now))
+                state.retire_at = max(now, state.throttled_until, state.backoff_until, state.bucket.full_at(now),
+                                      *(until for _, until in state.landing.values()))
                 if state.retire_at <= now:
                     del self.keys[state.routing_key]
                 else:
@@ -343,15 +360,25 @@ class Scheduler:
         commits: List[Commit] = []
         claimed: List[int] = []
         passed_over: Set[str] = set()  # incidents with an event superseded under this turn: keep their order
+        held: Optional[float] = None  # the shortest wait of an incident held for an unknown outcome
         try:
             for event in events:
                 if self.stopping:
                     return None
                 if event.dedup_key in passed_over:
                     continue
-                wait = max(event.next_attempt - self.wall_clock(), state.backoff_until - self.clock())
+                # Only the monotonic clock decides when a key may go: the retry times stored in the queue are
+                # wall-clock hints, read once per process (_resume) and clamped there.
+                wait = state.backoff_until - self.clock()
                 if wait > 0:
                     return wait
+                wait = self._landing_wait(state, event)
+                if wait > 0:
+                    if not self.config.coalesce:
+                        return wait  # FIFO per key: nothing passes the held event
+                    passed_over.add(event.dedup_key)  # other incidents go on
+                    held = wait if held is None else min(held, wait)
+                    continue
                 wait = state.bucket.wait_time(self.clock())
                 if wait > 0:
                     if state.throttled_until <= self.clock():
@@ -376,6 +403,10 @@ class Scheduler:
                 _wait_all(commits)
             finally:
                 self.store.release(claimed)
+        if held is not None and not claimed:
+            with self.cond:
+                state.held_for_landing = True  # until then, a new event wakes the key (_wake_locked)
+            return held  # nothing else could go: come back when the first held incident may
         if events:
             with self.cond:
                 # More may be left, of this party or another: go to the back of the line so other keys get a
@@ -395,15 +426,52 @@ class Scheduler:
             return self.store.next_pending(state.routing_key, limit, party)
         return self.store.oldest_pending(state.routing_key, limit, party)
 
+    def _landing_wait(self, state: KeyState, event: QueuedEvent) -> float:
+        """How long `event` must wait for an earlier attempt of its incident whose outcome is unknown: until
+        that attempt's first copy can no longer land at PagerDuty after this one (docs/design-notes.md, "Time
+        and order"). The unknown event itself may go again at once: a second copy of the same event lands the same
+        way."""
+        landing = state.landing.get(event.dedup_key)
+        if landing is None or landing[0] == event.id:
+            return 0.0
+        wait = landing[1] - self.clock()
+        if wait <= 0:
+            del state.landing[event.dedup_key]
+        return wait
+
+    def _note_unknown(self, state: KeyState, event: QueuedEvent, sent_at: float) -> None:
+        """An attempt of `event` that began at `sent_at` may yet be processed: hold the rest of its incident."""
+        now = self.clock()
+        for dedup_key in [key for key, (_, until) in state.landing.items() if until <= now]:
+            del state.landing[dedup_key]  # over: forgotten here too, for incidents that sent nothing since
+        until = sent_at + landing_window(self.config)
+        earlier = state.landing.get(event.dedup_key)
+        if earlier is not None and earlier[0] == event.id:
+            until = max(until, earlier[1])
+        state.landing[event.dedup_key] = (event.id, until)
+
     def _resume(self, state: KeyState) -> None:
         """A key's first turn in this process: hold it until the latest retry time its pending events remember
         (after a restart, say). FIFO found that on the oldest event, the one that was deferred; in truth-first
         order another event of the key may come first, and must not go out during the backoff either."""
         state.resumed = True
-        latest = self.store.latest_retry(state.routing_key)
-        wall = self.wall_clock()
-        if latest > wall:
-            state.backoff_until = max(state.backoff_until, self.clock() + latest - wall)
+        recent = None
+        if self.unknown_at_start is None:  # workers may race here: the first answer read is the one kept
+            recent = self.store.recent_unknown(self.wall_clock(), landing_window(self.config))
+        now = self.clock()
+        with self.cond:
+            if self.unknown_at_start is None:
+                self.unknown_at_start = recent or {}
+            for (routing_key, dedup_key), (event_id, left) in list(self.unknown_at_start.items()):
+                if routing_key == state.routing_key:  # an attempt before the restart may still land
+                    state.landing[dedup_key] = (event_id, now + left)
+                    del self.unknown_at_start[(routing_key, dedup_key)]
+        remaining = self.store.retry_remaining(state.routing_key, self.wall_clock())
+        # A wall-clock time is a hint: whatever the clock did since it was written (stepped back an hour, a day),
+        # a remembered backoff is never longer than the longest one the scheduler gives.
+        remaining = min(remaining, self.config.backoff_max_sec)
+        if remaining > 0:
+            state.backoff_until = max(state.backoff_until, self.clock() + remaining)
 
     def _turn_size(self, state: KeyState) -> int:
         """How many events one turn reads. FIFO: BATCH_PER_TURN. With coalescing the order is truth first (the
@@ -419,6 +487,7 @@ class Scheduler:
                  deliverer: Deliverer) -> Tuple[Optional[float], Commit]:
         with self.cond:
             self.stats.in_flight += 1
+        sent_at = self.clock()
         try:
             result = deliverer.attempt(Api(event.api), event.body)
         finally:
@@ -426,6 +495,8 @@ class Scheduler:
                 self.stats.in_flight -= 1
                 self.stats.attempts += 1
         attempt = event.attempts + 1
+        if result.unknown:
+            self._note_unknown(state, event, sent_at)
         fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
                       action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
@@ -465,7 +536,8 @@ class Scheduler:
             # minutes would hold the truth back long after the limit has let go (issue 15).
             delay = backoff_delay(state.failures, low, min(high, THROTTLE_BACKOFF_MAX_SEC), self.rng)
         state.backoff_until = self.clock() + delay
-        commit = self.store.record_attempt(event.id, State.PENDING, "deferred", result.http_status, result.error,
+        outcome = UNKNOWN_OUTCOME if result.unknown else "deferred"
+        commit = self.store.record_attempt(event.id, State.PENDING, outcome, result.http_status, result.error,
                                            next_attempt=self.wall_clock() + delay)
         report(Kind.DEFERRED, f"event {event.id} deferred {delay:.1f}s: {result.error}",
                error=result.error, retry_in_sec=f"{delay:.1f}", **fields)

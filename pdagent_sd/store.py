@@ -46,6 +46,9 @@ sqlite3.register_adapter(RoutingKey, RoutingKey.reveal)
 DB_NAME = "queue.db"
 PENDING_MARKER = marker.MARKER_NAME
 MAX_BATCH = 512
+UNKNOWN_OUTCOME = "unknown"  # an attempt's outcome when the request went out and no answer came
+RECENT_ATTEMPTS = 10000  # how far back recent_unknown() reads the attempts log at most
+FUTURE_SLACK_SEC = 60.0  # a stored time this far ahead of the clock was written by a clock that ran ahead
 PURGE_CHUNK = 500  # expired events deleted per transaction: some 10 ms of the writer's time
 SUPERSEDED_MEMORY_SEC = 900.0  # how long the writer remembers an id it superseded, for claim()
 # Rows that count toward a sender's event quota: what it has in the queue that is not settled as delivered.
@@ -620,13 +623,20 @@ class Store:
         now = self.clock()
         done = Commit()
         purged = [0]
+        first = [True]
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
+            if first[0]:
+                # Stored times are wall-clock hints. One from the future (written while the clock ran ahead, then
+                # set right) is read as now, so the row expires keep_* from here rather than years later.
+                first[0] = False
+                conn.execute("UPDATE events SET updated = ? WHERE updated > ? AND state != 'pending'",
+                             (now, now + FUTURE_SLACK_SEC))
             ids: List[Tuple[int]] = []
             for state, keep in ((State.DELIVERED, keep_delivered), (State.SUPERSEDED, keep_delivered),
                                 (State.FAILED, keep_failed)):
-                ids += conn.execute("SELECT id FROM events WHERE state = ? AND updated < ? LIMIT ?",
-                                    (state.value, now - keep, PURGE_CHUNK - len(ids))).fetchall()
+                ids += conn.execute(PURGE_SELECT, (state.value, now - keep, now - keep,
+                                                   PURGE_CHUNK - len(ids))).fetchall()
             if ids:
                 self._uncharge_rows(conn, f"id IN ({','.join(str(row[0]) for row in ids)})", [])
             conn.executemany("DELETE FROM attempts WHERE event_id = ?", ids)
@@ -716,11 +726,39 @@ class Store:
         return int(following if following is not None else found)
 
     @_read_op
-    def latest_retry(self, routing_key: RoutingKey) -> float:
-        """The latest next_attempt of a key's pending events (0 when none waits): the backoff they remember."""
-        row = self.reader().execute("SELECT MAX(next_attempt) FROM events WHERE state = 'pending' AND routing_key = ?",
-                                    (routing_key,)).fetchone()
-        return float(row[0] or 0.0) if row else 0.0
+    def retry_remaining(self, routing_key: RoutingKey, now: float) -> float:
+        """Seconds left of the longest backoff a key's pending events remember (0 when none waits), read from
+        wall-clock times as a hint: trusted only while the clock reads inside the deferral's own interval (from
+        `updated`, when it was recorded, to next_attempt). A clock that reads before it has stepped back since, by
+        an unknown amount: the wait is over rather than stretched by the step (a throttled PagerDuty will say
+        so again); so a remembered wait is never longer than the backoff it was."""
+        row = self.reader().execute(
+            "SELECT MAX(CASE WHEN updated <= :now THEN next_attempt - :now ELSE 0 END) FROM events "
+            "WHERE state = 'pending' AND routing_key = :key AND next_attempt > 0",
+            {"now": now, "key": routing_key}).fetchone()
+        return max(0.0, float(row[0] or 0.0)) if row else 0.0
+
+    @_read_op
+    def recent_unknown(self, now: float, window: float) -> Dict[Tuple[RoutingKey, str], Tuple[int, float]]:
+        """Incidents whose last attempt with an unknown outcome (no answer after the request went out) may still
+        land: (routing key, dedup key) -> (that event's id, seconds left of `window` since it was recorded).
+
+        Read once when the daemon starts, from the latest attempts backwards (the log's rowid order is the order
+        they were recorded in) until one older than `window`. Their times are wall-clock hints: one ahead of the
+        clock (which stepped back since) counts as just recorded, never as more than `window`."""
+        found: Dict[Tuple[RoutingKey, str], Tuple[int, float]] = {}
+        rows = self.reader().execute(
+            "SELECT attempts.event_id, attempts.at, attempts.outcome, events.routing_key, events.dedup_key "
+            "FROM attempts JOIN events ON events.id = attempts.event_id ORDER BY attempts.rowid DESC LIMIT ?",
+            (RECENT_ATTEMPTS,))
+        for event_id, at, outcome, routing_key, dedup_key in rows:
+            left = min(window, at + window - now)
+            if left <= 0:
+                break
+            incident = (RoutingKey(routing_key), dedup_key)
+            if outcome == UNKNOWN_OUTCOME and incident not in found:
+                found[incident] = (int(event_id), left)
+        return found
 
     @_read_op
     def has_pending(self, routing_key: RoutingKey) -> bool:
@@ -878,6 +916,16 @@ PARTY_IN_ORDER = "id IN (" + " UNION ALL ".join(
     f"AND priority = {int(priority)} ORDER BY id LIMIT :n)" for priority in Priority) + ") ORDER BY id LIMIT :n"
 # An incident's pending events of one party (flag 1) and that party's last delivered trigger or resolve
 # (flag 0), through events_by_party_incident.
+# Retention, per state: rows older than the cut, except a delivered trigger or resolve while an earlier one of its
+# incident stays. Coalescing reads whether an incident is open from the last delivered trigger or resolve that is
+# left (COALESCE_READ); after the clock stepped back, a resolve can carry an older time than its trigger, and
+# purging it first would make the resolved incident look open.
+PURGE_SELECT = (
+    "SELECT id FROM events WHERE state = ? AND updated < ? AND NOT (state = 'delivered' "
+    "AND action IN ('trigger', 'resolve') AND EXISTS (SELECT 1 FROM events AS earlier "
+    "WHERE earlier.routing_key = events.routing_key AND earlier.dedup_key = events.dedup_key "
+    "AND earlier.state = 'delivered' AND earlier.action IN ('trigger', 'resolve') AND earlier.id < events.id "
+    "AND earlier.updated >= ?)) LIMIT ?")
 COALESCE_READ = (
     "SELECT id, action, api, 1 FROM events WHERE routing_key = ? AND dedup_key = ? AND party = ? "
     "AND state = 'pending' UNION ALL SELECT * FROM (SELECT id, action, api, 0 FROM events WHERE routing_key = ? "

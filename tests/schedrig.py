@@ -20,7 +20,7 @@ import json
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -32,6 +32,8 @@ from pdagent_sd.keys import RoutingKey
 from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import INTERNAL, Sender, State, Store
 
+from pdmodel import PagerDuty, replay
+
 KEY_A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 KEY_B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 KEY_C = "cccccccccccccccccccccccccccccccc"
@@ -41,16 +43,21 @@ START_WALL = 1_800_000_000.0  # 2027-01-15, a whole number so that wall and mono
 
 
 class FakeClock:
-    """Monotonic and wall time that move only when told; wall - monotonic is constant."""
+    """Monotonic and wall time that move only when told; wall - monotonic is constant until step_wall()."""
 
     def __init__(self) -> None:
         self.now = START_MONOTONIC
+        self.wall_offset = 0.0
 
     def monotonic(self) -> float:
         return self.now
 
     def wall(self) -> float:
-        return START_WALL - START_MONOTONIC + self.now
+        return START_WALL - START_MONOTONIC + self.now + self.wall_offset
+
+    def step_wall(self, seconds: float) -> None:
+        """The wall clock alone jumps (NTP, an admin, a VM restored from a snapshot): back when negative."""
+        self.wall_offset += seconds
 
     def advance(self, seconds: float) -> None:
         assert seconds >= 0, "time does not go back"
@@ -68,11 +75,21 @@ class Answer:
     retry_after: Optional[str] = None  # the Retry-After header, as sent
     text: str = ""
     latency: float = 0.0  # seconds the attempt takes on the fake clock
+    unknown: bool = False  # status None: the request went out and no answer came (a read timeout, a reset)
+    lands_after: Optional[float] = None  # seconds after the attempt began when PagerDuty processes it anyway
 
     def result(self, api: Api, now: float) -> Result:
         if self.status is None:
+            if self.unknown:
+                return Result(Outcome.RETRY, None, "timed out waiting for the stand-in to answer", unknown=True)
             return Result(Outcome.RETRY, None, "cannot connect to the stand-in: Connection refused")
         return classify(api, self.status, self.text, self.retry_after, now=now)
+
+    def lands_at(self, at: float, outcome: Outcome) -> Optional[float]:
+        """When PagerDuty takes the event sent at `at`, or None if it never does."""
+        if self.lands_after is not None:
+            return at + self.lands_after
+        return at + self.latency if outcome is Outcome.DELIVERED else None
 
 
 DELIVERED = Answer(202)
@@ -93,6 +110,12 @@ def refused(status: int = 400, message: str = "Event object is invalid") -> Answ
 
 def unreachable() -> Answer:
     return Answer(None)
+
+
+def timed_out(after: float = 15.0, lands_after: Optional[float] = None) -> Answer:
+    """No answer within `after` seconds (request_timeout_sec); PagerDuty processes the request anyway
+    `lands_after` seconds after it was sent (None: never)."""
+    return Answer(None, latency=after, unknown=True, lands_after=lands_after)
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,9 @@ class ScriptedDeliverer:
     scripts: Dict[str, Deque[Answer]] = field(default_factory=dict)
     sent: List[Sent] = field(default_factory=list)
     closed: bool = False
+    # (time, routing key, dedup key, action, summary) of every event PagerDuty processed: pdmodel.replay()
+    arrivals: List[Tuple[float, str, str, str, str]] = field(default_factory=list)
+    during: Optional[Callable[[], None]] = None  # runs once, inside the next attempt
 
     def script(self, routing_key: str, *answers: Answer) -> None:
         self.scripts.setdefault(routing_key, deque()).extend(answers)
@@ -130,10 +156,21 @@ class ScriptedDeliverer:
         answer = script.popleft() if script else self.default
         at = self.clock.monotonic()
         self.clock.advance(answer.latency)
+        if self.during is not None:  # e.g. the wall clock steps while the request is out
+            hook, self.during = self.during, None
+            hook()
         result = answer.result(api, self.clock.wall())
         self.sent.append(Sent(at, routing_key, dedup_key, action, api.value, result.http_status,
                               result.outcome.value))
+        lands_at = answer.lands_at(at, result.outcome)
+        if lands_at is not None:
+            summary = str((fields.get("payload") or {}).get("summary") or fields.get("description") or "")
+            self.arrivals.append((lands_at, routing_key, dedup_key, action, summary))
         return result
+
+    def pagerduty(self) -> PagerDuty:
+        """What PagerDuty ends in once every event that will land has landed."""
+        return replay(self.arrivals)
 
     def close(self) -> None:
         self.closed = True
@@ -156,14 +193,25 @@ class Rig:
                  **settings: object) -> None:
         self.clock = FakeClock()
         self.config = make_config(**settings)
-        self.store = Store(state_dir, max_pending=self.config.max_pending_events, clock=self.clock.wall,
+        self.state_dir = state_dir
+        self.rng = rng or random.Random(seed).random
+        self.deliverer = ScriptedDeliverer(self.clock)
+        self._start()
+        self.turns = 0
+
+    def _start(self) -> None:
+        self.store = Store(self.state_dir, max_pending=self.config.max_pending_events, clock=self.clock.wall,
                            coalesce=self.config.coalesce)  # as the daemon builds it
         self.store.open()
-        self.deliverer = ScriptedDeliverer(self.clock)
         self.scheduler = Scheduler(self.store, self.config, deliverer_factory=lambda: self.deliverer,
-                                   clock=self.clock.monotonic, wall_clock=self.clock.wall,
-                                   rng=rng or random.Random(seed).random)
-        self.turns = 0
+                                   clock=self.clock.monotonic, wall_clock=self.clock.wall, rng=self.rng)
+
+    def restart(self) -> None:
+        """The daemon stops (between turns, every result on disk) and starts again on the same queue: a new
+        Store and Scheduler; the clocks go on. What it remembers is what queue.db holds."""
+        self.store.close()
+        self._start()
+        self.scheduler.flush()
 
     def close(self) -> None:
         self.store.close()

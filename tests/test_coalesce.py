@@ -24,6 +24,8 @@ from pdagent_sd.keys import RoutingKey
 from pdagent_sd.scheduler import THROTTLE_BACKOFF_MAX_SEC, KeyState, Scheduler, TokenBucket
 from pdagent_sd.store import State, Store, Superseded
 
+from pdmodel import PagerDuty
+
 pytestmark = pytest.mark.unit
 
 KEY = "c" * 16 + "0123456789abcdef"
@@ -234,42 +236,6 @@ def test_an_old_queue_db_is_upgraded_in_place(tmp_path: Any) -> None:
 
 
 # --- the scheduler's turns, with a fake clock and a scripted deliverer ------------------------------------
-
-
-class PagerDuty:
-    """What PagerDuty ends in, per incident: open or not, acknowledged, how many incidents, the last trigger's
-    summary; and every action received, in order."""
-
-    def __init__(self) -> None:
-        self.received: Dict[str, List[str]] = {}
-        self.open: Dict[str, bool] = {}
-        self.acked: Dict[str, bool] = {}
-        self.incidents: Dict[str, int] = {}
-        self.summary: Dict[str, str] = {}
-        self.change_events: List[str] = []
-
-    def apply(self, action: str, dedup_key: str, summary: str = "") -> None:
-        if action == "change":
-            self.change_events.append(summary)
-            return
-        self.received.setdefault(dedup_key, []).append(action)
-        is_open = self.open.get(dedup_key, False)
-        if action == T:
-            if not is_open:
-                self.incidents[dedup_key] = self.incidents.get(dedup_key, 0) + 1
-                self.acked[dedup_key] = False
-            self.open[dedup_key] = True
-            self.summary[dedup_key] = summary
-        elif action == A and is_open:
-            self.acked[dedup_key] = True
-        elif action == R:
-            self.open[dedup_key] = False
-            self.acked[dedup_key] = False
-
-    def end_state(self) -> Dict[str, Tuple[bool, bool, int, str]]:
-        return {key: (self.open.get(key, False), self.acked.get(key, False), self.incidents.get(key, 0),
-                      self.summary.get(key, "") if self.open.get(key, False) else "")
-                for key in set(self.received) | set(self.incidents)}
 
 
 class ScriptedDeliverer:

@@ -283,7 +283,9 @@ def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str
     lines.append(f"  Sender:        {_sender_line(event.get('sender_uid'))}")
     if event.get("superseded_by"):
         lines.append(f"  Superseded by: event {event['superseded_by']} (of the same incident; this one is not sent)")
-    if event["state"] == "pending" and event.get("next_attempt", 0) > now:
+    # A wall-clock hint, read as the daemon reads it: meaningless once the clock has stepped back before the
+    # deferral was recorded (the daemon's backoff runs on the monotonic clock; docs/design-notes.md)
+    if event["state"] == "pending" and event.get("next_attempt", 0) > now >= event.get("updated", 0):
         lines.append(f"  Next attempt:  {_when(event['next_attempt'], now)}")
     if event.get("last_status") is not None or event.get("last_error"):
         lines.append(f"  Last answer:   {_answer(event.get('last_status'), event.get('last_error'))}")

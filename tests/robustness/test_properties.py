@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) of the code that judges untrusted input without a process around it:
-event validation and the integrations' parsers.
+event validation and the integrations' parsers; and the coalescing rules, judged by PagerDuty's end state.
 
 - events.validate never raises anything but InvalidEvent; what it accepts it accepts again unchanged, within
   the Events API's limits, as strict JSON that encodes as UTF-8.
@@ -26,10 +26,13 @@ from hypothesis import strategies as st
 
 from pdagent_sd import events
 from pdagent_sd.cli.common import UsageError, parse_pairs
+from pdagent_sd.coalesce import Waiting, decide, open_after
 from pdagent_sd.errors import InvalidEvent
 from pdagent_sd.events import Api, validate
 from pdagent_sd.integrations import nagios, sensu, zabbix
 from pdagent_sd.integrations.common import clean_args
+
+from pdmodel import PagerDuty, fifo
 
 pytestmark = pytest.mark.unit
 
@@ -418,3 +421,47 @@ def test_sensu_deep_json_is_an_invalid_event() -> None:
         stdin = ('{"check": {"name": "x", "output": ' + "[" * depth + "]" * depth + "}}").encode()
         with pytest.raises(InvalidEvent):
             sensu.event_for(argparse.Namespace(routing_key=KEY, incident_key=None), stdin)
+
+
+# --- coalescing, judged by what PagerDuty ends in (tests/pdmodel.py) ---------------------------------------
+
+COALESCE_STEP = st.one_of(
+    st.tuples(st.just("event"), st.sampled_from(["a", "b", "c"]), st.sampled_from(["trigger"] * 3 + [
+        "acknowledge", "resolve"])),
+    st.tuples(st.just("send"), st.sampled_from(["a", "b", "c"]), st.just("")),
+)
+
+
+@PROFILE
+@given(steps=st.lists(COALESCE_STEP, max_size=40))
+def test_coalescing_rules_leave_pagerduty_as_fifo_does(steps: List[Tuple[str, str, str]]) -> None:
+    """The pure rules of coalesce.decide: events arrive, incidents' oldest waiting events are sent in any order
+    between incidents (in order within one), superseded events are never sent; once all is sent, PagerDuty's end
+    state per incident (alert state, alerts opened, latest summary) is the same as sending every event in the
+    order it arrived."""
+    pagerduty = PagerDuty()
+    arrived: List[Tuple[str, str, str]] = []
+    waiting: Dict[str, List[Tuple[int, str, str]]] = {}  # per incident: (id, action, summary), oldest first
+    sent: Dict[str, List[str]] = {}  # per incident: the actions delivered, in order
+
+    def send(incident: str) -> None:
+        if waiting.get(incident):
+            _, action, summary = waiting[incident].pop(0)
+            pagerduty.apply(action, incident, summary)
+            sent.setdefault(incident, []).append(action)
+
+    for number, (kind, incident, action) in enumerate(steps):
+        if kind == "send":
+            send(incident)
+            continue
+        summary = f"{incident}{number}" if action == "trigger" else ""
+        arrived.append((action, incident, summary))
+        queue = waiting.setdefault(incident, [])
+        decision = decide([Waiting(event_id, event_action) for event_id, event_action, _ in queue],
+                          open_after(sent.get(incident, [])), action)
+        queue[:] = [event for event in queue if event[0] not in decision.superseded]
+        queue.append((number, action, summary))
+    for incident in sorted(waiting):
+        while waiting[incident]:
+            send(incident)
+    assert pagerduty.end_state() == fifo(arrived).end_state()
