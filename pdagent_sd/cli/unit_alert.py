@@ -118,6 +118,18 @@ def failed(unit: str) -> int:
     for warning in warnings:
         say(warning)
     host = socket.gethostname()
+    # systemd 251+ passes the watched unit's failed invocation to a handler only it starts.
+    monitored = os.environ.get("MONITOR_INVOCATION_ID", "")
+    properties = unitalert.read_properties(unit)
+    verdict = unitalert.failure_verdict(properties, monitored)
+    if verdict != "page":
+        # systemd 254+ starts OnFailure= handlers before a Restart= restart too; only a unit that ends failed
+        # pages (docs/systemd-alerts.md, "Restart=").
+        what = ("systemd is restarting it (Restart=)" if verdict == "restarting"
+                else f"it is running again (invocation {properties.get('InvocationID')})")
+        say(f"{unit} failed (NRestarts {properties.get('NRestarts', '?')}) but {what}: no page unless it ends "
+            "failed")
+        return exitcodes.OK
     with OpenIncidents(state_dir()) as incidents:
         record = incidents.get(unit)
         if record is not None:
@@ -127,10 +139,8 @@ def failed(unit: str) -> int:
                     f"{unitalert.dedup_key(host, unit)} is still open, so no new trigger "
                     f"(rate_limit_sec={settings.rate_limit_sec:g})")
                 return exitcodes.OK
-        properties = unitalert.read_properties(unit)
         properties.setdefault("Id", unit)
-        # systemd 251+ passes the watched unit's invocation to a handler only it starts.
-        invocation = properties.get("InvocationID") or os.environ.get("MONITOR_INVOCATION_ID", "")
+        invocation = properties.get("InvocationID") or monitored
         properties["InvocationID"] = invocation
         lines, why = unitalert.read_journal(invocation, settings.journal_lines, unit,
                                             unitalert.start_usec(properties), unitalert.main_pid(properties))
