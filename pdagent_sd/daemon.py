@@ -284,7 +284,7 @@ class Daemon:
             return
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
         text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
-                f"throttled keys: {held}, last delivery: {last_text}")
+                f"keys throttled or backing off: {held}, last delivery: {last_text}")
         if self.store.corrupt_files():
             text += " (WARNING: damaged queue moved aside; see pd-queue status)"
         if self.store.marker_error is not None:

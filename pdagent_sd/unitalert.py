@@ -397,9 +397,18 @@ def describe_unit(unit: str, lines: int = 50) -> Dict[str, Any]:
     properties = read_properties(unit)
     if properties.get("LoadState") == "not-found":
         raise InvalidEvent(f"--unit {unit}: no such unit")
+    if not properties.get("InvocationID") and properties.get("ActiveState") == "inactive":
+        # systemd unloads a unit that ended without failing once nothing refers to it (a oneshot with no timer,
+        # right after a successful run), and then shows it as if it had never run.
+        return unit_details(properties, [], UNLOADED)
     journal_lines, journal_error = read_journal(properties.get("InvocationID", ""), lines, unit,
                                                 start_usec(properties), main_pid(properties))
     return unit_details(properties, journal_lines, journal_error)
+
+
+UNLOADED = ("systemd shows no run of this unit: it never ran, or it ended successfully and systemd unloaded it "
+            "(a oneshot nothing refers to, right after its run); send from the unit's own ExecStopPost= to "
+            "attach its run (docs/systemd-alerts.md, pd-send --unit)")
 
 
 # --- whether a failure pages -----------------------------------------------------------------------------
