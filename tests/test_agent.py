@@ -195,6 +195,11 @@ def test_full_queue_refuses_with_75_and_drops_nothing(make_agent, standin):
     assert "max_pending_events" in refused.stderr
     assert "hint: " in refused.stderr and "pd-queue status" in refused.stderr  # the daemon's hint reaches the user
     assert agent.pending() == 2
+    # The refusal is on record (once, however many follow within the minute), not only in the sender's output.
+    for _ in range(3):
+        assert agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "again").returncode == 75
+    assert agent.wait_until(lambda: "refused 1 event(s) from uid" in agent.log())
+    assert agent.log().count("event(s) from uid") == 1 and "max_pending_events" in agent.log()
     standin.accept_connections()
     assert standin.wait_for(2, timeout=15)
     assert [body["payload"]["summary"] for body in standin.bodies()] == ["one", "two"]
