@@ -238,7 +238,17 @@ def test_pd_unit_alert_usage_and_bad_names() -> None:
     result = run_alert("failed", "../x.service")
     assert result.returncode == 2 and "not a systemd unit name" in result.stderr and "Traceback" not in result.stderr
     result = run_alert("--help")
-    assert result.returncode == 0 and "recovered UNIT" in result.stdout
+    assert result.returncode == 0 and "recovered UNIT" in result.stdout and "should-page UNIT" in result.stdout
+    assert run_alert("should-page", "../x.service").returncode == 2
+
+
+def test_should_page_pages_when_it_cannot_tell(tmp_path: Path) -> None:
+    """ExecCondition= skips the handler on any exit from 1 to 254: an error must not become a silent skip."""
+    env = {**base_env(), "PATH": str(tmp_path)}  # no systemctl to ask
+    result = subprocess.run([sys.executable, "-m", "pdagent_sd.cli.unit_alert", "should-page", "backup.service"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result
+    assert "paging" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_recovery_verdicts_across_a_reboot() -> None:
