@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -162,6 +163,9 @@ def should_page(unit: str) -> int:
     unit finally ends failed (the start limit hit right after a restart was scheduled stops no handler). While
     it watches, the restart's start stops the handler (Conflicts=), which is the same "no page". Anything that
     goes wrong here pages: a page too many beats a failure nobody hears of."""
+    # The restart's start stops this handler (Conflicts=) while it watches: that is the "no page" answer, and a
+    # clean exit leaves the handler inactive, where dying of SIGTERM would mark it failed (systemctl --failed).
+    signal.signal(signal.SIGTERM, _restarted)
     monitored = os.environ.get("MONITOR_INVOCATION_ID", "")
     deadline = time.monotonic() + RESTART_WATCH_SEC
     try:
@@ -181,6 +185,10 @@ def should_page(unit: str) -> int:
     except Exception as error:  # noqa: BLE001 - see above: when in doubt, page
         say(f"cannot tell whether systemd restarts {unit} ({error}): paging")
         return exitcodes.OK
+
+
+def _restarted(signum: int, frame: Any) -> None:
+    os._exit(exitcodes.OK)  # stopped, not started: systemd runs no ExecStart= after a stop
 
 
 def recovered(unit: str) -> int:
