@@ -1,5 +1,7 @@
-"""Debian 12 (systemd 252) and 13 (systemd 257) as the docs set them up, with the .deb installed by apt: unit
-alerts for units with Restart=, a bad setting, and docs/security.md's SocketGroup= drop-in across a reboot.
+"""Debian 12 (systemd 252) and 13 (systemd 257) as the docs set them up, with the .deb installed by apt: every
+doc installed with working links; unit alerts (page and resolve, and units with Restart=: a crash it heals pages
+nobody, a unit that ends failed pages once); pd-send --unit on an unloaded oneshot; a bad setting; and
+docs/security.md's SocketGroup= drop-in across a reboot.
 
 One container per release for the whole module (``installed``); each test uses units, users and dedup keys
 of its own. In file order: the reboot of the last test comes last.
@@ -82,6 +84,27 @@ def test_every_doc_is_installed_and_every_link_between_them_resolves_there(built
     for unit in sorted((REPO / "units").iterdir()):
         for target in re.findall(r"file://(/\S+)", unit.read_text()):
             assert target in files, f"{unit.name}: Documentation= {target} is not installed"
+
+
+def test_a_failed_oneshot_pages_with_its_journal_and_a_successful_run_resolves(box: DebianContainer,
+                                                                               events_api: StandIn) -> None:
+    unit = "job-exit1.service"
+    add_unit(box, unit, "Type=oneshot\nExecStart=/bin/sh -c 'echo the reason: disk gone >&2; exit 1'\n")
+    box.run("systemctl", "daemon-reload")
+    key = f"systemd/{host(box)}/{unit}"
+    before = len(events_for(events_api, key))
+    box.run("systemctl", "start", unit, check=False)
+    trigger = wait_until(lambda: events_for(events_api, key)[before:], 30, "the page")[0]
+    details = trigger["payload"]["custom_details"]
+    assert trigger["event_action"] == "trigger" and details["Result"] == "exit-code", details
+    assert any(line.endswith("the reason: disk gone") for line in details.get("journal", [])), details
+    add_unit(box, unit, "Type=oneshot\nExecStart=/bin/true\n")
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "start", unit)
+    wait_until(lambda: len(events_for(events_api, key)[before:]) == 2, 30, "the resolve")
+    events = events_for(events_api, key)[before:]
+    assert [body["event_action"] for body in events] == ["trigger", "resolve"]
+    assert not box.exists(f"/var/lib/pdagent-unit-alert/{unit}")
 
 
 def test_a_crash_that_restart_heals_pages_nobody(box: DebianContainer, events_api: StandIn) -> None:
