@@ -49,6 +49,8 @@ ACCEPTS_PER_POLL = 64  # a user reconnecting in a loop must not keep the loop fr
 PARK_PER_SENDER = 4096  # connections of one untrusted uid waiting for a slot inside the daemon
 FDS_KEPT_FREE = 128  # for the queue, the journal, HTTPS connections: never used by waiting connections
 HANGUP = 4  # beside selectors.EVENT_READ and EVENT_WRITE: the client closed its connection (POLLHUP, POLLERR)
+REFUSAL_LOG_SEC = 60.0  # a uid refused for room again and again: one journal record per minute
+REFUSALS_TRACKED = 10000  # uids remembered for that; past it the memory starts over
 
 
 class HangupSelector(selectors.EpollSelector):
@@ -148,6 +150,7 @@ class ConnectionServer:
         self.next_expiry = float("inf")  # no deadline is earlier than this
         self._done: Deque[Tuple[Connection, Later]] = collections.deque()
         self._wake_pending = False
+        self._refusals: Dict[int, Tuple[float, int]] = {}  # uid -> (last record, refused since)
         self.wake_read, self.wake_fd = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_fd, False)
@@ -435,6 +438,22 @@ class ConnectionServer:
             if not self._done:
                 return
 
+    def _note_refusal(self, uid: int, why: str) -> None:
+        """A send refused for room (a quota, the queue bound) leaves a journal record: the first one of a uid
+        at once, then at most one per REFUSAL_LOG_SEC with how many were refused since, so that a flood of
+        refusals cannot flood the journal."""
+        now = time.monotonic()
+        last, count = self._refusals.get(uid, (float("-inf"), 0))
+        count += 1
+        if now - last < REFUSAL_LOG_SEC:
+            self._refusals[uid] = (last, count)
+            return
+        if len(self._refusals) >= REFUSALS_TRACKED:
+            self._refusals.clear()
+        self._refusals[uid] = (now, 0)
+        logger.warning("refused %d event(s) from uid %d for room%s: %s", count, uid,
+                       f" in the last {now - last:.0f}s" if count > 1 else "", why)
+
     @staticmethod
     def _outcome(later: Later) -> Message:
         try:
@@ -446,6 +465,8 @@ class ConnectionServer:
             return INTERNAL_ERROR
 
     def _reply(self, conn: Connection, reply: Message) -> None:
+        if reply.get("code") == "queue_full":
+            self._note_refusal(conn.peer.uid, str(reply.get("error", "")))
         conn.outbox += encode(reply)
         self._flush(conn, first=True)
 

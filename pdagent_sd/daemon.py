@@ -16,13 +16,13 @@ import stat
 import sys
 import threading
 import time
-from typing import FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from pdagent_sd import __version__, exitcodes, journal, marker, statedir
 from pdagent_sd import config as config_module
 from pdagent_sd.connections import ConnectionServer
 from pdagent_sd.errors import ConfigError, PdagentError, StorageError
-from pdagent_sd.handlers import Handlers, Unavailable, group_id
+from pdagent_sd.handlers import Handlers, Misconfigured, Unavailable, group_id
 from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.heartbeat_store import HeartbeatBook, note_boot
 from pdagent_sd.heartbeat_store import waiting as heartbeats_waiting
@@ -41,6 +41,7 @@ RETENTION_EVERY_SEC = 3600.0
 STATUS_EVERY_SEC = 2.0
 STOP_GRACE_SEC = 5.0
 OPEN_RETRY_SEC = 5
+HANDOVER_SEC = 0.3
 
 
 class Notifier:
@@ -303,7 +304,7 @@ class Daemon:
             return
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
         text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
-                f"throttled keys: {held}, last delivery: {last_text}")
+                f"keys throttled or backing off: {held}, last delivery: {last_text}")
         beats = self.heartbeats.counts()
         if any(beats.values()):
             text += (f", heartbeats: {sum(beats.values())}"
@@ -331,6 +332,104 @@ class Daemon:
             report(Kind.STOPPED, f"pdagentd stopped: {self.store.pending_count} pending event(s) kept")
         else:
             report(Kind.STOPPED, "pdagentd stopped before the queue could be opened; it was left as it was")
+
+def wait_for_good_config(sock: socket.socket, error: ConfigError, load: Callable[[], config_module.Config],
+                         files_signature: Callable[[], Tuple[Tuple[str, float, int], ...]]
+                         ) -> Optional[config_module.Config]:
+    """Socket-activated with a bad setting: hold the socket instead of exiting, until the files are fixed.
+
+    Exiting (status 78) had systemd restart pdagentd five times in a few seconds, hit the start limit and fail
+    pdagent.socket with it: every pd-send then failed with "No such file or directory" until someone restarted
+    the socket by hand. Here the daemon stays up and delivers nothing: every request is answered with the file,
+    the key and why (pd-send exits 78 and prints it), the journal and `systemctl status pdagent` say it, and
+    the files are read again whenever one changes. Once they are good it goes on as if just started, with the
+    same socket: nothing to restart. The queue is not opened meanwhile, so it stays exactly as it was."""
+    notifier = Notifier()
+    defaults = {setting.name: setting.default for setting in config_module.SETTINGS}
+    server = ConnectionServer(sock, Misconfigured(error), max_connections=defaults["max_connections"],
+                              timeout=defaults["client_timeout_sec"],
+                              first_line_timeout=defaults["first_line_timeout_sec"],
+                              reserved=defaults["reserved_connections"],
+                              per_sender=defaults["sender_max_connections"], trusted_gids=frozenset())
+    stop = threading.Event()
+    signal.set_wakeup_fd(server.wake_fd)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    watchdog_every = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 2e6
+    next_watchdog = 0.0
+    files: Tuple[Tuple[str, float, int], ...] = ()
+    logger.error("configuration error, not delivering: %s; every request is refused with this until the file "
+                 "is fixed (read again as soon as a file changes; `pdagentd --check-config` checks it)",
+                 error.message)
+    notifier.notify("READY=1")  # up and answering, if only with the reason
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if watchdog_every and now >= next_watchdog:
+                notifier.notify("WATCHDOG=1")
+                next_watchdog = now + watchdog_every
+            seen, files = files, files_signature()
+            if files != seen:  # a few stat() calls a second; the files are parsed only when one has changed
+                try:
+                    config = load()
+                except ConfigError as again:
+                    if again.message != error.message:
+                        logger.error("configuration error, not delivering: %s", again.message)
+                    error = again
+                    server.handlers = Misconfigured(error)
+                    notifier.status(f"CONFIGURATION ERROR, not delivering: {error.message} (fix the file: "
+                                    "it is read again when it changes)")
+                else:
+                    logger.info("configuration fixed: starting")
+                    # New connections wait in the socket's backlog for the daemon proper; those already taken
+                    # are answered (still with the error) rather than reset when this server closes.
+                    server.stop_accepting()
+                    until = time.monotonic() + HANDOVER_SEC
+                    while time.monotonic() < until:
+                        server.poll(0.05)
+                    server.drain(STOP_GRACE_SEC)
+                    return config
+            server.poll(TICK_SEC)
+        return None
+    finally:
+        signal.set_wakeup_fd(-1)
+        server.close()
+
+
+def _signature(main_file: str) -> Tuple[Tuple[str, float, int], ...]:
+    """Which configuration files there are and when each last changed: read again only when this changes."""
+    found = []
+    for name in [main_file, *config_module.config_files(main_file)]:
+        try:
+            info = os.stat(name)
+        except OSError:
+            continue
+        found.append((name, info.st_mtime, info.st_size))
+    return tuple(found)
+
+
+def check_config(path: Optional[str], environ: Dict[str, str]) -> int:
+    """`pdagentd --check-config`: read the files as a start would; 0 if they are good, 78 (EX_CONFIG) naming the
+    file, the key and why if not. [UnitAlerts] is checked too: pd-unit-alert keeps a default for a bad value
+    there, but a check before a reload should still say so."""
+    from pdagent_sd import unitalert
+
+    try:
+        config = config_module.load(path, environ)
+    except ConfigError as error:
+        print(f"pdagentd: {error.message}", file=sys.stderr)
+        return exitcodes.CONFIG
+    main_file = path or environ.get("PDAGENT_CONFIG") or config_module.DEFAULT_CONFIG
+    _, warnings = unitalert.load_settings(main_file)
+    bad = [warning for warning in warnings if "unknown key" not in warning]
+    for warning in warnings:
+        print(f"pdagentd: {warning}", file=sys.stderr)
+    if bad:
+        return exitcodes.CONFIG
+    files = config_module.config_files(main_file) or ["no file, defaults"]
+    print(f"pdagentd: configuration OK ({', '.join(files)}; {len(config.keys.names())} named key(s))")
+    return exitcodes.OK
+
 
 _FQDN: List[str] = []
 
@@ -383,12 +482,32 @@ def _raise_fd_limit() -> None:
             logger.warning("cannot raise the open files limit to %d: %s", wanted, exc)
 
 
+def settings_help() -> str:
+    """The settings, for --help (and so for the man page): every [Agent] key with its default, one a line."""
+    lines = ["settings: [Agent] in /etc/pdagent/agent.conf, then agent.conf.d/*.conf in name order; PDAGENT_<KEY>",
+             "in the environment overrides both. Routing keys by name in [Keys]; unit alerts in [UnitAlerts].",
+             "Every key explained: /usr/share/doc/pdagent-sd/docs/configuration.md and the commented",
+             "/etc/pdagent/agent.conf. A bad value: `pdagentd --check-config` names the file and the key.", ""]
+    for setting in config_module.SETTINGS:
+        default = setting.default
+        if isinstance(default, bool):
+            shown = "yes" if default else "no"
+        elif isinstance(default, float) and default.is_integer():
+            shown = str(int(default))
+        else:
+            shown = str(default) if default != "" else '""'
+        lines.append(f"  {setting.name} = {shown}")
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdagentd",
         description="The pdagent-sd daemon: accepts events on a Unix socket, commits them to a durable queue "
                     "and delivers them to the PagerDuty Events API. Runs in the foreground; under systemd it "
-                    "is socket-activated by pdagent.socket.")
+                    "is socket-activated by pdagent.socket.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=settings_help())
     p.add_argument("--socket", metavar="PATH",
                    help="socket to bind when not socket-activated (default: $PDAGENT_SOCKET or "
                         "/run/pdagent/pdagent.sock)")
@@ -400,6 +519,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--check-pending", action="store_true",
                    help="only look at the queue: if it holds pending events, make sure the state directory's "
                         "`pending` marker exists and exit 0, else exit 1 (pdagent-boot.service's ExecCondition=)")
+    p.add_argument("--check-config", action="store_true",
+                   help="only read the configuration files as a start would: exit 0 if they are good, 78 naming "
+                        "the file, the key and why if not (for configuration management, before a reload)")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"pdagentd {__version__}")
     return p
@@ -412,13 +534,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     _raise_fd_limit()
     if args.check_pending:
         return check_pending(state_directory(args.state_dir))
+    environ = dict(os.environ)
+    if args.events_url:
+        environ["PDAGENT_EVENTS_URL"] = args.events_url
+    if args.check_config:
+        return check_config(args.config, environ)
     try:
-        environ = dict(os.environ)
-        if args.events_url:
-            environ["PDAGENT_EVENTS_URL"] = args.events_url
-        config = config_module.load(args.config, environ)
+        error: Optional[ConfigError] = None
+        try:
+            config: Optional[config_module.Config] = config_module.load(args.config, environ)
+        except ConfigError as bad:
+            error, config = bad, None
         path = socket_path(args.socket)
+        if error is not None and not (os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID")):
+            raise error  # started by hand: say it and exit 78
         sock, activated = listen_socket(path)
+        if error is not None:
+            main_file = args.config or environ.get("PDAGENT_CONFIG") or config_module.DEFAULT_CONFIG
+            config = wait_for_good_config(sock, error, lambda: config_module.load(args.config, environ),
+                                          lambda: _signature(main_file))
+            if config is None:
+                return exitcodes.OK  # stopped while waiting
+        assert config is not None
         return Daemon(config, sock, activated, state_directory(args.state_dir), bound_path=path).run()
     except PdagentError as error:
         if args.debug:

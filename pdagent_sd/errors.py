@@ -86,7 +86,8 @@ class DeliveryError(PdagentError):
 
 ERRORS_BY_CODE = {
     cls.code: cls
-    for cls in (InvalidEvent, BadRequest, Forbidden, QueueFull, Busy, StorageError, NotFound, AgentUnreachable)
+    for cls in (InvalidEvent, BadRequest, Forbidden, QueueFull, Busy, StorageError, NotFound, AgentUnreachable,
+                ConfigError)
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tup
 
 from pdagent_sd import __version__
 from pdagent_sd.commit import Commit
-from pdagent_sd.errors import BadRequest, Forbidden, InvalidEvent, PdagentError, StorageError
+from pdagent_sd.errors import BadRequest, ConfigError, Forbidden, InvalidEvent, PdagentError, StorageError
 from pdagent_sd.events import MAX_BODY_BYTES, NO_KEYS, Event, validate
 from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.journal import Kind, report
@@ -136,6 +136,17 @@ class Unavailable:
     def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
         # a new exception each time: raising one instance again and again would grow its traceback
         raise StorageError(self.error.message, hint=self.error.hint)
+
+
+class Misconfigured:
+    """Answers every request while a setting is wrong (the daemon holds the socket meanwhile, see daemon.py):
+    with the file, the key and why, as a config_error, so pd-send exits 78 and says what to fix."""
+
+    def __init__(self, error: PdagentError) -> None:
+        self.error = error
+
+    def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
+        raise ConfigError(self.error.message, hint=self.error.hint)
 
 
 class Handlers:

@@ -168,11 +168,13 @@ def error_reply(error: PdagentError) -> Message:
     return reply
 
 
-def _unreachable(path: str, reason: str) -> AgentUnreachable:
-    return AgentUnreachable(
-        f"cannot reach the PagerDuty agent at {path}: {reason}",
-        hint="is the agent running? Check: systemctl status pdagent.socket pdagent.service",
-    )
+def _unreachable(path: str, reason: str, denied: bool = False) -> AgentUnreachable:
+    if denied:  # the socket is there: its mode and group (a SocketGroup= drop-in) leave this user out
+        hint = (f"this user may not use the agent's socket: see `ls -l {path}`; if the admin limited it to a "
+                "group (SocketGroup=, docs/security.md), ask to join that group")
+    else:
+        hint = "is the agent running? Check: systemctl status pdagent.socket pdagent.service"
+    return AgentUnreachable(f"cannot reach the PagerDuty agent at {path}: {reason}", hint=hint)
 
 
 class Client:
@@ -186,7 +188,8 @@ class Client:
             self._connect(timeout)
         except OSError as exc:
             self.sock.close()
-            raise _unreachable(self.path, exc.strerror or str(exc)) from None
+            raise _unreachable(self.path, exc.strerror or str(exc),
+                               denied=isinstance(exc, PermissionError)) from None
         self._buffer = bytearray()
         self._scanned = 0  # _buffer[:_scanned] holds no newline: each byte is looked at once
 

@@ -35,8 +35,14 @@ UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,246}\.(service|socket|target|devic
                        r"path|slice|scope)", re.ASCII)
 KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 ID128 = re.compile(r"[0-9a-f]{32}", re.ASCII)  # an invocation or boot ID, as systemd prints it
-# The agent's own units never page through the agent: a failing pager must not start itself in a loop.
-OWN_UNIT = re.compile(r"pdagent[.@-]", re.ASCII)
+# The agent's own units never page through the agent: a failing pager must not start itself in a loop. Named one
+# by one (the units the package ships, tests/test_unit_alert.py checks the list against units/): a prefix took
+# an admin's own pdagent-metrics.service (the name docs/pd-queue.md suggests) for one of them.
+OWN_UNITS = frozenset(("pdagent.service", "pdagent.socket", "pdagent-retry.service", "pdagent-retry.timer",
+                       "pdagent-boot.service", "pdagent-unit-rearm.service", "pdagent-heartbeat.service",
+                       "pdagent-heartbeat.timer", "pdagent-heartbeat-arm.service", "pdagent-heartbeat-arm.path",
+                       "pdagent-metrics.service", "pdagent-metrics.timer"))
+OWN_TEMPLATES = ("pdagent-unit-failed@", "pdagent-unit-ok@")
 MAX_JOURNAL_LINE = 2000  # characters of one journal line in an event; 50 of them stay far below 512 KB
 # ExecMainCode is the si_code of the main process's end (CLD_* in <signal.h>).
 EXIT_CODES = {"1": "exited", "2": "killed", "3": "dumped", "4": "trapped", "5": "stopped", "6": "continued"}
@@ -125,7 +131,7 @@ def check_unit_name(unit: str) -> str:
 
 
 def is_own_unit(unit: str) -> bool:
-    return bool(OWN_UNIT.match(unit))
+    return unit in OWN_UNITS or (unit.startswith(OWN_TEMPLATES) and unit.endswith(".service"))
 
 
 # --- reading a unit -------------------------------------------------------------------------------------------
@@ -443,9 +449,50 @@ def describe_unit(unit: str, lines: int = 50) -> Dict[str, Any]:
     properties = read_properties(unit)
     if properties.get("LoadState") == "not-found":
         raise InvalidEvent(f"--unit {unit}: no such unit")
+    if not properties.get("InvocationID") and properties.get("ActiveState") == "inactive":
+        # systemd unloads a unit that ended without failing once nothing refers to it (a oneshot with no timer,
+        # right after a successful run), and then shows it as if it had never run.
+        return unit_details(properties, [], UNLOADED)
     journal_lines, journal_error = read_journal(properties.get("InvocationID", ""), lines, unit,
                                                 start_usec(properties), main_pid(properties))
     return unit_details(properties, journal_lines, journal_error)
+
+
+UNLOADED = ("systemd shows no run of this unit: it never ran, or it ended successfully and systemd unloaded it "
+            "(a oneshot nothing refers to, right after its run); send from the unit's own ExecStopPost= to "
+            "attach its run (docs/systemd-alerts.md, pd-send --unit)")
+
+
+# --- whether a failure pages -----------------------------------------------------------------------------
+
+# A service whose Restart= applies waits in these states for systemd to start it again. systemd 254 and later
+# (Debian 13 has 257) trigger OnFailure= on every failure of a Restart= unit, before that restart; 252 (Debian 12)
+# only once the unit has ended failed (Restart= did not apply, or the start limit was hit). With RestartMode=direct
+# the unit never passes through a failed state, and OnFailure= fires only when it ends failed, on every version.
+RESTART_PENDING = ("auto-restart", "auto-restart-queued")
+RUNNING_STATES = ("active", "activating", "reloading", "refreshing")
+
+
+def failure_verdict(properties: Dict[str, str], failed_invocation: str = "") -> str:
+    """Whether a failure that started the OnFailure= handler pages: "page", "restarting" or "running-again".
+
+    restarting: systemd will start the unit again by itself (Restart=; the unit waits in auto-restart). No page:
+    if the restart fails in turn, OnFailure= starts the handler again, and once systemd gives up (the start
+    limit, or Restart= no longer applies) the unit is failed and that call pages.
+    running-again: the unit is already running in a newer invocation than the one that failed (systemd
+    restarted it before the handler looked, or someone started it again); MONITOR_INVOCATION_ID, from systemd
+    251 on, names the failed one. Nothing to page either: a failure of that new run starts the handler again.
+    page: everything else: the unit has failed (or is inactive after a failure) and nothing will restart it.
+    """
+    state = properties.get("ActiveState", "")
+    if state == "failed":
+        return "page"
+    if properties.get("SubState", "") in RESTART_PENDING:
+        return "restarting"
+    invocation = properties.get("InvocationID", "")
+    if state in RUNNING_STATES and failed_invocation and invocation and invocation != failed_invocation:
+        return "running-again"
+    return "page"
 
 
 # --- recovery ------------------------------------------------------------------------------------------------

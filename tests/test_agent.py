@@ -195,6 +195,11 @@ def test_full_queue_refuses_with_75_and_drops_nothing(make_agent, standin):
     assert "max_pending_events" in refused.stderr
     assert "hint: " in refused.stderr and "pd-queue status" in refused.stderr  # the daemon's hint reaches the user
     assert agent.pending() == 2
+    # The refusal is on record (once, however many follow within the minute), not only in the sender's output.
+    for _ in range(3):
+        assert agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "again").returncode == 75
+    assert agent.wait_until(lambda: "refused 1 event(s) from uid" in agent.log())
+    assert agent.log().count("event(s) from uid") == 1 and "max_pending_events" in agent.log()
     standin.accept_connections()
     assert standin.wait_for(2, timeout=15)
     assert [body["payload"]["summary"] for body in standin.bodies()] == ["one", "two"]
@@ -272,6 +277,57 @@ def test_bad_config_stops_the_daemon_naming_file_and_key(tmp_path, standin):
     assert result.returncode == 78
     assert agent.config in result.stderr and "rate_limit_per_minute" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_socket_activated_with_a_bad_setting_holds_the_socket_and_starts_once_fixed(tmp_path, standin):
+    """Exiting 78 under socket activation had systemd restart pdagentd until the start limit failed
+    pdagent.socket too, and every pd-send then failed until someone restarted it by hand. Now the daemon holds
+    the socket, refuses each request naming the file and the key (pd-send exits 78), leaves the queue alone,
+    and once the file is fixed goes on with the same socket."""
+    agent = Agent(str(tmp_path), standin.url)
+    with open(agent.config, "w") as config:
+        config.write("[Agent]\nidle_exit_sec = soon\n")
+    check = subprocess.run([sys.executable, "-m", "pdagent_sd.daemon", "--check-config"], env=agent.env,
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 78, check
+    assert agent.config in check.stderr and "idle_exit_sec" in check.stderr and "Traceback" not in check.stderr
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(agent.socket)
+    listener.listen(16)
+    daemon = subprocess.Popen(
+        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{sys.executable}" -m pdagent_sd.daemon'],
+        env=agent.env, pass_fds=(3,), preexec_fn=lambda: os.dup2(listener.fileno(), 3),
+        stderr=subprocess.PIPE, text=True)
+    try:
+        reply = _send_over(agent.socket, trigger(KEY_A, "while misconfigured", "bad-1"))
+        assert reply["ok"] is False and reply["code"] == "config_error", reply
+        assert agent.config in reply["error"] and "idle_exit_sec" in reply["error"]
+        sent = agent.pd_send("-k", KEY_A, "-t", "trigger", "-d", "still misconfigured")
+        assert sent.returncode == 78 and "idle_exit_sec" in sent.stderr, sent
+        assert daemon.poll() is None, "it holds the socket instead of exiting"
+        assert not os.path.exists(os.path.join(agent.state_dir, "queue.db")), "the queue is left alone"
+
+        with open(agent.config, "w") as config:
+            config.write("[Agent]\nidle_exit_sec = 30s\n")
+        deadline = time.monotonic() + 10
+        while True:
+            reply = _send_over(agent.socket, trigger(KEY_A, "fixed", "fixed-1"))
+            if reply["ok"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert reply["ok"], reply
+        assert standin.wait_for(1, timeout=10)
+        assert [body["dedup_key"] for body in standin.bodies(KEY_A)] == ["fixed-1"]
+        assert daemon.poll() is None
+        ok = subprocess.run([sys.executable, "-m", "pdagent_sd.daemon", "--check-config"], env=agent.env,
+                            capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0 and "configuration OK" in ok.stdout, ok
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=15)
+        listener.close()
+    assert "configuration error, not delivering" in err and "configuration fixed" in err, err
+    assert "Traceback" not in err
 
 
 def test_plain_http_to_a_remote_host_is_refused(tmp_path):

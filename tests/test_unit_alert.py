@@ -203,7 +203,39 @@ def test_the_agents_own_units_are_recognised() -> None:
     own = ("pdagent.service", "pdagent-retry.service", "pdagent-unit-failed@backup.service.service",
            "pdagent-unit-ok@x.service.service")
     assert all(unitalert.is_own_unit(unit) for unit in own)
-    assert not any(unitalert.is_own_unit(unit) for unit in ("backup.service", "pdagentfoo.service"))
+    assert not any(unitalert.is_own_unit(unit) for unit in ("backup.service", "pdagentfoo.service",
+                                                             "pdagent-metrics.service", "pdagent-metrics.timer"))
+
+
+def test_the_own_units_list_is_every_unit_the_package_ships() -> None:
+    shipped = {path.name for path in Path(ROOT, "units").iterdir()
+               if path.suffix in (".service", ".socket", ".timer", ".path")}
+    shipped.add("pdagent-heartbeat.timer")  # transient: made by pdagent-heartbeat-arm.service (heartbeat_timer.py)
+    listed = set(unitalert.OWN_UNITS) | {f"{prefix}.service" for prefix in unitalert.OWN_TEMPLATES}
+    assert listed == shipped
+
+
+RESTARTED = {"ActiveState": "activating", "SubState": "auto-restart", "Result": "exit-code", "NRestarts": "0",
+             "InvocationID": "a" * 32}
+
+
+@pytest.mark.parametrize("properties, monitored, verdict", [
+    # systemd 257: OnFailure= before the restart Restart= will make; 256+ may show it as queued already
+    (RESTARTED, "a" * 32, "restarting"),
+    ({**RESTARTED, "SubState": "auto-restart-queued"}, "a" * 32, "restarting"),
+    # restarted before the handler looked (RestartSec=100ms): a newer invocation runs
+    ({"ActiveState": "active", "SubState": "running", "InvocationID": "b" * 32}, "a" * 32, "running-again"),
+    ({"ActiveState": "activating", "SubState": "start", "InvocationID": "b" * 32}, "a" * 32, "running-again"),
+    # ended failed: Restart=no, the start limit hit (NRestarts 4), RestartMode=direct giving up, a oneshot
+    ({"ActiveState": "failed", "SubState": "failed", "NRestarts": "4", "InvocationID": "a" * 32}, "a" * 32, "page"),
+    ({"ActiveState": "failed", "SubState": "failed", "InvocationID": "a" * 32}, "", "page"),
+    # the same invocation still shown as running, or no invocation known: page rather than lose a failure
+    ({"ActiveState": "active", "SubState": "running", "InvocationID": "a" * 32}, "a" * 32, "page"),
+    ({"ActiveState": "active", "SubState": "running", "InvocationID": "b" * 32}, "", "page"),
+    ({"ActiveState": "inactive", "SubState": "dead", "Result": "exit-code", "InvocationID": ""}, "a" * 32, "page"),
+])
+def test_failure_verdicts(properties: dict, monitored: str, verdict: str) -> None:
+    assert unitalert.failure_verdict(properties, monitored) == verdict
 
 
 def test_settings_from_agent_conf_bad_values_keep_their_defaults(tmp_path: Path) -> None:
@@ -240,7 +272,17 @@ def test_pd_unit_alert_usage_and_bad_names() -> None:
     result = run_alert("failed", "../x.service")
     assert result.returncode == 2 and "not a systemd unit name" in result.stderr and "Traceback" not in result.stderr
     result = run_alert("--help")
-    assert result.returncode == 0 and "recovered UNIT" in result.stdout
+    assert result.returncode == 0 and "recovered UNIT" in result.stdout and "should-page UNIT" in result.stdout
+    assert run_alert("should-page", "../x.service").returncode == 2
+
+
+def test_should_page_pages_when_it_cannot_tell(tmp_path: Path) -> None:
+    """ExecCondition= skips the handler on any exit from 1 to 254: an error must not become a silent skip."""
+    env = {**base_env(), "PATH": str(tmp_path)}  # no systemctl to ask
+    result = subprocess.run([sys.executable, "-m", "pdagent_sd.cli.unit_alert", "should-page", "backup.service"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result
+    assert "paging" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_recovery_verdicts_across_a_reboot() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -33,10 +34,11 @@ from pdagent_sd.cli.common import run
 from pdagent_sd.errors import PdagentError
 
 USAGE = """\
-usage: pd-unit-alert failed UNIT | recovered UNIT | rearm
+usage: pd-unit-alert should-page UNIT | failed UNIT | recovered UNIT | rearm
 
 Started by pdagent-unit-failed@.service, pdagent-unit-ok@.service and pdagent-unit-rearm.service (see
 docs/systemd-alerts.md):
+  should-page UNIT exit 0 once UNIT has ended failed, 1 if systemd restarts it (Restart=; waits up to 60 s)
   failed UNIT      page: UNIT has failed (its state and journal tail as custom details)
   recovered UNIT   watch UNIT's new start; resolve the page once it has succeeded or stayed up
   rearm            at boot: for every incident still open from before, watch the unit's first start in this
@@ -49,6 +51,8 @@ DEFAULT_STATE_DIR = "/var/lib/pdagent-unit-alert"
 RUNTIME_UNIT_DIR = "/run/systemd/system"
 POLL_SEC = 1.0
 START_GRACE_SEC = 30.0  # how long the new start may take to show up after the page's unit was stopped
+RESTART_WATCH_SEC = 60.0  # should-page: how long to wait for a restart systemd has scheduled (TimeoutStartSec=90s)
+RESTART_POLL_SEC = 0.25
 
 
 def say(message: str) -> None:
@@ -118,6 +122,8 @@ def failed(unit: str) -> int:
     for warning in warnings:
         say(warning)
     host = socket.gethostname()
+    # systemd 251+ passes the watched unit's failed invocation to a handler only it starts.
+    monitored = os.environ.get("MONITOR_INVOCATION_ID", "")
     with OpenIncidents(state_dir()) as incidents:
         record = incidents.get(unit)
         if record is not None:
@@ -129,8 +135,7 @@ def failed(unit: str) -> int:
                 return exitcodes.OK
         properties = unitalert.read_properties(unit)
         properties.setdefault("Id", unit)
-        # systemd 251+ passes the watched unit's invocation to a handler only it starts.
-        invocation = properties.get("InvocationID") or os.environ.get("MONITOR_INVOCATION_ID", "")
+        invocation = properties.get("InvocationID") or monitored
         properties["InvocationID"] = invocation
         lines, why = unitalert.read_journal(invocation, settings.journal_lines, unit,
                                             unitalert.start_usec(properties), unitalert.main_pid(properties))
@@ -143,6 +148,47 @@ def failed(unit: str) -> int:
     say(f"paged: {event['payload']['summary']} (dedup key {event['dedup_key']}, "
         f"{len(lines)} journal lines, key @{settings.key})")
     return exitcodes.OK
+
+
+SKIP = 1  # ExecCondition=: 1 to 254 skip the unit, which stays inactive rather than failed
+
+
+def should_page(unit: str) -> int:
+    """pdagent-unit-failed@'s ExecCondition=: 0 (go on and page) once the unit has ended failed, SKIP if systemd
+    has restarted it or, after RESTART_WATCH_SEC, is still about to.
+
+    systemd 254+ (Debian 13: 257) starts OnFailure= handlers at every failure of a Restart= unit, before the
+    restart. The decision is taken here, in the start job, so that a handler that does not page ends inactive:
+    an active one (RemainAfterExit=) would swallow the next OnFailure= start, and with it the page when the
+    unit finally ends failed (the start limit hit right after a restart was scheduled stops no handler). While
+    it watches, the restart's start stops the handler (Conflicts=), which is the same "no page". Anything that
+    goes wrong here pages: a page too many beats a failure nobody hears of."""
+    # The restart's start stops this handler (Conflicts=) while it watches: that is the "no page" answer, and a
+    # clean exit leaves the handler inactive, where dying of SIGTERM would mark it failed (systemctl --failed).
+    signal.signal(signal.SIGTERM, _restarted)
+    monitored = os.environ.get("MONITOR_INVOCATION_ID", "")
+    deadline = time.monotonic() + RESTART_WATCH_SEC
+    try:
+        while True:
+            properties = unitalert.read_properties(unit)
+            verdict = unitalert.failure_verdict(properties, monitored)
+            if verdict == "page":
+                return exitcodes.OK
+            if verdict == "running-again" or time.monotonic() > deadline:
+                what = (f"it is running again (invocation {properties.get('InvocationID')})"
+                        if verdict == "running-again" else
+                        f"systemd is still to restart it after {RESTART_WATCH_SEC:g}s (Restart=)")
+                say(f"{unit} failed (NRestarts {properties.get('NRestarts', '?')}) but {what}: no page unless it "
+                    "ends failed")
+                return SKIP
+            time.sleep(RESTART_POLL_SEC)
+    except Exception as error:  # noqa: BLE001 - see above: when in doubt, page
+        say(f"cannot tell whether systemd restarts {unit} ({error}): paging")
+        return exitcodes.OK
+
+
+def _restarted(signum: int, frame: Any) -> None:
+    os._exit(exitcodes.OK)  # stopped, not started: systemd runs no ExecStart= after a stop
 
 
 def recovered(unit: str) -> int:
@@ -298,7 +344,7 @@ def _main(argv: List[str]) -> int:
         return exitcodes.OK
     if argv == ["rearm"]:
         return rearm()
-    if len(argv) != 2 or argv[0] not in ("failed", "recovered"):
+    if len(argv) != 2 or argv[0] not in ("failed", "recovered", "should-page"):
         sys.stderr.write(USAGE)
         return exitcodes.USAGE
     action, unit = argv
@@ -312,6 +358,8 @@ def _main(argv: List[str]) -> int:
         # a failure of the pager can never page through the pager in a loop.
         say(f"{unit} is one of the agent's own units: not paging about it through the agent itself")
         return exitcodes.OK
+    if action == "should-page":
+        return should_page(unit)
     return failed(unit) if action == "failed" else recovered(unit)
 
 

@@ -43,6 +43,7 @@ ROOTFS_SCRIPT = REPO / "packaging" / "debian-rootfs.sh"
 CACHE_DIR = Path(os.environ.get("PDAGENT_TEST_CACHE", "/var/cache/pdagent-sd-test"))
 APT_ARCHIVES = CACHE_DIR / "apt-archives"  # one directory per release below it
 RELEASES = ("bookworm", "trixie")  # Debian 12 and 13
+APT_LOCK_WAIT_SEC = 300.0
 INSIDE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
               "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
@@ -213,7 +214,19 @@ class DebianContainer:
         "process 0" and apt gives up at once), and two test runs on one host share the cache."""
         with open(APT_ARCHIVES / f"{self.release}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args, timeout=timeout)
+            # Another booted container of this release (another test run's, whose apt-daily may be fetching)
+            # can hold the archives' own lock without our host lock: wait for it, a few minutes at most.
+            deadline = time.monotonic() + APT_LOCK_WAIT_SEC
+            while True:
+                done = self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args, timeout=timeout, check=False)
+                if done.returncode == 0 or "Could not get lock /var/cache/apt/archives/lock" not in done.stderr \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(5)
+            if done.returncode != 0:
+                raise AssertionError(f"apt-get {' '.join(args)} exited {done.returncode} in the container\n"
+                                     f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+            return done
 
     def put(self, source: Union[str, Path], inside: str) -> str:
         """Copy a host file into the container's tree (the root is a plain directory here)."""

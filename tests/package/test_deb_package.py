@@ -100,7 +100,7 @@ def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltD
     for unit in ("pdagent.service", "pdagent-retry.service", *BOOT_UNITS, *UNIT_ALERT_TEMPLATES):
         assert f"/usr/lib/systemd/system/{unit}.d/pdagent-alert.conf" in files, unit
     for path in ("/usr/bin/pd-unit-alert", "/usr/share/man/man1/pd-unit-alert.1.gz",
-                 "/usr/share/doc/pdagent-sd/systemd-alerts.md",
+                 "/usr/share/doc/pdagent-sd/docs/systemd-alerts.md",
                  "/usr/share/doc/pdagent-sd/examples/unit-alert.conf.example",
                  "/usr/share/doc/pdagent-sd/examples/service-alert.conf.example"):
         assert path in files
@@ -110,7 +110,7 @@ def test_deb_ships_units_sysusers_catalog_config_and_man_pages(built_deb: BuiltD
                  "/usr/lib/systemd/system/pdagent-heartbeat-arm.service",
                  "/usr/lib/systemd/system/pdagent-heartbeat-arm.path",
                  "/usr/lib/systemd/system/pdagent-heartbeat.service.d/pdagent-alert.conf",
-                 "/usr/share/doc/pdagent-sd/heartbeats.md"):
+                 "/usr/share/doc/pdagent-sd/docs/heartbeats.md"):
         assert path in files, path
     if (Path(__file__).resolve().parents[2] / "integrations").is_dir():
         assert any(f.startswith("/usr/share/pdagent-sd/") and not f.endswith("/") for f in files)
@@ -294,8 +294,15 @@ def test_upgrade_keeps_pending_events_and_restarts_the_daemon(installed: DebianC
     wait_until(lambda: queue_totals(installed)["pending"] == 0, 10, "an empty queue")
 
 
+HOST_WIDE_ALERT = "/etc/systemd/system/service.d/pdagent-alert.conf"
+
+
 def test_remove_stops_the_units_and_keeps_the_queue(installed: DebianContainer) -> None:
-    installed.apt("remove", "pdagent-sd")
+    # The admin's host-wide unit alert drop-in, as docs/systemd-alerts.md gives it: named on remove, gone on purge.
+    installed.write(HOST_WIDE_ALERT, (Path(__file__).resolve().parents[2] / "units" / "service-alert.conf.example")
+                    .read_text())
+    done = installed.apt("remove", "pdagent-sd")
+    assert f"{HOST_WIDE_ALERT} still names pdagent-unit-failed@" in done.stdout, done.stdout
     for unit in UNITS:
         assert installed.unit_property(unit, "ActiveState") == "inactive", unit
     assert not installed.exists("/run/pdagent/pdagent.sock")
@@ -310,6 +317,7 @@ def test_purge_removes_the_state(installed: DebianContainer) -> None:
     assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
     assert not installed.exists("/var/lib/pdagent")
     assert not installed.exists("/etc/pdagent")
+    assert not installed.exists(HOST_WIDE_ALERT), "the example's drop-in outlived the units it names"
     assert not installed.exists("/etc/systemd/system/sockets.target.wants/pdagent.socket")
     assert not installed.exists("/etc/systemd/system/timers.target.wants/pdagent-retry.timer")
     assert installed.run("dpkg-query", "-W", "pdagent-sd", check=False).returncode != 0

@@ -36,6 +36,9 @@ def test_rpm_builds_lints_clean_and_replaces_the_old_agent(tmp_path: Path) -> No
                  "/usr/share/pdagent-integrations/bin/pd-nagios", "/usr/share/pdagent-integrations/bin/pd-zabbix",
                  "/usr/share/pdagent-integrations/bin/pd-sensu"):
         assert path in files, path
+    # Every doc beside README.md, as in the tree, so that README's docs/*.md links resolve on the host.
+    for doc in ["README.md", *(f"docs/{p.name}" for p in sorted((REPO / "docs").glob("*.md")))]:
+        assert f"/usr/share/doc/pdagent-sd/{doc}" in files, doc
     obsoletes = rpm_query(binary, "--obsoletes")
     assert "pdagent < 1.8" in obsoletes and "pdagent-integrations < 1.7" in obsoletes, obsoletes
     owners = dict(line.rsplit(" ", 1) for line in rpm_query(
