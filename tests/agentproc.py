@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from waiting import poll
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY_A = "a" * 16 + "0123456789abcdef"
 KEY_B = "b" * 16 + "0123456789abcdef"
@@ -112,12 +114,8 @@ class Agent:
         return self.request({"op": "status"})
 
     def wait_until(self, predicate: Any, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        """Whether predicate() came true within timeout (waiting.poll); the caller asserts with its own message."""
+        return bool(poll(predicate, timeout))
 
     def pending(self) -> int:
         return int(self.status()["totals"]["pending"])

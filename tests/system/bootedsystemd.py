@@ -51,6 +51,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from waiting import wait_until  # noqa: E402,F401  (tests/ is on sys.path; the tests import it from here)
+
 SOURCE_IN_CONTAINER = "/srv/pdagent-sd"
 DEBIAN_PYTHON = "/usr/bin/python3"
 PYTHON_MODULES = {"systemd.daemon": "python3-systemd", "systemd.journal": "python3-systemd",
@@ -111,18 +113,6 @@ def skip_reason() -> Optional[str]:
 def _importable(module: str) -> bool:
     result = subprocess.run([DEBIAN_PYTHON, "-c", f"import {module}"], capture_output=True, timeout=60)
     return result.returncode == 0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until predicate() is truthy and return its value; ContainerError naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise ContainerError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def console_scripts(pyproject: Path) -> Dict[str, str]:
