@@ -37,6 +37,10 @@ def base_env(**settings: str) -> Dict[str, str]:
     return env
 
 
+# Every Agent made in this process, for tests/conftest.py's check of their logs; emptied before each test.
+CREATED: List["Agent"] = []
+
+
 class Agent:
     """One pdagentd process. `start()` returns once it answers on its socket."""
 
@@ -50,6 +54,8 @@ class Agent:
         self.env = base_env(PDAGENT_EVENTS_URL=events_url, PDAGENT_SOCKET=self.socket,
                             PDAGENT_STATE_DIR=self.state_dir, PDAGENT_CONFIG=self.config, **settings)
         self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+        self.last_log = ""  # the log as it was at the last stop, for a check after the workdir is gone
+        CREATED.append(self)
 
     @property
     def pid(self) -> int:
@@ -78,10 +84,12 @@ class Agent:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        self.last_log = self.log() or self.last_log
+        return code
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
@@ -119,6 +127,21 @@ class Agent:
 
     def pending(self) -> int:
         return int(self.status()["totals"]["pending"])
+
+
+def whole_keys_in_logs(agents: Iterable[Agent], keys: Iterable[str]) -> List[str]:
+    """Lines of the agents' logs that show one of `keys` whole: the daemon masks every routing key it logs
+    (first and last four characters of a key of 12 or more), so any such line is a leak. Keys shorter than 12
+    characters are left out: the daemon shows them as stars, and so short a string may match by chance."""
+    long_keys = [key for key in set(keys) if len(key) >= 12]
+    found = []
+    for agent in agents:
+        text = agent.log() or agent.last_log
+        for line in text.splitlines():
+            for key in long_keys:
+                if key in line:
+                    found.append(f"{agent.log_path}: {line.strip()[:300]}")
+    return found
 
 
 def read_line(sock: socket.socket) -> bytes:
