@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from agentproc import ROOT, base_env
+from tiers import missing
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +19,7 @@ def _tool(name: str) -> str:
     candidate = os.path.join(os.path.dirname(sys.executable), name)
     found = candidate if os.path.exists(candidate) else shutil.which(name)
     if not found:
-        pytest.skip(f"{name} is not installed")
+        missing(f"{name} is not installed")
     return found
 
 

@@ -34,6 +34,7 @@ from chaoslib import (
     summary,
 )
 from powercut import PowerCutFS, skip_reason
+from tiers import missing
 from waiting import quiet_for, wait_until
 
 pytestmark = pytest.mark.powercut
@@ -46,7 +47,7 @@ KEY = routing_key(900)
 def on_layer(tmp_path, make_agent) -> Iterator[Tuple[Agent, PowerCutFS]]:  # type: ignore[no-untyped-def]
     """A pdagentd (not started) whose state directory is a lazyfs mount; stopped before the unmount."""
     if SKIP:
-        pytest.skip(SKIP)
+        missing(SKIP)
     agent = make_agent(start=False)
     fs = PowerCutFS(str(tmp_path / "layer"), agent.state_dir).mount()
     try:

@@ -27,6 +27,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from standin import StandIn  # noqa: E402  (tests/ has no __init__.py and no conftest of its own)
+from tiers import missing  # noqa: E402
 
 BOOT_TIMES: List[BootedSystemd] = []
 
@@ -35,7 +36,7 @@ BOOT_TIMES: List[BootedSystemd] = []
 def system_skip() -> None:
     reason = skip_reason()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
 
 
 @pytest.fixture(scope="session")
