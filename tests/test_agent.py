@@ -16,7 +16,8 @@ import pytest
 from agentproc import KEY_A, KEY_B, Agent, action, base_env, read_line, send_many, trigger
 from waiting import quiet_for
 
-pytestmark = pytest.mark.integration
+# the daemon's life on each interpreter (sockets, signals, SQLite, HTTP, socket activation): `interpreters`
+pytestmark = [pytest.mark.integration, pytest.mark.interpreters]
 
 
 def test_trigger_acknowledge_resolve_round_trip_in_order(agent, standin):

@@ -65,6 +65,7 @@ def _count(agent: Agent, key: str, state: str) -> int:
 # --- status -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.interpreters
 def test_status_prints_the_seed_table_with_totals(agent, standin):
     send_many(agent, [trigger(KEY_A, f"fine {i}") for i in range(2)])
     assert standin.wait_for(2, timeout=10)
@@ -206,6 +207,7 @@ def test_retried_events_keep_their_place_in_their_keys_order(agent, standin):
 # --- list, show -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.interpreters
 def test_list_table_filters_and_json(agent, standin):
     send_many(agent, [trigger(KEY_A, "delivered one", dedup_key="srv01/disk")])
     assert standin.wait_for(1, timeout=10)
@@ -238,6 +240,7 @@ def test_list_table_filters_and_json(agent, standin):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.interpreters
 def test_show_gives_the_event_and_every_attempt_with_pagerdutys_words(agent, standin):
     standin.add_fault(status=500, count=1, routing_key=KEY_A)
     standin.add_fault(status=400, count=1, routing_key=KEY_A, body=INVALID)
@@ -275,6 +278,7 @@ def test_drop_one_event_and_a_keys_failed_events(agent, standin):
     assert ok(pd_queue(agent, "drop", "-k", KEY_A, "--state", "failed", "-y")).strip() == "0 event(s) dropped."
 
 
+@pytest.mark.interpreters
 @pytest.mark.parametrize("args", [["drop"], ["drop", "1", "-k", KEY_A, "--state", "failed"], ["drop", "-k", KEY_A],
                                   ["drop", "1", "--state", "failed"], ["drop", "-k", KEY_A, "--state", "gone"]])
 def test_drop_usage_errors_exit_2(agent, args):
@@ -367,6 +371,7 @@ def parse_openmetrics(text: str) -> Dict[str, Dict[str, Any]]:
     return families
 
 
+@pytest.mark.interpreters
 def test_metrics_parse_and_carry_the_queue(make_agent, standin):
     # a backoff far longer than the test, so the key is still held when metrics reads it after status did
     agent = make_agent(PDAGENT_BACKOFF_MIN_SEC="60", PDAGENT_BACKOFF_MAX_SEC="120")
@@ -444,6 +449,7 @@ def test_metrics_output_file_is_written_atomically_and_says_when_the_agent_is_do
     assert [p.name for p in textfile_dir.iterdir()] == ["pdagent.prom"]
 
 
+@pytest.mark.interpreters
 def test_unreachable_agent_exits_69_naming_the_socket(agent, tmp_path):
     missing = str(tmp_path / "missing.sock")
     for args in (["--socket", missing, "status"], ["status", "--socket", missing], ["list", "--socket", missing]):
@@ -451,6 +457,7 @@ def test_unreachable_agent_exits_69_naming_the_socket(agent, tmp_path):
         assert missing in error.splitlines()[0]
 
 
+@pytest.mark.interpreters
 @pytest.mark.parametrize("command", ["status", "retry", "list", "show", "drop", "flush", "metrics"])
 def test_every_subcommand_has_help(agent, command):
     out = ok(pd_queue(agent, command, "--help"))
@@ -458,6 +465,7 @@ def test_every_subcommand_has_help(agent, command):
     assert "--socket PATH" in out
 
 
+@pytest.mark.interpreters
 def test_top_level_help_and_missing_command(agent):
     out = ok(pd_queue(agent, "--help"))
     for command in ("status", "retry", "list", "show", "drop", "flush", "metrics"):

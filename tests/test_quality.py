@@ -23,12 +23,14 @@ def _tool(name: str) -> str:
     return found
 
 
+@pytest.mark.quality
 def test_ruff_is_clean() -> None:
     result = subprocess.run([_tool("ruff"), "check", "pdagent_sd", "tests", "bench"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.quality
 def test_mypy_is_clean() -> None:
     result = subprocess.run([_tool("mypy"), "pdagent_sd"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
