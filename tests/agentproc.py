@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -132,15 +133,17 @@ class Agent:
 def whole_keys_in_logs(agents: Iterable[Agent], keys: Iterable[str]) -> List[str]:
     """Lines of the agents' logs that show one of `keys` whole: the daemon masks every routing key it logs
     (first and last four characters of a key of 12 or more), so any such line is a leak. Keys shorter than 12
-    characters are left out: the daemon shows them as stars, and so short a string may match by chance."""
+    characters are left out: the daemon shows them as stars, and so short a string may match by chance. The
+    dedup key field is left out too: it is logged whole by design, and a sender (the fuzzer) may choose a
+    routing key's text as its dedup key."""
     long_keys = [key for key in set(keys) if len(key) >= 12]
     found = []
     for agent in agents:
         text = agent.log() or agent.last_log
         for line in text.splitlines():
-            for key in long_keys:
-                if key in line:
-                    found.append(f"{agent.log_path}: {line.strip()[:300]}")
+            line = re.sub(r"PDAGENT_DEDUP_KEY=\S*", "PDAGENT_DEDUP_KEY=", line)
+            if any(key in line for key in long_keys):
+                found.append(f"{agent.log_path}: {line.strip()[:300]}")
     return found
 
 

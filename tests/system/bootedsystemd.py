@@ -486,3 +486,15 @@ def _tmpfs_dir() -> Optional[str]:
     except OSError:
         pass
     return None
+
+
+def assert_no_whole_key_in_journal(machine: BootedSystemd, keys: Iterable[str]) -> None:
+    """No journal entry of the booted machine, in any field, shows whole one of `keys` (routing keys a stand-in
+    received; those of 12 characters or more, which the agent logs as their first and last four)."""
+    long_keys = [key for key in keys if len(key) >= 12]
+    if not long_keys or machine.nspawn.poll() is not None:
+        return
+    journal = machine.run(["journalctl", "--no-pager", "-o", "verbose"], check=False, timeout=120).stdout
+    lines = (re.sub(r"PDAGENT_DEDUP_KEY=\S*", "PDAGENT_DEDUP_KEY=", line) for line in journal.splitlines())
+    leaks = [line.strip()[:300] for line in lines if any(key in line for key in long_keys)]  # dedup keys: whole
+    assert not leaks, "a routing key appears whole in the journal:\n" + "\n".join(leaks[:10])

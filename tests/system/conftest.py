@@ -19,7 +19,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from bootedsystemd import BootedSystemd, skip_reason
+from bootedsystemd import BootedSystemd, assert_no_whole_key_in_journal, skip_reason
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO = TESTS_DIR.parent
@@ -75,6 +75,7 @@ def agent_machine(boot_machine: Callable[..., BootedSystemd], events_api: StandI
     with boot_machine() as machine:
         machine.install_agent(events_url=events_api.url)
         yield machine
+        assert_no_whole_key_in_journal(machine, events_api.keys_seen)
 
 
 @pytest.fixture(scope="module")
