@@ -30,7 +30,8 @@ venv: deps $(VENV)/.installed
 #   the property tests) and the integration tests marked `interpreters` (the real daemon started by that
 #   interpreter: sockets, signals, SQLite, the HTTP client and TLS, socket activation, pd-send, pd-queue and the
 #   integrations end to end, the fuzzed socket). Debian's minor version (3.11 on Debian 12) is left out there:
-#   the main tier ran everything on it. Under CI every one of these interpreters must be present.
+#   the main tier ran everything on it. Two interpreters run at a time (JOBS=2: the tests mostly wait on sockets
+#   and fsync). Under CI every one of these interpreters must be present.
 # - the full forms (marker slow: the 5,000-event storms, chaos, power-cut and capacity runs): `make reliability`.
 MAIN_MARKERS := not slow
 INTERPRETER_MARKERS := (unit or interpreters) and not quality and not slow
@@ -39,7 +40,7 @@ OTHER_PYTHONS = $(filter-out $(DEBIAN_MINOR),3.9 3.10 3.11 3.12 3.13)
 
 test: venv
 	$(PY) -m pytest -ra -m "$(MAIN_MARKERS)" $(PYTEST_ARGS)
-	PYTHON_VERSIONS="$(OTHER_PYTHONS)" MARKERS="$(INTERPRETER_MARKERS)" ./.ci/test-pythons.sh
+	PYTHON_VERSIONS="$(OTHER_PYTHONS)" MARKERS="$(INTERPRETER_MARKERS)" JOBS=2 ./.ci/test-pythons.sh
 
 # the edit-test loop: unit and integration tiers on the .venv, no containers, no full forms (about 4 minutes)
 check: venv

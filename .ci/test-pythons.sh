@@ -8,7 +8,7 @@
 # and which are missing, a table of results with the time each took, and exits non-zero if any run failed.
 #
 # Environment: PYTHON_VERSIONS="3.9 3.10 ..." to choose, MARKERS for the pytest selection (the Makefile says
-# which, and why), VENVS_DIR to move the cache, PYTEST_ARGS for extra pytest arguments, REQUIRE_ALL=1 to fail
+# which, and why), JOBS=N to run N interpreters at a time, VENVS_DIR to move the cache, PYTEST_ARGS for extra pytest arguments, REQUIRE_ALL=1 to fail
 # when one of the versions is missing (the default under CI=true: there every interpreter asked for must run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,29 +78,54 @@ prepare_venv() {  # $1 minor, $2 interpreter; a cached venv with the project and
   echo "$key" >"$stamp"
 }
 
-declare -A result seconds
-failed=0
-total_start=$SECONDS
-for minor in "${found[@]}"; do
-  echo
+run_one() {  # $1 minor: venv, then pytest; prints its report, writes "$VENVS_DIR/py$1.result"
+  local minor=$1 start=$SECONDS setup outcome
   echo "=== CPython $minor: ${interpreter[$minor]} (-m \"$MARKERS\")"
-  start=$SECONDS
   if ! prepare_venv "$minor" "${interpreter[$minor]}"; then
-    result[$minor]="venv failed"
-    seconds[$minor]=$((SECONDS - start))
-    failed=1
-    continue
+    echo "venv-failed $((SECONDS - start))" >"$VENVS_DIR/py$minor.result"
+    return
   fi
   setup=$((SECONDS - start))
   # -p no:cacheprovider: the runs share the tree, and a cache written by one would steer the next
   if "$VENVS_DIR/py$minor/bin/python" -m pytest -q -p no:cacheprovider -m "$MARKERS" "${EXTRA_ARGS[@]}"; then
-    result[$minor]="passed"
+    outcome=passed
   else
-    result[$minor]="FAILED"
-    failed=1
+    outcome=FAILED
   fi
-  seconds[$minor]=$((SECONDS - start))
-  echo "=== CPython $minor: ${result[$minor]} in ${seconds[$minor]} s (venv ${setup} s)"
+  echo "=== CPython $minor: $outcome in $((SECONDS - start)) s (venv ${setup} s)"
+  echo "$outcome $((SECONDS - start))" >"$VENVS_DIR/py$minor.result"
+}
+
+# JOBS interpreters at a time (default 1). The tests mostly wait (on sockets, the stand-in, fsync), so two runs
+# share two cores well; each run's output is printed whole when it ends.
+JOBS=${JOBS:-1}
+mkdir -p "$VENVS_DIR"
+declare -A result seconds
+failed=0
+total_start=$SECONDS
+running=0
+for minor in "${found[@]}"; do
+  rm -f "$VENVS_DIR/py$minor.result"
+  echo
+  if ((JOBS <= 1)); then
+    run_one "$minor"
+    continue
+  fi
+  if ((running >= JOBS)); then
+    wait -n
+    running=$((running - 1))
+  fi
+  echo "=== CPython $minor: started (output in $VENVS_DIR/py$minor.log, printed when it ends)"
+  (run_one "$minor" >"$VENVS_DIR/py$minor.log" 2>&1; cat "$VENVS_DIR/py$minor.log") &
+  running=$((running + 1))
+done
+wait
+for minor in "${found[@]}"; do
+  outcome="no result" took="-"
+  if [[ -f "$VENVS_DIR/py$minor.result" ]]; then read -r outcome took <"$VENVS_DIR/py$minor.result"; fi
+  result[$minor]=$outcome
+  seconds[$minor]=$took
+  [[ "$outcome" == passed ]] || failed=1
 done
 
 echo
