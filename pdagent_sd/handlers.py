@@ -310,8 +310,11 @@ class Handlers:
                 result["result"] = "would_import"  # a dry run
             else:
                 result["id"] = event_id
+                # the old agent named its files after the service key: masked here like every logged key
+                shown = entry.name.replace(entry.event.routing_key, mask(entry.event.routing_key)) \
+                    if entry.event.routing_key else entry.name
                 report(Kind.ACCEPTED, f"imported event {event_id} ({entry.state.value}) from the old agent's "
-                       f"outqueue file {entry.name}, for uid {peer.uid}", event_id=event_id,
+                       f"outqueue file {shown}, for uid {peer.uid}", event_id=event_id,
                        dedup_key=entry.event.dedup_key, routing_key=entry.event.routing_key,
                        action=entry.event.action.value, api=entry.event.api.value)
                 if entry.state is State.PENDING:
