@@ -9,6 +9,8 @@ APT_PACKAGES=(
   systemd systemd-container dbus iproute2 debootstrap
   # the agent's runtime deps from Debian (system tests and the .deb)
   python3-systemd python3-sdnotify python3-requests
+  # tests/test_pd_queue.py parses `pd-queue metrics` with the real Prometheus client, under Debian's python3
+  python3-prometheus-client
   # integrations and proxy tests
   nagios4 icinga2-bin monitoring-plugins-basic tinyproxy openssl
   # packaging

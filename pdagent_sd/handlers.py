@@ -362,8 +362,11 @@ class Handlers:
                 result["result"] = "would_import"  # a dry run
             else:
                 result["id"] = event_id
+                # the old agent named its files after the service key: masked here like every logged key
+                key = entry.event.routing_key
+                shown = entry.name.replace(key.reveal(), str(key)) if key.reveal() else entry.name
                 report(Kind.ACCEPTED, f"imported event {event_id} ({entry.state.value}) from the old agent's "
-                       f"outqueue file {entry.name}, for uid {peer.uid}, charged to uid {entry.sender.uid}",
+                       f"outqueue file {shown}, for uid {peer.uid}, charged to uid {entry.sender.uid}",
                        event_id=event_id, dedup_key=entry.event.dedup_key, routing_key=entry.event.routing_key,
                        action=entry.event.action.value, api=entry.event.api.value)
                 if entry.state is State.PENDING:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from waiting import poll
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY_A = "a" * 16 + "0123456789abcdef"
@@ -35,6 +38,10 @@ def base_env(**settings: str) -> Dict[str, str]:
     return env
 
 
+# Every Agent made in this process, for tests/conftest.py's check of their logs; emptied before each test.
+CREATED: List["Agent"] = []
+
+
 class Agent:
     """One pdagentd process. `start()` returns once it answers on its socket."""
 
@@ -48,6 +55,8 @@ class Agent:
         self.env = base_env(PDAGENT_EVENTS_URL=events_url, PDAGENT_SOCKET=self.socket,
                             PDAGENT_STATE_DIR=self.state_dir, PDAGENT_CONFIG=self.config, **settings)
         self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+        self.last_log = ""  # the log as it was at the last stop, for a check after the workdir is gone
+        CREATED.append(self)
 
     @property
     def pid(self) -> int:
@@ -76,10 +85,12 @@ class Agent:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        self.last_log = self.log() or self.last_log
+        return code
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
@@ -112,15 +123,28 @@ class Agent:
         return self.request({"op": "status"})
 
     def wait_until(self, predicate: Any, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        """Whether predicate() came true within timeout (waiting.poll); the caller asserts with its own message."""
+        return bool(poll(predicate, timeout))
 
     def pending(self) -> int:
         return int(self.status()["totals"]["pending"])
+
+
+def whole_keys_in_logs(agents: Iterable[Agent], keys: Iterable[str]) -> List[str]:
+    """Lines of the agents' logs that show one of `keys` whole: the daemon masks every routing key it logs
+    (first and last four characters of a key of 12 or more), so any such line is a leak. Keys shorter than 12
+    characters are left out: the daemon shows them as stars, and so short a string may match by chance. The
+    dedup key field is left out too: it is logged whole by design, and a sender (the fuzzer) may choose a
+    routing key's text as its dedup key."""
+    long_keys = [key for key in set(keys) if len(key) >= 12]
+    found = []
+    for agent in agents:
+        text = agent.log() or agent.last_log
+        for line in text.splitlines():
+            line = re.sub(r"PDAGENT_DEDUP_KEY=\S*", "PDAGENT_DEDUP_KEY=", line)
+            if any(key in line for key in long_keys):
+                found.append(f"{agent.log_path}: {line.strip()[:300]}")
+    return found
 
 
 def read_line(sock: socket.socket) -> bytes:

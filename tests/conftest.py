@@ -10,8 +10,23 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import agentproc  # noqa: E402
+import standin as standin_module  # noqa: E402
 from agentproc import Agent  # noqa: E402
 from standin import StandIn  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_whole_key_in_agent_logs() -> Iterator[None]:
+    """After every test: no log of an agent it started shows whole a routing key a stand-in received."""
+    agentproc.CREATED.clear()
+    standin_module.CREATED.clear()
+    yield
+    keys = {key for api in standin_module.CREATED for key in api.keys_seen}
+    leaks = agentproc.whole_keys_in_logs(agentproc.CREATED, keys)
+    agentproc.CREATED.clear()
+    standin_module.CREATED.clear()
+    assert not leaks, "a routing key appears whole in the daemon's log:\n" + "\n".join(leaks[:10])
 
 
 @pytest.fixture

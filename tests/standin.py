@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 V2_PATH = "/v2/enqueue"
 V1_PATH = "/generic/2010-04-15/create_event.json"
@@ -399,6 +399,11 @@ def _shutdown(sock: socket.socket) -> None:
 # --- the stand-in -----------------------------------------------------------------------------------------
 
 
+# Every StandIn made in this process, for tests/conftest.py's check that no agent log shows a key it received
+# whole; that fixture empties the list before each test.
+CREATED: List["StandIn"] = []
+
+
 class StandIn:
     """A PagerDuty Events API on 127.0.0.1 that records accepted events and fails on request."""
 
@@ -425,6 +430,7 @@ class StandIn:
         self._stopping = threading.Event()
         self._events: List[EventRecord] = []
         self._requests: List[RequestRecord] = []
+        self._keys_seen: Set[str] = set()  # every routing key any request carried; reset() keeps them
         self._faults: List[Fault] = []
         self._connections: Dict[threading.Thread, socket.socket] = {}  # open ones, to shut down
         self._threads: List[threading.Thread] = []  # every connection thread that may still run, to join
@@ -434,6 +440,7 @@ class StandIn:
         self._acceptor: Optional[threading.Thread] = None
         self._wake: Optional[socket.socket] = None
         self._started = False
+        CREATED.append(self)
 
     # -- lifecycle
 
@@ -715,6 +722,8 @@ class StandIn:
             if event is not None:
                 event = dataclasses.replace(event, time=now, wall_time=time.time())
             self._requests.append(request)
+            if request.routing_key:
+                self._keys_seen.add(request.routing_key)
             if event is not None:
                 self._events.append(event)
                 if self._record_file:
@@ -789,6 +798,12 @@ class StandIn:
         """Every request to an API path, faulted and invalid ones too (a copy)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def keys_seen(self) -> Set[str]:
+        """Every routing key a request carried, accepted or faulted, kept across reset() (a copy)."""
+        with self._lock:
+            return set(self._keys_seen)
 
     @property
     def request_count(self) -> int:

@@ -14,8 +14,10 @@ import time
 import pytest
 
 from agentproc import KEY_A, KEY_B, Agent, action, base_env, read_line, send_many, trigger
+from waiting import quiet_for
 
-pytestmark = pytest.mark.integration
+# the daemon's life on each interpreter (sockets, signals, SQLite, HTTP, socket activation): `interpreters`
+pytestmark = [pytest.mark.integration, pytest.mark.interpreters]
 
 
 def test_trigger_acknowledge_resolve_round_trip_in_order(agent, standin):
@@ -103,7 +105,7 @@ def test_kill_9_after_acknowledgement_loses_nothing_and_delivers_once(make_agent
     standin.accept_connections()
     agent.start()
     assert standin.wait_for(5, timeout=15), agent.log()
-    time.sleep(0.5)  # room for a duplicate to show up, if there were one
+    quiet_for(standin, 0.5)  # no duplicate arrives
     assert [body["dedup_key"] for body in standin.bodies(KEY_A)] == [f"k{i}" for i in range(5)]
 
 
@@ -378,6 +380,34 @@ def test_socket_activated_daemon_exits_when_idle_and_keeps_the_socket(tmp_path, 
         listener.close()
 
 
+def test_an_idle_daemon_with_an_undelivered_event_does_not_exit_until_it_is_delivered(tmp_path, standin):
+    """Idle exit only with an empty queue: the API down, one event pending and waiting out its backoff (longer
+    than the idle time, so no worker is busy meanwhile), the daemon stays; once delivered, it goes."""
+    agent = Agent(str(tmp_path), standin.url, PDAGENT_IDLE_EXIT_SEC="1", PDAGENT_BACKOFF_MIN_SEC="4",
+                  PDAGENT_BACKOFF_MAX_SEC="4")
+    standin.add_fault(status=503)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(agent.socket)
+    listener.listen(16)
+    daemon = subprocess.Popen(
+        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{sys.executable}" -m pdagent_sd.daemon'],
+        env=agent.env, pass_fds=(3,), preexec_fn=lambda: os.dup2(listener.fileno(), 3),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert _send_over(agent.socket, trigger(KEY_A, "waits out the outage", "idle-1"))["ok"]
+        assert standin.wait_for_requests(1, timeout=10)  # the first attempt failed: backing off for 4 s
+        time.sleep(2.5)  # time itself: more than twice the idle time passes with nothing in flight
+        assert daemon.poll() is None, "the daemon exited idle with an event still pending"
+        standin.clear_faults()
+        assert standin.wait_for(1, timeout=10)  # the retry delivers it
+        assert daemon.wait(timeout=10) == 0  # and now, idle with an empty queue, it exits
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        listener.close()
+
+
 def _send_over(path: str, event: dict) -> dict:  # type: ignore[type-arg]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
@@ -392,7 +422,7 @@ def test_retention_deletes_old_delivered_events_at_start(make_agent, standin):
     assert standin.wait_for(1, timeout=10)
     assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 1)
     agent.stop()
-    time.sleep(1.2)
+    time.sleep(1.2)  # time itself: the delivered event grows older than keep_delivered (1 s)
     agent.start()
     assert agent.wait_until(lambda: agent.status()["totals"]["delivered"] == 0)
 

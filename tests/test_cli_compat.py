@@ -510,6 +510,7 @@ def _run(agent: Any, module: str, *argv: bytes, stdin: bytes = b"") -> subproces
                           capture_output=True, timeout=30)
 
 
+@pytest.mark.interpreters
 @integration
 def test_a_resolve_written_dash_i_equals_resolves_the_incident(agent: Any, standin: Any) -> None:
     key = "a" * 16 + "0123456789abcdef"
@@ -524,6 +525,7 @@ def test_a_resolve_written_dash_i_equals_resolves_the_incident(agent: Any, stand
         ("trigger", "db01/disk"), ("resolve", "db01/disk")]
 
 
+@pytest.mark.interpreters
 @integration
 def test_arguments_in_latin1_page_and_exit_0(agent: Any, standin: Any) -> None:
     key = "b" * 16 + "0123456789abcdef"
@@ -551,6 +553,7 @@ def test_arguments_in_latin1_page_and_exit_0(agent: Any, standin: Any) -> None:
     assert bodies["s/c"]["payload"]["summary"] == "s/c : caf\ufffd"
 
 
+@pytest.mark.interpreters
 @integration
 def test_zabbix_field_injection_does_not_resolve_another_hosts_incident(agent: Any, standin: Any) -> None:
     key = "c" * 16 + "0123456789abcdef"
@@ -598,6 +601,7 @@ def test_the_fast_parser_reads_as_argparse_does_or_hands_over(argv: List[str]) -
         assert fast == refused(lambda: vars(send.COMMAND.argparser().parse_args(argv)))
 
 
+@pytest.mark.interpreters
 @integration
 def test_a_routing_key_from_the_environment_in_latin1_is_refused_as_invalid_not_a_crash(agent: Any) -> None:
     env_bytes = {key.encode(): value.encode() for key, value in agent.env.items()}

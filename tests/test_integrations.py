@@ -574,6 +574,7 @@ def test_sensu_input_that_is_no_sensu_event_is_invalid(stdin: bytes, message: st
 # --- through the real agent -----------------------------------------------------------------------------------
 
 
+@pytest.mark.interpreters
 @integration
 def test_each_integration_reaches_the_events_api_unchanged(agent: Any, standin: Any) -> None:
     nagios_run = agent.client("pdagent_sd.integrations.nagios", *NAGIOS_SERVICE_PROBLEM)
@@ -587,6 +588,7 @@ def test_each_integration_reaches_the_events_api_unchanged(agent: Any, standin: 
                                run_sensu(encoded(SENSU_GO_EVENT))[1]], key=lambda body: body["dedup_key"])
 
 
+@pytest.mark.interpreters
 @integration
 def test_quiet_integrations_print_nothing_and_resolves_follow_triggers(agent: Any, standin: Any) -> None:
     for action in ("PROBLEM", "RECOVERY"):
@@ -598,6 +600,7 @@ def test_quiet_integrations_print_nothing_and_resolves_follow_triggers(agent: An
         ("trigger", SERVICE_KEY), ("resolve", SERVICE_KEY)]
 
 
+@pytest.mark.interpreters
 @integration
 def test_agent_rejection_exits_65_with_the_agents_reason(agent: Any) -> None:
     run = agent.client("pdagent_sd.integrations.zabbix", "too-short-key", "trigger", ZABBIX_PROBLEM)
@@ -606,6 +609,7 @@ def test_agent_rejection_exits_65_with_the_agents_reason(agent: Any) -> None:
     assert run.stderr.startswith("pd-zabbix: routing_key must be 32 letters and digits")
 
 
+@pytest.mark.interpreters
 @integration
 def test_sensu_from_a_terminal_less_pipe_with_bad_json_exits_65(agent: Any) -> None:
     run = agent.client("pdagent_sd.integrations.sensu", "-k", KEY, stdin="not json")
@@ -613,6 +617,7 @@ def test_sensu_from_a_terminal_less_pipe_with_bad_json_exits_65(agent: Any) -> N
     assert run.stderr.startswith("pd-sensu: standard input is not a Sensu event: not JSON")
 
 
+@pytest.mark.interpreters
 @integration
 def test_an_oversized_sensu_event_still_reaches_the_api(agent: Any, standin: Any) -> None:
     event = dict(SENSU_GO_EVENT, check=dict(SENSU_GO_EVENT["check"], output="x" * 600_000))

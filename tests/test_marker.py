@@ -14,6 +14,7 @@ from typing import Iterator, List
 import pytest
 
 from agentproc import KEY_A, Agent, base_env
+from tiers import missing
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def inode_starved(tmp_path, standin) -> Iterator[Agent]:  # type: ignore[no-unty
     """pdagentd whose state directory is a tmpfs with room for queue.db, its WAL and -shm, and not one inode
     more: SQLite's writes go into files that exist, the marker cannot be created (ENOSPC)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
+        missing("mounting a tmpfs needs root")
     workdir = tmp_path / "agent"
     workdir.mkdir()
     listener = NotifyListener(str(workdir / "notify.sock"))

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from agentproc import ROOT, Agent
+from tiers import missing
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 def _require(path: str, packages: str) -> None:
     if not os.access(path, os.X_OK):
-        pytest.skip(f"{path} is missing: install {packages}")
+        missing(f"{path} is missing: install {packages}")
 
 
 class Workspace:

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from agentproc import ROOT, base_env
+from tiers import missing
 
 pytestmark = pytest.mark.unit
 
@@ -18,16 +19,18 @@ def _tool(name: str) -> str:
     candidate = os.path.join(os.path.dirname(sys.executable), name)
     found = candidate if os.path.exists(candidate) else shutil.which(name)
     if not found:
-        pytest.skip(f"{name} is not installed")
+        missing(f"{name} is not installed")
     return found
 
 
+@pytest.mark.quality
 def test_ruff_is_clean() -> None:
     result = subprocess.run([_tool("ruff"), "check", "pdagent_sd", "tests", "bench"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.quality
 def test_mypy_is_clean() -> None:
     result = subprocess.run([_tool("mypy"), "pdagent_sd"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

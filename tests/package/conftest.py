@@ -31,6 +31,7 @@ from debbuild import TIMINGS, BuiltDeb, build_deb, timed  # noqa: E402
 from debcontainer import RELEASES, DebianContainer, cached_rootfs, skip_reason  # noqa: E402
 
 from standin import StandIn  # noqa: E402
+from tiers import missing  # noqa: E402
 
 DROP_IN_PATH = "/etc/systemd/system/pdagent.service.d/50-package-test.conf"
 
@@ -52,7 +53,7 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
 def package_skip() -> None:
     reason = skip_reason()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
 
 
 @pytest.fixture(scope="session")

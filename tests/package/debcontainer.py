@@ -36,7 +36,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
+
+from waiting import wait_until  # noqa: E402,F401  (tests/ is on sys.path; the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS_SCRIPT = REPO / "packaging" / "debian-rootfs.sh"
@@ -63,17 +65,6 @@ def skip_reason() -> Optional[str]:
     if not PYPROJECT_PLUGIN.exists():
         return "pybuild's pyproject plugin is missing (apt-get install pybuild-plugin-pyproject)"
     return None
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def cached_rootfs(release: str = "bookworm") -> Path:

@@ -12,7 +12,7 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import pytest
 from debbuild import BuiltDeb, timed
@@ -214,6 +214,22 @@ def test_pd_send_is_delivered_through_the_socket_activated_daemon(installed: Deb
     assert body["event_action"] == "trigger" and body["payload"]["summary"] == "disk full on db1"
     assert installed.unit_property("pdagent.service", "ActiveState") == "active"
     assert installed.unit_property("pdagent.service", "User") == "pdagent"
+
+
+def test_the_installed_pd_send_imports_nothing_it_does_not_need(installed: DebianContainer,
+                                                                events_api: StandIn) -> None:
+    """/usr/bin/pd-send as dpkg installed it, byte-compiled: neither its console script (the installer's
+    template imports re for a Windows suffix) nor pd-send imports anything heavy on the way to a page."""
+    def imports(*argv: str) -> Set[str]:
+        stderr = installed.run("python3", "-X", "importtime", *argv).stderr
+        return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+    dedup = unique("imports")
+    added = imports("/usr/bin/pd-send", "-k", KEY, "-t", "trigger", "-d", "import check", "-i", dedup, "-q") - \
+        imports("-c", "pass")
+    heavy = {"re", "enum", "argparse", "json", "socket", "typing", "requests", "sqlite3", "systemd", "sdnotify"}
+    assert "pdagent_sd.cli.send" in added and not added & heavy, sorted(added)
+    wait_until(lambda: dedup in delivered_keys(events_api), 30, "the stand-in to receive the trigger")
 
 
 def test_systemctl_status_shows_the_queue(installed: DebianContainer, events_api: StandIn) -> None:

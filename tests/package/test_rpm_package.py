@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from debcontainer import REPO
 
+from tiers import CI
+
 pytestmark = pytest.mark.package
 
 BUILD_SCRIPT = REPO / "packaging" / "build-rpm.sh"
@@ -21,7 +23,7 @@ def rpm_query(rpm: Path, *args: str) -> str:
                           text=True, check=True).stdout
 
 
-@pytest.mark.skipif(shutil.which("rpmbuild") is None or shutil.which("rpmlint") is None,
+@pytest.mark.skipif(not CI and (shutil.which("rpmbuild") is None or shutil.which("rpmlint") is None),
                     reason="rpmbuild and rpmlint are needed (.ci/install-deps.sh installs rpm and rpmlint)")
 def test_rpm_builds_lints_clean_and_replaces_the_old_agent(tmp_path: Path) -> None:
     done = subprocess.run(["bash", str(BUILD_SCRIPT), "--outdir", str(tmp_path)], stdout=subprocess.PIPE,

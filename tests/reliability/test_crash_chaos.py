@@ -30,6 +30,7 @@ from chaoslib import (
     runs,
     summary,
 )
+from waiting import poll, quiet_for
 
 ANSWER_DELAY = 0.25  # seconds the stand-in takes to answer when deliveries must be in flight at a kill
 
@@ -49,12 +50,9 @@ def kill(agent: Agent, timeline: Timeline, quiet: float = 0.0) -> None:
 def wait_delivered(agent: Agent, standin: Any, tags: Any, timeout: float) -> None:
     """Until the stand-in has every tag and the daemon has nothing pending."""
     wanted = set(tags)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        have = {event.body.get("dedup_key") for event in standin.events}
-        if wanted <= have and agent.pending() == 0:
-            return
-        time.sleep(0.2)
+    if poll(lambda: wanted <= {event.body.get("dedup_key") for event in standin.events} and agent.pending() == 0,
+            timeout, interval=0.2):
+        return
     missing = wanted - {event.body.get("dedup_key") for event in standin.events}
     raise AssertionError(f"not delivered within {timeout}s: {len(missing)} events, e.g. {sorted(missing)[:5]}; "
                          f"pending {agent.pending()}\n{agent.log()[-3000:]}")
@@ -66,7 +64,7 @@ def finish(agent: Agent, standin: Any, senders: Senders, timeline: Timeline, max
     records = senders.snapshot()
     acked = [tag for tag, record in records.items() if record["outcome"] == "acked"]
     wait_delivered(agent, standin, acked, timeout)
-    time.sleep(0.5)  # room for a late duplicate to show up, if there were one
+    quiet_for(standin, 0.5)  # no late duplicate arrives
     assert not os.path.exists(os.path.join(agent.state_dir, "pending")), "pending marker left with nothing pending"
     assert agent.stop() == 0
     verdict = analyse(records, deliveries_of(standin.events), read_queue(agent.state_dir), timeline,

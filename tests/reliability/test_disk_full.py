@@ -17,6 +17,7 @@ from pdagent_sd.keys import mask
 
 from agentproc import Agent, trigger
 from chaoslib import routing_key, runs
+from tiers import missing
 
 KEYS = [routing_key(n) for n in range(2)]
 SETTINGS = {"PDAGENT_BACKOFF_MIN_SEC": "0.2", "PDAGENT_BACKOFF_MAX_SEC": "1"}
@@ -81,10 +82,10 @@ def fill(directory: str) -> str:
 @pytest.fixture(params=["tmpfs", "ext4"])
 def small_fs(request, tmp_path) -> Iterator[Tuple[SmallFilesystem, str]]:  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
+        missing("mounting a small filesystem needs root")
     needed = ["mount", "umount"] + (["mkfs.ext4", "losetup"] if request.param == "ext4" else [])
     if not all(shutil.which(tool) for tool in needed):
-        pytest.skip(f"needs {', '.join(needed)}")
+        missing(f"needs {', '.join(needed)}")
     mounts = SmallFilesystem(str(tmp_path))
     try:
         yield mounts, request.param

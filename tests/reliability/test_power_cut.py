@@ -34,6 +34,8 @@ from chaoslib import (
     summary,
 )
 from powercut import PowerCutFS, skip_reason
+from tiers import missing
+from waiting import quiet_for, wait_until
 
 pytestmark = pytest.mark.powercut
 
@@ -45,7 +47,7 @@ KEY = routing_key(900)
 def on_layer(tmp_path, make_agent) -> Iterator[Tuple[Agent, PowerCutFS]]:  # type: ignore[no-untyped-def]
     """A pdagentd (not started) whose state directory is a lazyfs mount; stopped before the unmount."""
     if SKIP:
-        pytest.skip(SKIP)
+        missing(SKIP)
     agent = make_agent(start=False)
     fs = PowerCutFS(str(tmp_path / "layer"), agent.state_dir).mount()
     try:
@@ -71,14 +73,6 @@ def marker(agent: Agent) -> bool:
 
 def pending_rows(agent: Agent) -> int:
     return sum(1 for row in read_queue(agent.state_dir).values() if row.state == "pending")
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def send(agent: Agent, tag: str, key: str = KEY) -> int:
@@ -122,7 +116,7 @@ def test_random_power_cuts_while_sending_and_delivering(size, on_layer, standin,
             if set(acked) <= have and agent.pending() == 0:
                 break
             time.sleep(0.2)
-        time.sleep(0.5)  # room for a late duplicate to show up, if there were one
+        quiet_for(standin, 0.5)  # no late duplicate arrives
         assert not marker(agent), "pending marker left with nothing pending"
         assert agent.stop() == 0
         verdict = analyse(records, deliveries_of(standin.events), read_queue(agent.state_dir), timeline,
@@ -159,7 +153,7 @@ def test_cut_right_after_the_marker_is_created(on_layer, standin) -> None:  # ty
         standin.accept_connections()
         agent.start(timeout=60)
         assert standin.wait_for(attempt + 1, timeout=30)
-        wait_for(lambda: not marker(agent), 30, "the marker to go once delivered")
+        wait_until(lambda: not marker(agent), 30, "the marker to go once delivered")
         standin.refuse_connections()
 
 
@@ -172,12 +166,12 @@ def test_cut_right_after_the_marker_is_removed(on_layer, standin) -> None:  # ty
     for number in range(5):
         send(agent, f"gone-{number}")
     assert standin.wait_for(5, timeout=30)
-    wait_for(lambda: not marker(agent), 30, "the marker to go")
+    wait_until(lambda: not marker(agent), 30, "the marker to go")
     cut(agent, fs, timeline, start=False)
     assert pending_rows(agent) == 0  # the results were committed before the marker went
     agent.start(timeout=60)
     assert not marker(agent)
-    time.sleep(1.0)
+    quiet_for(standin, 1.0)  # nothing delivered before the cut is sent again
     assert len(standin.events) == 5
 
 
@@ -188,16 +182,16 @@ def test_cut_right_after_the_retention_purge(on_layer, standin) -> None:  # type
     for number in range(30):
         send(agent, f"old-{number}")
     assert standin.wait_for(30, timeout=30)
-    wait_for(lambda: agent.pending() == 0, 30, "all delivered")
+    wait_until(lambda: agent.pending() == 0, 30, "all delivered")
     standin.refuse_connections()
     for number in range(5):
         send(agent, f"kept-{number}")
     agent.stop()
-    time.sleep(1.1)
+    time.sleep(1.1)  # time itself: the delivered events grow older than keep_delivered (1 s)
     agent.env["PDAGENT_KEEP_DELIVERED"] = "1s"
     timeline.starts.append(time.monotonic())
     agent.start(timeout=60)  # the purge runs at start
-    wait_for(lambda: not any(tag.startswith("old-") for tag in read_queue(agent.state_dir)), 30, "the purge")
+    wait_until(lambda: not any(tag.startswith("old-") for tag in read_queue(agent.state_dir)), 30, "the purge")
     cut(agent, fs, timeline, start=False)
     rows = read_queue(agent.state_dir)
     assert not any(tag.startswith("old-") and row.state != "delivered" for tag, row in rows.items())
@@ -207,7 +201,7 @@ def test_cut_right_after_the_retention_purge(on_layer, standin) -> None:  # type
     standin.accept_connections()
     agent.start(timeout=60)
     assert standin.wait_for(35, timeout=30)
-    time.sleep(0.5)
+    quiet_for(standin, 0.5)
     assert len(standin.events) == 35  # nothing purged or delivered came back to be sent again
 
 
@@ -271,7 +265,7 @@ def test_cut_right_after_pd_queue_retry_and_drop(on_layer, standin) -> None:  # 
     agent.start(timeout=60)
     for number in range(4):
         send(agent, f"refused-{number}", key=routing_key(901 + number % 2))
-    wait_for(lambda: agent.status()["totals"]["failed"] == 4, 30, "four failed events")
+    wait_until(lambda: agent.status()["totals"]["failed"] == 4, 30, "four failed events")
     assert not marker(agent)
     standin.refuse_connections()
     retried = agent.client("pdagent_sd.cli.queue", "retry", "-k", routing_key(901))
@@ -289,7 +283,7 @@ def test_cut_right_after_pd_queue_retry_and_drop(on_layer, standin) -> None:  # 
     standin.accept_connections()
     agent.start(timeout=60)
     assert standin.wait_for(2, timeout=30)
-    time.sleep(0.5)
+    quiet_for(standin, 0.5)  # the refused event stays refused
     assert sorted(e.body["dedup_key"] for e in standin.events) == ["refused-0", "refused-2"]
 
 

@@ -12,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from powercut import PowerCutFS, skip_reason
+from tiers import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.powercut]
 
@@ -21,7 +22,7 @@ SKIP = skip_reason()
 @pytest.fixture
 def fs(tmp_path) -> Iterator[PowerCutFS]:  # type: ignore[no-untyped-def]
     if SKIP:
-        pytest.skip(SKIP)
+        missing(SKIP)
     layer = PowerCutFS(str(tmp_path / "layer"), str(tmp_path / "mnt"))
     with layer:
         yield layer

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from figures import FigureLog  # noqa: E402  (tests/ is on sys.path through tests/conftest.py)
 
 from asuser import OtherUser, available  # noqa: E402
+from tiers import missing  # noqa: E402
 
 FIGURES = FigureLog("robustness figures", "ROBUSTNESS_REPORT")
 figures = FIGURES.fixture()
@@ -28,7 +29,7 @@ def other_user() -> Iterator[OtherUser]:
     """A throwaway unprivileged user with a venv of Debian's python3 (asuser.py); skips where there is none."""
     reason = available()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     with OtherUser() as user:
         yield user
 

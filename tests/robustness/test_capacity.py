@@ -30,6 +30,7 @@ from agentproc import KEY_A, Agent, trigger
 from asuser import OtherUser, available
 from robustlib import client_connections, rss_mib, runs
 from standin import StandIn
+from tiers import missing
 
 NOBODY = "nobody"
 
@@ -38,11 +39,11 @@ NOBODY = "nobody"
 def other_user() -> Iterator[OtherUser]:
     reason = available()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     try:
         pwd.getpwnam(NOBODY)
     except KeyError:
-        pytest.skip("there is no user nobody")
+        missing("there is no user nobody")
     with OtherUser() as user:
         yield user
 

@@ -141,6 +141,7 @@ def _assert_clean_log(agent: Agent) -> None:
         assert marker not in log, log[log.index(marker) - 2000: log.index(marker) + 3000]
 
 
+@pytest.mark.interpreters
 @pytest.mark.parametrize("size", runs({"frames": 10000, "parallel": 4, "per_connection": 200, "rss_growth": 40},
                                       {"frames": 100000, "parallel": 8, "per_connection": 500, "rss_growth": 40}))
 def test_fuzzed_frames_get_one_documented_reply_each(make_agent: Any, standin: Any, figures: Dict[str, Any],
@@ -439,6 +440,7 @@ def test_connections_beyond_max_connections_wait_and_none_harms_the_daemon(make_
     _assert_daemon_healthy(agent, standin, "after the crowd")
 
 
+@pytest.mark.interpreters
 @pytest.mark.integration
 @pytest.mark.parametrize("request_", [{"op": "show", "id": 2**64}, {"op": "drop", "id": 2**63},
                                       {"op": "drop", "id": -(2**70)}, {"op": "show", "id": 0}])

@@ -201,6 +201,7 @@ def tls_standin(tmp_path: Any) -> Iterator[Any]:
         yield api
 
 
+@pytest.mark.interpreters
 @pytest.mark.integration
 @pytest.mark.parametrize("environment", [{}, {"REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""},
                                          {"PYTHONHTTPSVERIFY": "0"}], ids=["plain", "empty-ca-env", "httpsverify0"])
@@ -241,6 +242,7 @@ def test_an_untrusted_certificate_fails_delivery_and_the_event_waits(tmp_path: A
         trusted.stop()
 
 
+@pytest.mark.interpreters
 @pytest.mark.integration
 def test_a_certificate_for_another_name_fails_even_from_a_trusted_ca(tmp_path: Any) -> None:
     """The test CA's server certificate names 127.0.0.1 and localhost; served on 127.0.0.2 (loopback too)
@@ -281,6 +283,7 @@ def test_plain_http_needs_allow_insecure_http() -> None:
     assert config.events_url == "http://events.example"
 
 
+@pytest.mark.interpreters
 @pytest.mark.integration
 @pytest.mark.parametrize("url, starts", [("http://events.example.com", False),
                                          ("http://127.0.0.1@events.example", False),

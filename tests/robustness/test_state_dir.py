@@ -22,6 +22,7 @@ from pdagent_sd.errors import StorageError
 from agentproc import KEY_A, Agent, send_many, trigger
 from asuser import OtherUser
 from standin import StandIn
+from tiers import missing
 
 
 def _send(agent: Agent) -> "subprocess.CompletedProcess[str]":
@@ -58,7 +59,7 @@ def test_a_state_directory_others_can_write_is_refused_until_fixed(other_user: O
 def test_a_state_directory_owned_by_another_uid_is_refused(tmp_path: Any) -> None:
     """The same check as above, without a daemon: the 0777 test shows the daemon's answer."""
     if os.geteuid() != 0:
-        pytest.skip("chown to another uid needs root")
+        missing("chown to another uid needs root")
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     os.chown(state, 65534, 65534)  # nobody

@@ -51,6 +51,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from waiting import wait_until  # noqa: E402,F401  (tests/ is on sys.path; the tests import it from here)
+
 SOURCE_IN_CONTAINER = "/srv/pdagent-sd"
 DEBIAN_PYTHON = "/usr/bin/python3"
 PYTHON_MODULES = {"systemd.daemon": "python3-systemd", "systemd.journal": "python3-systemd",
@@ -112,18 +114,6 @@ def skip_reason() -> Optional[str]:
 def _importable(module: str) -> bool:
     result = subprocess.run([DEBIAN_PYTHON, "-c", f"import {module}"], capture_output=True, timeout=60)
     return result.returncode == 0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until predicate() is truthy and return its value; ContainerError naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise ContainerError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def console_scripts(pyproject: Path) -> Dict[str, str]:
@@ -497,3 +487,15 @@ def _tmpfs_dir() -> Optional[str]:
     except OSError:
         pass
     return None
+
+
+def assert_no_whole_key_in_journal(machine: BootedSystemd, keys: Iterable[str]) -> None:
+    """No journal entry of the booted machine, in any field, shows whole one of `keys` (routing keys a stand-in
+    received; those of 12 characters or more, which the agent logs as their first and last four)."""
+    long_keys = [key for key in keys if len(key) >= 12]
+    if not long_keys or machine.nspawn.poll() is not None:
+        return
+    journal = machine.run(["journalctl", "--no-pager", "-o", "verbose"], check=False, timeout=120).stdout
+    lines = (re.sub(r"PDAGENT_DEDUP_KEY=\S*", "PDAGENT_DEDUP_KEY=", line) for line in journal.splitlines())
+    leaks = [line.strip()[:300] for line in lines if any(key in line for key in long_keys)]  # dedup keys: whole
+    assert not leaks, "a routing key appears whole in the journal:\n" + "\n".join(leaks[:10])

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from bootedsystemd import BootedSystemd, skip_reason
+from bootedsystemd import BootedSystemd, assert_no_whole_key_in_journal, skip_reason
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO = TESTS_DIR.parent
@@ -27,6 +27,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from standin import StandIn  # noqa: E402  (tests/ has no __init__.py and no conftest of its own)
+from tiers import missing  # noqa: E402
 
 BOOT_TIMES: List[BootedSystemd] = []
 
@@ -35,7 +36,7 @@ BOOT_TIMES: List[BootedSystemd] = []
 def system_skip() -> None:
     reason = skip_reason()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +75,7 @@ def agent_machine(boot_machine: Callable[..., BootedSystemd], events_api: StandI
     with boot_machine() as machine:
         machine.install_agent(events_url=events_api.url)
         yield machine
+        assert_no_whole_key_in_journal(machine, events_api.keys_seen)
 
 
 @pytest.fixture(scope="module")

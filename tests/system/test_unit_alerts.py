@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from bootedsystemd import UNIT_DIR, BootedSystemd, wait_until
+from bootedsystemd import UNIT_DIR, BootedSystemd, assert_no_whole_key_in_journal, wait_until
 from standin import StandIn
 
 pytestmark = pytest.mark.system
@@ -46,6 +46,7 @@ def machine(boot_machine: Callable[..., BootedSystemd], api: StandIn) -> Iterato
         booted.install_agent(events_url=api.url)
         booted.write_file("/etc/pdagent/agent.conf.d/50-unit-alerts.conf", CONFIG)
         yield booted
+        assert_no_whole_key_in_journal(booted, api.keys_seen)
 
 
 def host(machine: BootedSystemd) -> str:
