@@ -30,6 +30,7 @@ import pytest
 
 from agentproc import ROOT, Agent
 from tiers import missing
+from waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -250,9 +251,7 @@ define service {{
 def nagios_external_command(ws: Workspace, command: str) -> None:
     """One line into Nagios's command pipe, as the CGIs or an operator's script write it."""
     pipe = ws.path("nagios", "nagios.cmd")
-    deadline = time.monotonic() + 10
-    while not os.path.exists(pipe) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: os.path.exists(pipe), 10)  # if it never comes, open() below says so
     with open(pipe, "w", encoding="utf-8") as handle:
         handle.write(f"[{int(time.time())}] {command}\n")
 
@@ -329,12 +328,11 @@ def agent_socket(workspace: Workspace, standin: Any) -> Iterator[Agent]:
 
 
 def wait_for_event(standin: Any, action: str, dedup_key: str, why: Callable[[], str]) -> Dict[str, Any]:
-    deadline = time.monotonic() + WAIT_SEC
-    while time.monotonic() < deadline:
-        for body in standin.bodies(KEY):
-            if body["event_action"] == action and body["dedup_key"] == dedup_key:
-                return body
-        time.sleep(0.1)
+    found = poll(lambda: next((body for body in standin.bodies(KEY)
+                               if body["event_action"] == action and body["dedup_key"] == dedup_key), None),
+                 WAIT_SEC, interval=0.1)
+    if found is not None:
+        return found
     raise AssertionError(f"no {action} for {dedup_key} within {WAIT_SEC}s; got {standin.bodies(KEY)}\n{why()}")
 
 

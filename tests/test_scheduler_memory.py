@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import tracemalloc
 from typing import Any, Iterator
 
@@ -22,6 +21,7 @@ from pdagent_sd.scheduler import Scheduler
 from pdagent_sd.store import Sender, Store
 
 from agentproc import ROOT, trigger
+from waiting import wait_until
 
 KEYS = 600
 BYTES_PER_KEY = 64  # what may stay behind per key that came and went (was some 1,350)
@@ -56,10 +56,8 @@ def _drain(store: Store, scheduler: Scheduler, first: int, count: int) -> None:
     for n, commit in zip(range(first, first + count), commits):
         commit.result()
         scheduler.wake(RoutingKey(junk_key(n)), 65534)
-    deadline = time.monotonic() + 120
-    while store.pending_count or not scheduler.idle() or scheduler.keys:
-        assert time.monotonic() < deadline, (store.pending_count, len(scheduler.keys))
-        time.sleep(0.05)
+    wait_until(lambda: not (store.pending_count or not scheduler.idle() or scheduler.keys), 120,
+               "every key delivered and its scheduler state freed")
 
 
 @pytest.mark.integration

@@ -23,6 +23,7 @@ from pdagent_sd.protocol import Client
 from agentproc import KEY_A, Agent, action, send_many, trigger
 from standin import StandIn
 from storm import body, send_storm, storm_events, wrongs
+from waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +34,8 @@ def check_truth(standin: StandIn, events: List[Tuple[str, str]], since: float, w
     """Wait up to `within` seconds after `since` for every incident to be resolved at the stand-in, then check
     what each received; returns the seconds from `since` to each incident's resolve."""
     wanted = {dedup_key for dedup_key, _ in events}
-    deadline = since + within
-    while time.monotonic() < deadline:
-        if all(standin.resolved_at(KEY_A).get(key) is not None for key in wanted):
-            break
-        time.sleep(0.1)
+    poll(lambda: all(standin.resolved_at(KEY_A).get(key) is not None for key in wanted),
+         max(0.0, since + within - time.monotonic()), interval=0.1)
     resolved = standin.resolved_at(KEY_A)
     late = sorted(key for key in wanted if resolved.get(key) is None)
     assert not late, f"{len(late)} incidents not resolved {within:.0f}s after the storm: {late[:5]}"

@@ -19,6 +19,7 @@ import pytest
 
 from bootedsystemd import UNIT_DIR, BootedSystemd, assert_no_whole_key_in_journal, wait_until
 from standin import StandIn
+from waiting import quiet_for
 
 pytestmark = pytest.mark.system
 
@@ -203,7 +204,7 @@ def test_restart_loop_opens_one_incident_and_staying_up_resolves(machine: Booted
     machine.wait_for_state(unit, "failed", timeout=30)
     wait_until(lambda: machine.show(f"pdagent-unit-failed@{unit}.service", "ActiveState") == "active", 20,
                "the second page's handler to finish")
-    time.sleep(1)
+    quiet_for(api, 1, routing_key=KEY)  # no second trigger follows
     assert len(events_for(api, key)) == 1, [body["event_action"] for body in events_for(api, key)]
     assert "rate_limit_sec" in machine.unit_log(f"pdagent-unit-failed@{unit}.service")
 
