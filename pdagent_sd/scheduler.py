@@ -42,6 +42,7 @@ from pdagent_sd.events import Api
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
+from pdagent_sd.statustypes import NOT_HELD, Held
 from pdagent_sd.store import UNKNOWN_OUTCOME, Store
 
 logger = logging.getLogger(__name__)
@@ -553,17 +554,17 @@ class Scheduler:
             return [state.routing_key for state in self.keys.values() if state.place != "idle"
                     and (state.throttled_until > now or state.backoff_until > now)]
 
-    def key_status(self, routing_key: RoutingKey) -> Dict[str, Optional[float]]:
+    def key_status(self, routing_key: RoutingKey) -> Held:
         """Wall-clock times until which a key is throttled or backing off (None when it is not)."""
         with self.cond:
             state = self.keys.get(routing_key)
             if state is None:
-                return {"throttled_until": None, "backoff_until": None}
+                return NOT_HELD
             now, wall = self.clock(), self.wall_clock()
-            return {
-                "throttled_until": wall + state.throttled_until - now if state.throttled_until > now else None,
-                "backoff_until": wall + state.backoff_until - now if state.backoff_until > now else None,
-            }
+            return Held(
+                throttled_until=wall + state.throttled_until - now if state.throttled_until > now else None,
+                backoff_until=wall + state.backoff_until - now if state.backoff_until > now else None,
+            )
 
 
 def _wait_all(commits: List[Commit]) -> None:

@@ -34,6 +34,7 @@ from pdagent_sd.queuetypes import (
     Superseded,
     Usage,
 )
+from pdagent_sd.statustypes import KeyCounts
 
 # The value types (queuetypes.py), Commit (commit.py) and the DDL (schema.py) have modules of their own; the types
 # and Commit are still importable from here, where the tests and benchmarks import them.
@@ -774,7 +775,7 @@ class Store:
 
     @_read_op
     def key_counts(self, limit: int, routing_key: Optional[RoutingKey] = None
-                   ) -> Tuple[Dict[RoutingKey, Dict[str, Any]], int]:
+                   ) -> Tuple[Dict[RoutingKey, KeyCounts], int]:
         """Counts per state and the oldest pending event's creation time for at most `limit` routing keys (or
         just `routing_key`), from one snapshot, and how many routing keys the queue holds in all.
 
@@ -782,7 +783,7 @@ class Store:
         that a local user filled with a million made-up keys must not cost the daemon a million entries
         (and the reply a million lines) each time someone asks."""
         conn = self.reader()
-        keys: Dict[RoutingKey, Dict[str, Any]] = {}
+        keys: Dict[RoutingKey, KeyCounts] = {}
         conn.execute("BEGIN")  # one read transaction: every query sees the same commit
         try:
             if routing_key is not None:
@@ -802,21 +803,21 @@ class Store:
                             chosen.append(key)
                 total = int(conn.execute("SELECT COUNT(DISTINCT routing_key) FROM events").fetchone()[0])
             for key in chosen:
-                entry: Dict[str, Any] = {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0,
-                                         "oldest_pending": None}
+                counts: Dict[str, int] = {}
                 for state, count in conn.execute(
                         "SELECT state, COUNT(*) FROM events WHERE routing_key = ? GROUP BY state", (key,)):
                     if state in STATE_NAMES:  # a damaged page SQLite has not noticed yet: no row of ours is else
-                        entry[state] = count
-                if not any(entry[state] for state in STATE_NAMES):
+                        counts[state] = count
+                if not any(counts.values()):
                     continue
-                if entry["pending"]:  # index seeks (three per party), not a scan of the key's pending rows
+                oldest_pending: Optional[float] = None
+                if counts.get(State.PENDING.value):  # index seeks (three per party), not a scan of its pending rows
                     oldest = _oldest_ids(conn, State.PENDING.value, key, 1)
                     row = conn.execute("SELECT created FROM events WHERE id = ?", oldest).fetchone() if oldest \
                         else None
                     created = row[0] if row else None
-                    entry["oldest_pending"] = created if isinstance(created, (int, float)) else None
-                keys[RoutingKey(key)] = entry
+                    oldest_pending = created if isinstance(created, (int, float)) else None
+                keys[RoutingKey(key)] = KeyCounts(**counts, oldest_pending=oldest_pending)
         finally:
             conn.execute("COMMIT")
         return keys, total

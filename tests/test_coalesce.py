@@ -108,7 +108,7 @@ def test_updates_collapse_and_a_resolve_leaves_first_trigger_and_itself(store: S
     assert store.pending_count == 2
     assert [(note.id, note.by, note.action) for note in store.notes] == [  # type: ignore[attr-defined]
         (ids[1], ids[2], T), (ids[2], ids[3], T), (ids[3], ids[4], T), (ids[4], resolve, T)]
-    assert store.key_counts(10)[0][RoutingKey(KEY)]["superseded"] == 4
+    assert store.key_counts(10)[0][RoutingKey(KEY)].superseded == 4
 
 
 def test_incidents_of_other_dedup_keys_and_change_events_are_left_alone(store: Store) -> None:

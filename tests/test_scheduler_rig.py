@@ -155,7 +155,7 @@ def test_token_bucket_refills_while_idle_and_the_status_shows_the_throttle(make_
         rig.send(KEY_A, dedup_key=f"a{number}")
     rig.step()
     assert len(rig.deliverer.sent) == 2
-    throttle = rig.scheduler.key_status(RoutingKey(KEY_A))["throttled_until"]
+    throttle = rig.scheduler.key_status(RoutingKey(KEY_A)).throttled_until
     assert throttle == pytest.approx(rig.clock.wall() + 0.5)
     rig.run()
     assert len(rig.deliverer.sent) == 3

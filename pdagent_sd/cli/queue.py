@@ -21,6 +21,7 @@ from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound, StorageErro
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import DROP_BATCH, Message, request
 from pdagent_sd.safetext import safe, safe_json
+from pdagent_sd.statustypes import KeyStatus, QueueStatus
 
 PROGRAM = "pd-queue"
 DECLINED = 1  # the operator answered no at a confirmation prompt
@@ -107,17 +108,19 @@ def _columns(rows: List[List[str]], right: Tuple[int, ...] = ()) -> List[str]:
 
 def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optional[float] = None) -> List[str]:
     """The seed's table (and a Total row), then one line per key that is waiting, then the last delivery."""
-    now = time.time() if now is None else now
-    keys = reply["keys"]
+    return _format_status(QueueStatus.from_wire(reply), wanted_key, time.time() if now is None else now)
+
+
+def _format_status(status: QueueStatus, wanted_key: Optional[str], now: float) -> List[str]:
+    keys = status.keys
     if not keys and wanted_key:
-        keys = [{"routing_key": wanted_key, "pending": 0, "delivered": 0, "failed": 0,
-                 "oldest_pending_age": None, "throttled_until": None, "backoff_until": None}]
+        keys = (KeyStatus(wanted_key),)
     lines = [TABLE_HEADER]
     for key in keys:
-        lines.append(f"{safe(key['routing_key']):<35} {key['pending']:>9} {key['delivered']:>9} {key['failed']:>9}")
-    omitted = reply.get("keys_omitted") or 0
+        lines.append(f"{safe(key.routing_key):<35} {key.pending:>9} {key.delivered:>9} {key.failed:>9}")
+    omitted = status.keys_omitted
     if len(keys) != 1 or omitted:
-        totals = reply["totals"]
+        totals = status.totals
         lines.append(f"{'Total':<35} {totals['pending']:>9} {totals['delivered']:>9} {totals['failed']:>9}")
     if omitted:
         lines.append(f"(and {omitted} more routing key(s), fewer events each; -k KEY shows any one)")
@@ -126,9 +129,9 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
         lines.append("")
         lines.extend(details)
     lines.append("")
-    last = reply.get("last_delivery")
+    last = status.last_delivery
     lines.append(f"Last delivery: {_when(last, now) if last else 'none on record'}")
-    beats = reply.get("heartbeats") or {}
+    beats = status.heartbeats
     if any(beats.values()):
         lines.append("Heartbeats: " + ", ".join(f"{beats.get(state, 0)} {state}"
                                                 for state in ("ok", "late", "paged", "paused"))
@@ -136,18 +139,18 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
     return lines
 
 
-def _key_details(key: Dict[str, Any], now: float) -> List[str]:
+def _key_details(key: KeyStatus, now: float) -> List[str]:
     """Why a key's events are still waiting: how old the oldest is, and any throttle or backoff."""
     parts = []
-    if key.get("oldest_pending_age") is not None:
-        parts.append(f"oldest pending {_age(key['oldest_pending_age'])} old")
-    if key.get("throttled_until"):
-        parts.append(f"throttled until {_when(key['throttled_until'], now)}")
-    if key.get("backoff_until"):
-        parts.append(f"backing off until {_when(key['backoff_until'], now)}")
-    if key.get("superseded"):
-        parts.append(f"{key['superseded']} superseded (coalesced, not sent: list --state superseded)")
-    return [f"{safe(key['routing_key'])}: {'; '.join(parts)}"] if parts else []
+    if key.oldest_pending_age is not None:
+        parts.append(f"oldest pending {_age(key.oldest_pending_age)} old")
+    if key.throttled_until:
+        parts.append(f"throttled until {_when(key.throttled_until, now)}")
+    if key.backoff_until:
+        parts.append(f"backing off until {_when(key.backoff_until, now)}")
+    if key.superseded:
+        parts.append(f"{key.superseded} superseded (coalesced, not sent: list --state superseded)")
+    return [f"{safe(key.routing_key)}: {'; '.join(parts)}"] if parts else []
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -155,13 +158,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.key:
         message["routing_key"] = args.key
     reply = _ask(args, message)
-    if args.json:
+    status = QueueStatus.from_wire(reply)
+    if args.json:  # the reply as it came: a newer agent's fields too
         _print_json({name: value for name, value in reply.items() if name != "ok"})
     else:
-        print("\n".join(format_status(reply, args.key)))
-    for warning in reply.get("warnings") or []:
+        print("\n".join(_format_status(status, args.key, time.time())))
+    for warning in status.warnings:
         _note(f"warning: {warning}")
-    if reply.get("redacted") and not args.json and reply["keys"]:
+    if reply.get("redacted") and not args.json and status.keys:
         _note(f"routing keys are masked; to see them whole, {ADMIN_ADVICE}")
     return exitcodes.OK
 
