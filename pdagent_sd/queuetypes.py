@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from pdagent_sd.events import Event
+from pdagent_sd.events import Action, Api, Event
 from pdagent_sd.keys import RoutingKey
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
@@ -33,8 +33,8 @@ STATE_NAMES = frozenset(state.value for state in State)
 class QueuedEvent:
     id: int
     routing_key: RoutingKey
-    api: str
-    action: str
+    api: Api  # read from its row once (store._queued), not parsed again on every attempt
+    action: Action
     dedup_key: str
     body: str
     attempts: int

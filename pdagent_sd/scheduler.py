@@ -38,7 +38,6 @@ from pdagent_sd.commit import Commit
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
-from pdagent_sd.events import Api
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
@@ -490,7 +489,7 @@ class Scheduler:
             self.stats.in_flight += 1
         sent_at = self.clock()
         try:
-            result = deliverer.attempt(Api(event.api), event.body)
+            result = deliverer.attempt(event.api, event.body)
         finally:
             with self.cond:
                 self.stats.in_flight -= 1
@@ -499,7 +498,7 @@ class Scheduler:
         if result.unknown:
             self._note_unknown(state, event, sent_at)
         fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
-                      action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
+                      action=event.action.value, api=event.api.value, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
             commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "",
                                                sender_uid=event.sender_uid)
@@ -511,7 +510,7 @@ class Scheduler:
             with self.cond:
                 self.stats.delivered += 1
                 self.stats.last_delivery = self.wall_clock()
-            report(Kind.DELIVERED, f"delivered event {event.id} ({event.api} {event.action})", **fields)
+            report(Kind.DELIVERED, f"delivered event {event.id} ({event.api.value} {event.action.value})", **fields)
             return None, commit
         if result.outcome is Outcome.FAILED or self._out_of_attempts(attempt):
             commit = self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error,

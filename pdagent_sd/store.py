@@ -19,7 +19,7 @@ from pdagent_sd import marker, schema
 from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
-from pdagent_sd.events import Action, Event
+from pdagent_sd.events import Action, Api, Event
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import (
     INTERNAL,
@@ -894,7 +894,7 @@ class Store:
 
 
 def _queued(row: Sequence[Any]) -> QueuedEvent:
-    return QueuedEvent(row[0], RoutingKey(row[1]), *row[2:])
+    return QueuedEvent(row[0], RoutingKey(row[1]), Api(row[2]), Action(row[3]), *row[4:])
 
 
 def _row(fields: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
