@@ -25,16 +25,16 @@ from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
 from pdagent_sd.legacy import parse as legacy_parse
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import DROP_BATCH, LEGACY_BATCH, STATUS_MAX_KEYS, Message
-from pdagent_sd.queuetypes import LegacyEntry, Sender, State
+from pdagent_sd.queuetypes import LegacyEntry, Sender
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.statustypes import NOT_HELD, STATES, DaemonInfo, KeyStatus, QueueStatus, sum_totals
+from pdagent_sd.statustypes import NOT_HELD, STATES, DaemonInfo, KeyStatus, QueueStatus, State, sum_totals
 from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
 
 ADMIN_GROUP = "pdagent"
 ADMIN_OPS = ("show", "retry", "drop", "import_legacy")
-LEGACY_STATES = {"pending": State.PENDING, "failed": State.FAILED}
+LEGACY_STATES = {state.value: state for state in (State.PENDING, State.FAILED)}
 MAX_LIST_LIMIT = 10000
 # Bodies in one `list` reply at most: the whole reply is built in memory (an admin's list of 10,000 events of
 # 512 KB would be 5 GB); past it the reply holds fewer rows and says truncated.

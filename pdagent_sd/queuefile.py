@@ -19,8 +19,7 @@ from typing import Dict, Optional
 
 from pdagent_sd.keys import mask
 from pdagent_sd.protocol import STATUS_MAX_KEYS
-from pdagent_sd.queuetypes import State
-from pdagent_sd.statustypes import STATES, KeyCounts, KeyStatus, QueueStatus
+from pdagent_sd.statustypes import STATES, KeyCounts, KeyStatus, QueueStatus, State
 from pdagent_sd.store import DB_NAME
 
 PER_KEY = ("SELECT routing_key, state, COUNT(*), MIN(CASE WHEN state = 'pending' THEN created END) "

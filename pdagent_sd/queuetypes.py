@@ -1,14 +1,15 @@
-"""The queue's plain value types: an event's states, a queued event as the scheduler reads it, who sends an
-event and the quotas and usage that bound it, an event to import from the old agent, an event coalesced away.
+"""The queue's plain value types: a queued event as the scheduler reads it, who sends an event and the quotas
+and usage that bound it, an event to import from the old agent, an event coalesced away. An event's states
+(`State`) live in statustypes.py, which pd-queue imports without the event model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 from pdagent_sd.events import Action, Api, Event
 from pdagent_sd.keys import RoutingKey
+from pdagent_sd.statustypes import State
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
 UNKNOWN_SENDER = -1
@@ -17,16 +18,6 @@ UNKNOWN_SENDER = -1
 # keeping them apart would protect nothing, and pd-unit-alert (root) and an admin's `pd-send` (sudo) must
 # coalesce with each other: an admin's resolve supersedes the unit alert's updates.
 TRUSTED_PARTY = -1
-
-
-class State(str, Enum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"  # made redundant by a later event of its incident before it was sent
-
-
-STATE_NAMES = frozenset(state.value for state in State)
 
 
 @dataclass(frozen=True)

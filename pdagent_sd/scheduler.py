@@ -40,8 +40,8 @@ from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import RoutingKey
-from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
-from pdagent_sd.statustypes import NOT_HELD, Held
+from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent
+from pdagent_sd.statustypes import NOT_HELD, Held, State
 from pdagent_sd.store import UNKNOWN_OUTCOME, Store
 
 logger = logging.getLogger(__name__)
@@ -500,7 +500,7 @@ class Scheduler:
         fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
                       action=event.action.value, api=event.api.value, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
-            commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "",
+            commit = self.store.record_attempt(event.id, State.DELIVERED, State.DELIVERED.value, result.http_status, "",
                                                sender_uid=event.sender_uid)
             if not self.store.writes_failing:
                 # Not while the queue cannot record results: the event goes again, and the storage backoff must
@@ -513,8 +513,8 @@ class Scheduler:
             report(Kind.DELIVERED, f"delivered event {event.id} ({event.api.value} {event.action.value})", **fields)
             return None, commit
         if result.outcome is Outcome.FAILED or self._out_of_attempts(attempt):
-            commit = self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error,
-                                               sender_uid=event.sender_uid)
+            commit = self.store.record_attempt(event.id, State.FAILED, State.FAILED.value, result.http_status,
+                                               result.error, sender_uid=event.sender_uid)
             report(Kind.FAILED, f"event {event.id} failed: {result.error}", error=result.error, **fields)
             return None, commit
         return self._defer(state, event, result, fields)

@@ -1,19 +1,31 @@
-"""The queue's status as values: one routing key's figures (`KeyStatus`), a key's hold (`Held`) and the whole
-answer (`QueueStatus`), built once where the queue is read and turned into the wire's JSON only at the socket.
+"""The queue's states (`State`) and its status as values: one routing key's figures (`KeyStatus`), a key's
+hold (`Held`) and the whole answer (`QueueStatus`), built once where the queue is read and turned into the
+wire's JSON only at the socket.
 
 The daemon builds them (store, scheduler, handlers) and renders metrics from them; `pd-queue metrics
 --from-queue` builds them from queue.db (queuefile.py); `pd-queue status` reads them back with `from_wire`. The
-wire's shape is docs/protocol.md's and must not change: `to_wire` writes exactly the fields, in the order, that
+wire's shape (protocol.py, docs/pd-queue.md) must not change: `to_wire` writes exactly the fields, in the order, that
 the daemon has always sent. Only the standard library is imported: pd-queue status must answer fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-# The queue's four states, as the wire and queue.db spell them (queuetypes.State has the same values).
-STATES = ("pending", "delivered", "failed", "superseded")
+
+class State(str, Enum):
+    """An event's state, as the wire and queue.db spell it. The SQL in store.py, marker.py and queuefile.py
+    spells these values in its text (a literal in a WHERE clause is what the partial indexes match)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # made redundant by a later event of its incident before it was sent
+
+
+STATES = tuple(state.value for state in State)  # the status's per-state fields, in the wire's order
 
 
 @dataclass(frozen=True)
@@ -69,17 +81,17 @@ class KeyStatus:
         return bool(self.throttled_until or self.backoff_until)
 
     def to_wire(self) -> Dict[str, Any]:
-        return {"routing_key": self.routing_key, "pending": self.pending, "delivered": self.delivered,
-                "failed": self.failed, "superseded": self.superseded,
+        return {"routing_key": self.routing_key, **{state: self.count(state) for state in STATES},
                 "oldest_pending_age": self.oldest_pending_age, "throttled_until": self.throttled_until,
                 "backoff_until": self.backoff_until}
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> KeyStatus:
         # an agent older than coalescing sends no superseded count
-        return cls(wire["routing_key"], wire["pending"], wire["delivered"], wire["failed"],
-                   wire.get("superseded") or 0, wire.get("oldest_pending_age"), wire.get("throttled_until"),
-                   wire.get("backoff_until"))
+        counts = {state: (wire.get(state) or 0) if state == State.SUPERSEDED.value else wire[state]
+                  for state in STATES}
+        return cls(wire["routing_key"], **counts, oldest_pending_age=wire.get("oldest_pending_age"),
+                   throttled_until=wire.get("throttled_until"), backoff_until=wire.get("backoff_until"))
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,16 @@ from pdagent_sd.events import Action, Api, Event
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import (
     INTERNAL,
-    STATE_NAMES,
     TRUSTED_PARTY,
     UNKNOWN_SENDER,
     LegacyEntry,
     QueuedEvent,
     Quotas,
     Sender,
-    State,
     Superseded,
     Usage,
 )
-from pdagent_sd.statustypes import KeyCounts
+from pdagent_sd.statustypes import STATES, KeyCounts, State
 
 # The value types (queuetypes.py), Commit (commit.py) and the DDL (schema.py) have modules of their own; the types
 # and Commit are still importable from here, where the tests and benchmarks import them.
@@ -806,7 +804,7 @@ class Store:
                 counts: Dict[str, int] = {}
                 for state, count in conn.execute(
                         "SELECT state, COUNT(*) FROM events WHERE routing_key = ? GROUP BY state", (key,)):
-                    if state in STATE_NAMES:  # a damaged page SQLite has not noticed yet: no row of ours is else
+                    if state in STATES:  # a damaged page SQLite has not noticed yet: no row of ours is else
                         counts[state] = count
                 if not any(counts.values()):
                     continue

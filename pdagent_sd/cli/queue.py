@@ -21,11 +21,12 @@ from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound, StorageErro
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import DROP_BATCH, Message, request
 from pdagent_sd.safetext import safe, safe_json
-from pdagent_sd.statustypes import KeyStatus, QueueStatus
+from pdagent_sd.statustypes import KeyStatus, QueueStatus, State
 
 PROGRAM = "pd-queue"
 DECLINED = 1  # the operator answered no at a confirmation prompt
-STATES = ("pending", "failed", "delivered", "superseded")
+STATES = tuple(state.value for state in (State.PENDING, State.FAILED, State.DELIVERED, State.SUPERSEDED))
+TABLE_STATES = (State.PENDING, State.DELIVERED, State.FAILED)  # the seed's status table's columns
 ADMIN_ADVICE = "use sudo, or join group pdagent (sudo usermod -aG pdagent $USER, then log in again)"
 
 DESCRIPTION = "Access the local queue of the PagerDuty agent."
@@ -121,7 +122,7 @@ def _format_status(status: QueueStatus, wanted_key: Optional[str], now: float) -
     omitted = status.keys_omitted
     if len(keys) != 1 or omitted:
         totals = status.totals
-        lines.append(f"{'Total':<35} {totals['pending']:>9} {totals['delivered']:>9} {totals['failed']:>9}")
+        lines.append(f"{'Total':<35} " + " ".join(f"{totals[state.value]:>9}" for state in TABLE_STATES))
     if omitted:
         lines.append(f"(and {omitted} more routing key(s), fewer events each; -k KEY shows any one)")
     details = [line for key in keys for line in _key_details(key, now)]
@@ -212,7 +213,7 @@ def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List
     now = time.time() if now is None else now
     table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "SENDER", "DEDUP KEY", "DETAIL"]]
     for row in rows:
-        detail = f"error: {row['last_error']}" if row["state"] == "failed" and row.get("last_error") \
+        detail = f"error: {row['last_error']}" if row["state"] == State.FAILED.value and row.get("last_error") \
             else f"superseded by {row['superseded_by']}" if row.get("superseded_by") else _summary(row)
         table.append([str(row["id"]), row["state"], safe(row["routing_key"]), safe(f"{row['api']} {row['action']}"),
                       str(row["attempts"]), f"{_age(now - row['created'])} ago",
@@ -289,7 +290,7 @@ def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str
         lines.append(f"  Superseded by: event {event['superseded_by']} (of the same incident; this one is not sent)")
     # A wall-clock hint, read as the daemon reads it: meaningless once the clock has stepped back before the
     # deferral was recorded (the daemon's backoff runs on the monotonic clock; docs/design-notes.md)
-    if event["state"] == "pending" and event.get("next_attempt", 0) > now >= event.get("updated", 0):
+    if event["state"] == State.PENDING.value and event.get("next_attempt", 0) > now >= event.get("updated", 0):
         lines.append(f"  Next attempt:  {_when(event['next_attempt'], now)}")
     if event.get("last_status") is not None or event.get("last_error"):
         lines.append(f"  Last answer:   {_answer(event.get('last_status'), event.get('last_error'))}")
@@ -644,8 +645,8 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
         raise NotFound(f"{args.dir} is not a directory: there is no old agent's outqueue to import",
                        hint="give the old agent's outqueue directory (it holds pdq/ and err/)")
     events, unusable = scan(args.dir)
-    counts: Dict[str, Any] = {"imported": {"pending": 0, "failed": 0}, "already_imported": 0, "invalid": [],
-                              "refused": []}
+    counts: Dict[str, Any] = {"imported": {State.PENDING.value: 0, State.FAILED.value: 0}, "already_imported": 0,
+                              "invalid": [], "refused": []}
     subdir_of = {event.name: event.subdir for event in events}
     state_of = {event.name: event.state for event in events}
     owners: Dict[int, int] = {}
@@ -677,9 +678,9 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     moved, not_moved = (0, []) if args.dry_run else retire(args.dir, taken)
     verb = "would import" if args.dry_run else "imported"
     imported = counts["imported"]
+    pending, failed = imported[State.PENDING.value], imported[State.FAILED.value]
     print(f"{args.dir}: {len(events) + len(unusable)} file(s) in pdq/ and err/")
-    print(f"{verb}: {imported['pending'] + imported['failed']} ({imported['pending']} pending from pdq/, "
-          f"{imported['failed']} failed from err/)")
+    print(f"{verb}: {pending + failed} ({pending} pending from pdq/, {failed} failed from err/)")
     if owners:
         print("  by owner (the quota each is charged to): " + ", ".join(
             f"{_owner_name(uid)} {count}" for uid, count in sorted(owners.items())))
@@ -693,7 +694,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     print(f"unreadable or malformed files: {len(unusable)}")
     for problem in unusable:
         print(f"  {_shown(problem.path)}: {problem.reason}")
-    if imported["failed"] and not args.dry_run:
+    if failed and not args.dry_run:
         print("Failed events stay failed: `pd-queue retry -a` sends them again.")
     if args.dry_run:
         print("Nothing was changed.")
