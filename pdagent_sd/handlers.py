@@ -21,7 +21,7 @@ from pdagent_sd.errors import BadRequest, ConfigError, Forbidden, InvalidEvent, 
 from pdagent_sd.events import MAX_BODY_BYTES, NO_KEYS, Event, validate
 from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
+from pdagent_sd.keys import Caller, KeyBook, RoutingKey
 from pdagent_sd.legacy import parse as legacy_parse
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import DROP_BATCH, LEGACY_BATCH, STATUS_MAX_KEYS, Message
@@ -256,20 +256,14 @@ class Handlers:
         rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES,
                                                  sender_uid=sender_uid)
-        for row in rows:
-            row["routing_key"] = row["routing_key"].reveal() if peer.admin else str(row["routing_key"])
-            if not peer.admin:
-                row["dedup_key"] = mask(row["dedup_key"])  # a dedup key is all it takes to resolve an incident
-                del row["sender_uid"]  # who pages about what is the admins' to know
-        reply: Message = {"ok": True, "events": rows, "redacted": not peer.admin}
+        reply: Message = {"ok": True, "events": [row.to_wire(reveal=peer.admin) for row in rows],
+                          "redacted": not peer.admin}
         if truncated:
             reply["truncated"] = True
         return reply
 
     def op_show(self, message: Message, peer: Peer) -> Message:
-        event = self.store.show(_event_id(message))
-        event["routing_key"] = event["routing_key"].reveal()  # show is for admins
-        return {"ok": True, "event": event}
+        return {"ok": True, "event": self.store.show(_event_id(message)).to_wire(reveal=True)}  # show is for admins
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
         routing_key = self._key_filter(message, peer)

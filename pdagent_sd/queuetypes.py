@@ -6,9 +6,10 @@ and usage that bound it, an event to import from the old agent, an event coalesc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 from pdagent_sd.events import Action, Api, Event
-from pdagent_sd.keys import RoutingKey
+from pdagent_sd.keys import RoutingKey, mask
 from pdagent_sd.statustypes import State
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
@@ -33,6 +34,59 @@ class QueuedEvent:
     created: float
     sender_uid: int = UNKNOWN_SENDER
     party: int = TRUSTED_PARTY
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try to deliver an event, as `show` lists it."""
+
+    at: float
+    outcome: str
+    http_status: Optional[int]
+    error: Optional[str]
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"at": self.at, "outcome": self.outcome, "http_status": self.http_status, "error": self.error}
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """An event as `list` and `show` answer it, its columns as stored (a damaged row is listed, not refused):
+    `body` is None when it was not read, `attempts_log` None outside `show`."""
+
+    id: int
+    routing_key: RoutingKey
+    api: str
+    action: str
+    dedup_key: str
+    state: str
+    created: float
+    updated: float
+    attempts: int
+    next_attempt: float
+    last_status: Optional[int]
+    last_error: Optional[str]
+    superseded_by: Optional[int]
+    sender_uid: int
+    body: Optional[str] = None
+    attempts_log: Optional[Tuple[Attempt, ...]] = None
+
+    def to_wire(self, reveal: bool) -> Dict[str, Any]:
+        """The reply's row. Unrevealed (anyone may list): the routing key and the dedup key masked, since a
+        dedup key is all it takes to resolve an incident, and no sender: who pages about what is the admins'."""
+        wire: Dict[str, Any] = {
+            "id": self.id, "routing_key": self.routing_key.reveal() if reveal else str(self.routing_key),
+            "api": self.api, "action": self.action, "dedup_key": self.dedup_key if reveal else mask(self.dedup_key),
+            "state": self.state, "created": self.created, "updated": self.updated, "attempts": self.attempts,
+            "next_attempt": self.next_attempt, "last_status": self.last_status, "last_error": self.last_error,
+            "superseded_by": self.superseded_by}
+        if reveal:
+            wire["sender_uid"] = self.sender_uid
+        if self.body is not None:
+            wire["body"] = self.body
+        if self.attempts_log is not None:
+            wire["attempts_log"] = [attempt.to_wire() for attempt in self.attempts_log]
+        return wire
 
 
 @dataclass(frozen=True)

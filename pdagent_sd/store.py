@@ -13,6 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, Union, cast
 
 from pdagent_sd import marker, schema
@@ -25,6 +26,8 @@ from pdagent_sd.queuetypes import (
     INTERNAL,
     TRUSTED_PARTY,
     UNKNOWN_SENDER,
+    Attempt,
+    EventRow,
     LegacyEntry,
     QueuedEvent,
     Quotas,
@@ -836,7 +839,7 @@ class Store:
 
     @_read_op
     def list_events(self, state: Optional[State], routing_key: Optional[RoutingKey],
-                    limit: int) -> List[Dict[str, Any]]:
+                    limit: int) -> List[EventRow]:
         conn = self.reader()
         rows = conn.execute(*_select_in_order(conn, ", ".join(ROW_FIELDS), routing_key, state, limit))
         return [_row(ROW_FIELDS, row) for row in rows]
@@ -844,19 +847,19 @@ class Store:
     @_read_op
     def list_page(self, state: Optional[State], routing_key: Optional[RoutingKey], limit: int, *,
                   bodies: bool = True, max_bytes: int = 0,
-                  sender_uid: Optional[int] = None) -> Tuple[List[Dict[str, Any]], bool]:
+                  sender_uid: Optional[int] = None) -> Tuple[List[EventRow], bool]:
         """Rows in id order (of one sender's events only, if sender_uid is given), with their bodies only if
         `bodies`; stops early once the bodies reach `max_bytes` (0 = no cap). Returns the rows and whether it
         stopped early."""
         fields = ROW_FIELDS if bodies else ROW_FIELDS[:-1]
-        rows: List[Dict[str, Any]] = []
+        rows: List[EventRow] = []
         size = 0
         conn = self.reader()
         for row in conn.execute(*_select_in_order(conn, ", ".join(fields), routing_key, state, limit,
                                                   sender_uid)):
             entry = _row(fields, row)
             if bodies and max_bytes:
-                size += len(entry["body"]) if isinstance(entry["body"], str) else 0
+                size += len(entry.body) if isinstance(entry.body, str) else 0
                 if size > max_bytes and rows:
                     return rows, True
             rows.append(entry)
@@ -871,21 +874,18 @@ class Store:
                                                         params)]
 
     @_read_op
-    def show(self, event_id: int) -> Dict[str, Any]:
+    def show(self, event_id: int) -> EventRow:
         """One event whole, with every attempt made to deliver it."""
         where, params = _selector(event_id, None, None)
         rows = self._rows(where, params, 1)
         if not rows:
             raise NotFound(f"no event with id {event_id}")
-        event = rows[0]
-        event["attempts_log"] = [
-            {"at": at, "outcome": outcome, "http_status": status, "error": error}
-            for at, outcome, status, error in self.reader().execute(
+        return replace(rows[0], attempts_log=tuple(
+            Attempt(at, outcome, status, error) for at, outcome, status, error in self.reader().execute(
                 "SELECT at, outcome, http_status, error FROM attempts WHERE event_id = ? ORDER BY rowid",
-                (event_id,))]
-        return event
+                (event_id,))))
 
-    def _rows(self, where: str, params: List[Any], limit: int) -> List[Dict[str, Any]]:
+    def _rows(self, where: str, params: List[Any], limit: int) -> List[EventRow]:
         rows = self.reader().execute(
             f"SELECT {', '.join(ROW_FIELDS)} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit])
         return [_row(ROW_FIELDS, row) for row in rows]
@@ -895,12 +895,12 @@ def _queued(row: Sequence[Any]) -> QueuedEvent:
     return QueuedEvent(row[0], RoutingKey(row[1]), Api(row[2]), Action(row[3]), *row[4:])
 
 
-def _row(fields: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
+def _row(fields: Sequence[str], row: Sequence[Any]) -> EventRow:
     """A list or show row: its routing key a RoutingKey (the reply reveals it to admins only), the rest as
     stored."""
     entry = dict(zip(fields, row))
     entry["routing_key"] = RoutingKey(str(entry["routing_key"]))
-    return entry
+    return EventRow(**entry)
 
 
 QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid, party"
