@@ -256,14 +256,15 @@ class Handlers:
         rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES,
                                                  sender_uid=sender_uid)
-        reply: Message = {"ok": True, "events": [row.to_wire(reveal=peer.admin) for row in rows],
+        reply: Message = {"ok": True, "events": [row.shown(reveal=peer.admin).to_wire() for row in rows],
                           "redacted": not peer.admin}
         if truncated:
             reply["truncated"] = True
         return reply
 
     def op_show(self, message: Message, peer: Peer) -> Message:
-        return {"ok": True, "event": self.store.show(_event_id(message)).to_wire(reveal=True)}  # show is for admins
+        event = self.store.show(_event_id(message))
+        return {"ok": True, "event": event.shown(reveal=True).to_wire()}  # show is for admins
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
         routing_key = self._key_filter(message, peer)

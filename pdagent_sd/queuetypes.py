@@ -6,11 +6,11 @@ and usage that bound it, an event to import from the old agent, an event coalesc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from pdagent_sd.events import Action, Api, Event
 from pdagent_sd.keys import RoutingKey, mask
-from pdagent_sd.statustypes import State
+from pdagent_sd.statustypes import Attempt, ListedEvent, State
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
 UNKNOWN_SENDER = -1
@@ -37,22 +37,10 @@ class QueuedEvent:
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """One try to deliver an event, as `show` lists it."""
-
-    at: float
-    outcome: str
-    http_status: Optional[int]
-    error: Optional[str]
-
-    def to_wire(self) -> Dict[str, Any]:
-        return {"at": self.at, "outcome": self.outcome, "http_status": self.http_status, "error": self.error}
-
-
-@dataclass(frozen=True)
 class EventRow:
-    """An event as `list` and `show` answer it, its columns as stored (a damaged row is listed, not refused):
-    `body` is None when it was not read, `attempts_log` None outside `show`."""
+    """An event as the store reads it for `list` and `show`, its columns as stored (a damaged row is listed,
+    not refused): `body` is None when it was not read, `attempts_log` None outside `show`. The reply carries
+    its `shown()` form (statustypes.ListedEvent)."""
 
     id: int
     routing_key: RoutingKey
@@ -71,22 +59,14 @@ class EventRow:
     body: Optional[str] = None
     attempts_log: Optional[Tuple[Attempt, ...]] = None
 
-    def to_wire(self, reveal: bool) -> Dict[str, Any]:
-        """The reply's row. Unrevealed (anyone may list): the routing key and the dedup key masked, since a
-        dedup key is all it takes to resolve an incident, and no sender: who pages about what is the admins'."""
-        wire: Dict[str, Any] = {
-            "id": self.id, "routing_key": self.routing_key.reveal() if reveal else str(self.routing_key),
-            "api": self.api, "action": self.action, "dedup_key": self.dedup_key if reveal else mask(self.dedup_key),
-            "state": self.state, "created": self.created, "updated": self.updated, "attempts": self.attempts,
-            "next_attempt": self.next_attempt, "last_status": self.last_status, "last_error": self.last_error,
-            "superseded_by": self.superseded_by}
-        if reveal:
-            wire["sender_uid"] = self.sender_uid
-        if self.body is not None:
-            wire["body"] = self.body
-        if self.attempts_log is not None:
-            wire["attempts_log"] = [attempt.to_wire() for attempt in self.attempts_log]
-        return wire
+    def shown(self, reveal: bool) -> ListedEvent:
+        """The event as the asker sees it. Unrevealed (anyone may list): the routing key and the dedup key
+        masked, since a dedup key is all it takes to resolve an incident, and no sender: who pages about what
+        is the admins' to know."""
+        return ListedEvent(self.id, self.routing_key.reveal() if reveal else str(self.routing_key), self.api,
+                           self.action, self.dedup_key if reveal else mask(self.dedup_key), self.state, self.created,
+                           self.updated, self.attempts, self.next_attempt, self.last_status, self.last_error,
+                           self.superseded_by, self.sender_uid if reveal else None, self.body, self.attempts_log)
 
 
 @dataclass(frozen=True)

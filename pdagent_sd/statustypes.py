@@ -147,5 +147,69 @@ class QueueStatus:
                    dict(wire.get("heartbeats") or {}), DaemonInfo.from_wire(daemon) if daemon else None)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One try to deliver an event, as `show` lists it."""
+
+    at: float
+    outcome: str
+    http_status: Optional[int] = None
+    error: Optional[str] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"at": self.at, "outcome": self.outcome, "http_status": self.http_status, "error": self.error}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Attempt:
+        return cls(wire["at"], wire["outcome"], wire.get("http_status"), wire.get("error"))
+
+
+@dataclass(frozen=True)
+class ListedEvent:
+    """An event as `list` and `show` answer it: the keys as shown to the asker (the daemon's EventRow.shown
+    decides), columns as stored; `sender_uid` None when not shown, `body` None when not sent, `attempts_log`
+    None outside `show`."""
+
+    id: int
+    routing_key: str
+    api: str
+    action: str
+    dedup_key: str
+    state: str
+    created: float
+    updated: float = 0.0
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_status: Optional[int] = None
+    last_error: Optional[str] = None
+    superseded_by: Optional[int] = None
+    sender_uid: Optional[int] = None
+    body: Optional[str] = None
+    attempts_log: Optional[Tuple[Attempt, ...]] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        wire: Dict[str, Any] = {
+            "id": self.id, "routing_key": self.routing_key, "api": self.api, "action": self.action,
+            "dedup_key": self.dedup_key, "state": self.state, "created": self.created, "updated": self.updated,
+            "attempts": self.attempts, "next_attempt": self.next_attempt, "last_status": self.last_status,
+            "last_error": self.last_error, "superseded_by": self.superseded_by}
+        if self.sender_uid is not None:
+            wire["sender_uid"] = self.sender_uid
+        if self.body is not None:
+            wire["body"] = self.body
+        if self.attempts_log is not None:
+            wire["attempts_log"] = [attempt.to_wire() for attempt in self.attempts_log]
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> ListedEvent:
+        log = wire.get("attempts_log")
+        return cls(wire["id"], wire["routing_key"], wire["api"], wire["action"], wire["dedup_key"], wire["state"],
+                   wire["created"], wire.get("updated", 0.0), wire["attempts"], wire.get("next_attempt", 0.0),
+                   wire.get("last_status"), wire.get("last_error"), wire.get("superseded_by"),
+                   wire.get("sender_uid"), wire.get("body"),
+                   None if log is None else tuple(Attempt.from_wire(attempt) for attempt in log))
+
+
 def sum_totals(keys: List[KeyStatus]) -> Dict[str, int]:
     return {state: sum(key.count(state) for key in keys) for state in STATES}

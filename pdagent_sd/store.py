@@ -26,7 +26,6 @@ from pdagent_sd.queuetypes import (
     INTERNAL,
     TRUSTED_PARTY,
     UNKNOWN_SENDER,
-    Attempt,
     EventRow,
     LegacyEntry,
     QueuedEvent,
@@ -35,7 +34,7 @@ from pdagent_sd.queuetypes import (
     Superseded,
     Usage,
 )
-from pdagent_sd.statustypes import STATES, KeyCounts, State
+from pdagent_sd.statustypes import STATES, Attempt, KeyCounts, State
 
 # The value types (queuetypes.py), Commit (commit.py) and the DDL (schema.py) have modules of their own; the types
 # and Commit are still importable from here, where the tests and benchmarks import them.

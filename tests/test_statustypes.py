@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from pdagent_sd.keys import RoutingKey
-from pdagent_sd.queuetypes import Attempt, EventRow
-from pdagent_sd.statustypes import STATES, DaemonInfo, Held, KeyCounts, KeyStatus, QueueStatus, State
+from pdagent_sd.queuetypes import EventRow
+from pdagent_sd.statustypes import (
+    STATES,
+    Attempt,
+    DaemonInfo,
+    Held,
+    KeyCounts,
+    KeyStatus,
+    ListedEvent,
+    QueueStatus,
+    State,
+)
 
 KEY = "R0123456789abcdef0123456789abcdX"
 
@@ -38,7 +48,7 @@ def test_an_older_agents_status_reads_with_empty_values() -> None:
 def test_a_row_shows_keys_and_sender_only_when_revealed() -> None:
     row = EventRow(1, RoutingKey(KEY), "v2", "trigger", "dedup-key-long", State.PENDING.value, 1.0, 1.0, 0, 0.0,
                    None, None, None, 1000, "{}", (Attempt(2.0, "deferred", 500, "boom"),))
-    hidden, shown = row.to_wire(reveal=False), row.to_wire(reveal=True)
+    hidden, shown = row.shown(reveal=False).to_wire(), row.shown(reveal=True).to_wire()
     assert hidden["routing_key"] == "R012…bcdX" and hidden["dedup_key"] == "dedu…long" and "sender_uid" not in hidden
     assert shown["routing_key"] == KEY and shown["dedup_key"] == "dedup-key-long" and shown["sender_uid"] == 1000
     assert list(shown) == ["id", "routing_key", "api", "action", "dedup_key", "state", "created", "updated",
@@ -46,3 +56,4 @@ def test_a_row_shows_keys_and_sender_only_when_revealed() -> None:
                            "body", "attempts_log"]
     assert shown["attempts_log"] == [{"at": 2.0, "outcome": "deferred", "http_status": 500, "error": "boom"}]
     assert KEY not in repr(row)
+    assert ListedEvent.from_wire(shown).to_wire() == shown and ListedEvent.from_wire(hidden).to_wire() == hidden

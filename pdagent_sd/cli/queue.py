@@ -21,7 +21,7 @@ from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound, StorageErro
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import DROP_BATCH, Message, request
 from pdagent_sd.safetext import safe, safe_json
-from pdagent_sd.statustypes import KeyStatus, QueueStatus, State
+from pdagent_sd.statustypes import KeyStatus, ListedEvent, QueueStatus, State
 
 PROGRAM = "pd-queue"
 DECLINED = 1  # the operator answered no at a confirmation prompt
@@ -193,10 +193,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
 # --- list, show ----------------------------------------------------------------------------------------------------
 
 
-def _summary(row: Dict[str, Any]) -> str:
+def _summary(row: ListedEvent) -> str:
     """The event's one-line description, read from its body (absent when the daemon redacted it)."""
     try:
-        body = json.loads(row.get("body") or "{}")
+        body = json.loads(row.body or "{}")
     except ValueError:
         return ""
     payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
@@ -212,13 +212,13 @@ def _shorten(text: str, width: int = 60) -> str:
 def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List[str]:
     now = time.time() if now is None else now
     table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "SENDER", "DEDUP KEY", "DETAIL"]]
-    for row in rows:
-        detail = f"error: {row['last_error']}" if row["state"] == State.FAILED.value and row.get("last_error") \
-            else f"superseded by {row['superseded_by']}" if row.get("superseded_by") else _summary(row)
-        table.append([str(row["id"]), row["state"], safe(row["routing_key"]), safe(f"{row['api']} {row['action']}"),
-                      str(row["attempts"]), f"{_age(now - row['created'])} ago",
-                      str(row["last_status"] or "-"), _sender(row.get("sender_uid")),
-                      _shorten(row["dedup_key"], 40), _shorten(detail)])
+    for row in map(ListedEvent.from_wire, rows):
+        detail = f"error: {row.last_error}" if row.state == State.FAILED.value and row.last_error \
+            else f"superseded by {row.superseded_by}" if row.superseded_by else _summary(row)
+        table.append([str(row.id), row.state, safe(row.routing_key), safe(f"{row.api} {row.action}"),
+                      str(row.attempts), f"{_age(now - row.created)} ago",
+                      str(row.last_status or "-"), _sender(row.sender_uid),
+                      _shorten(row.dedup_key, 40), _shorten(detail)])
     return _columns(table, right=(0, 4))
 
 
@@ -274,38 +274,39 @@ def cmd_list(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str]:
+def format_event(wire: Dict[str, Any], now: Optional[float] = None) -> List[str]:
     now = time.time() if now is None else now
+    event = ListedEvent.from_wire(wire)
     # Every value through safe(): a newline in a dedup key must not forge a "Last answer:" line below.
     lines = [
-        safe(f"Event {event['id']}: {event['api']} {event['action']}, {event['state']}"),
-        f"  Routing key:   {safe(event['routing_key'])}",
-        f"  Dedup key:     {safe(event['dedup_key'])}",
-        f"  Queued:        {_when(event['created'], now)}",
-        f"  Updated:       {_when(event['updated'], now)}",
-        f"  Attempts:      {event['attempts']}",
+        safe(f"Event {event.id}: {event.api} {event.action}, {event.state}"),
+        f"  Routing key:   {safe(event.routing_key)}",
+        f"  Dedup key:     {safe(event.dedup_key)}",
+        f"  Queued:        {_when(event.created, now)}",
+        f"  Updated:       {_when(event.updated, now)}",
+        f"  Attempts:      {event.attempts}",
     ]
-    lines.append(f"  Sender:        {_sender_line(event.get('sender_uid'))}")
-    if event.get("superseded_by"):
-        lines.append(f"  Superseded by: event {event['superseded_by']} (of the same incident; this one is not sent)")
+    lines.append(f"  Sender:        {_sender_line(event.sender_uid)}")
+    if event.superseded_by:
+        lines.append(f"  Superseded by: event {event.superseded_by} (of the same incident; this one is not sent)")
     # A wall-clock hint, read as the daemon reads it: meaningless once the clock has stepped back before the
     # deferral was recorded (the daemon's backoff runs on the monotonic clock; docs/design-notes.md)
-    if event["state"] == State.PENDING.value and event.get("next_attempt", 0) > now >= event.get("updated", 0):
-        lines.append(f"  Next attempt:  {_when(event['next_attempt'], now)}")
-    if event.get("last_status") is not None or event.get("last_error"):
-        lines.append(f"  Last answer:   {_answer(event.get('last_status'), event.get('last_error'))}")
-    log = event.get("attempts_log") or []
+    if event.state == State.PENDING.value and event.next_attempt > now >= event.updated:
+        lines.append(f"  Next attempt:  {_when(event.next_attempt, now)}")
+    if event.last_status is not None or event.last_error:
+        lines.append(f"  Last answer:   {_answer(event.last_status, event.last_error)}")
+    log = event.attempts_log or ()
     lines.append("")
     lines.append("Attempts:" if log else "Attempts: none yet")
     for attempt in log:
-        lines.append(f"  {_clock(attempt['at'])}  {safe(attempt['outcome']):<9}  "
-                     f"{_answer(attempt.get('http_status'), attempt.get('error'))}")
+        lines.append(f"  {_clock(attempt.at)}  {safe(attempt.outcome):<9}  "
+                     f"{_answer(attempt.http_status, attempt.error)}")
     lines.append("")
     lines.append("Body:")
     try:
-        body = safe_json(json.loads(event["body"]))
-    except (KeyError, ValueError):
-        body = safe(event.get("body", ""))
+        body = safe_json(json.loads(event.body)) if event.body is not None else ""
+    except ValueError:
+        body = safe(event.body)
     lines.extend("  " + line for line in body.splitlines())
     return lines
 
@@ -362,12 +363,13 @@ def cmd_drop(args: argparse.Namespace) -> int:
         message: Message = {"op": "drop", "id": args.id}
         if not _interactive() or args.yes:
             return _dropped(_ask(args, message)["count"])
-        event = _ask(args, {"op": "show", "id": args.id})["event"]  # refuses a non-admin before any question
+        # refuses a non-admin before any question
+        event = ListedEvent.from_wire(_ask(args, {"op": "show", "id": args.id})["event"])
         if not _confirm(_drop_one_question(event)):
             print("Nothing dropped.")
             return DECLINED
         # the state it was shown in: an event delivered or retried while the prompt waited is not dropped
-        return _dropped(_ask(args, {**message, "state": event["state"]})["count"], 1)
+        return _dropped(_ask(args, {**message, "state": event.state})["count"], 1)
     if not args.state:
         raise UsageError("drop -k KEY or --sender UID needs --state (pending, failed, delivered or superseded)")
     message = {"op": "drop", "state": args.state}
@@ -399,10 +401,10 @@ def _dropped(count: int, shown: int = 0) -> int:
     return exitcodes.OK
 
 
-def _drop_one_question(event: Dict[str, Any]) -> str:
+def _drop_one_question(event: ListedEvent) -> str:
     summary = _summary(event)
     described = f" \"{_shorten(summary)}\"" if summary else ""
-    return safe(f"Drop event {event['id']} ({event['api']} {event['action']}, {event['state']})") + described + "?"
+    return safe(f"Drop event {event.id} ({event.api} {event.action}, {event.state})") + described + "?"
 
 
 def _drop_many_question(args: argparse.Namespace, count: int) -> str:
