@@ -31,6 +31,7 @@ from pdagent_sd.journal import Kind, report
 from pdagent_sd.protocol import socket_path
 from pdagent_sd.queuetypes import Quotas, Superseded
 from pdagent_sd.scheduler import Scheduler
+from pdagent_sd.statustypes import State
 from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ class Daemon:
             logger.exception("cannot compute the status line")
             return
         last_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"
-        text = (f"Pending: {totals.get('pending', 0)}, failed: {totals.get('failed', 0)}, "
+        text = (f"Pending: {totals.get(State.PENDING.value, 0)}, failed: {totals.get(State.FAILED.value, 0)}, "
                 f"keys throttled or backing off: {held}, last delivery: {last_text}")
         beats = self.heartbeats.counts()
         if any(beats.values()):

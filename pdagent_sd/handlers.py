@@ -21,24 +21,24 @@ from pdagent_sd.errors import BadRequest, ConfigError, Forbidden, InvalidEvent, 
 from pdagent_sd.events import MAX_BODY_BYTES, NO_KEYS, Event, validate
 from pdagent_sd.heartbeat_ops import HeartbeatWatch
 from pdagent_sd.journal import Kind, report
-from pdagent_sd.keys import Caller, KeyBook, RoutingKey, mask
+from pdagent_sd.keys import Caller, KeyBook, RoutingKey
 from pdagent_sd.legacy import parse as legacy_parse
 from pdagent_sd.metrics import render as render_metrics
 from pdagent_sd.protocol import DROP_BATCH, LEGACY_BATCH, STATUS_MAX_KEYS, Message
-from pdagent_sd.queuetypes import LegacyEntry, Sender, State
+from pdagent_sd.queuetypes import LegacyEntry, Sender
 from pdagent_sd.scheduler import Scheduler
+from pdagent_sd.statustypes import NOT_HELD, STATES, DaemonInfo, KeyStatus, QueueStatus, State, sum_totals
 from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
 
 ADMIN_GROUP = "pdagent"
 ADMIN_OPS = ("show", "retry", "drop", "import_legacy")
-LEGACY_STATES = {"pending": State.PENDING, "failed": State.FAILED}
+LEGACY_STATES = {state.value: state for state in (State.PENDING, State.FAILED)}
 MAX_LIST_LIMIT = 10000
 # Bodies in one `list` reply at most: the whole reply is built in memory (an admin's list of 10,000 events of
 # 512 KB would be 5 GB); past it the reply holds fewer rows and says truncated.
 MAX_LIST_BODY_BYTES = 16 * 1024 * 1024
-NOT_HELD: Dict[str, Optional[float]] = {"throttled_until": None, "backoff_until": None}
 
 
 def _as_is(reply: Any) -> Message:
@@ -218,35 +218,31 @@ class Handlers:
     def op_status(self, message: Message, peer: Peer) -> Message:
         # redacted tells the client that keys are masked, so it can say how to see them whole
         return {"ok": True, "redacted": not peer.admin,
-                **self.status(self._key_filter(message, peer), reveal=peer.admin)}
+                **self.status(self._key_filter(message, peer), reveal=peer.admin).to_wire()}
 
-    def status(self, routing_key: Optional[RoutingKey], reveal: bool) -> Dict[str, Any]:
+    def status(self, routing_key: Optional[RoutingKey], reveal: bool) -> QueueStatus:
         now = time.time()
         counts, keys_total = self.store.key_counts(STATUS_MAX_KEYS, routing_key)
         keys = []
         for key, entry in sorted(counts.items(), key=lambda item: item[0]):
             # a key's backoff outlives its last pending event (dropped, say): only keys that wait count as held
-            held = self.scheduler.key_status(key) if entry["pending"] else NOT_HELD
-            oldest = entry.pop("oldest_pending")
-            keys.append({"routing_key": key.reveal() if reveal else str(key), **entry,
-                         # a wall-clock hint: after a step back the event is new, never negative in age
-                         "oldest_pending_age": max(0.0, round(now - oldest, 3)) if oldest else None, **held})
-        totals = {state: 0 for state in ("pending", "delivered", "failed", "superseded")}
+            held = self.scheduler.key_status(key) if entry.pending else NOT_HELD
+            oldest = entry.oldest_pending
+            keys.append(KeyStatus.of(key.reveal() if reveal else str(key), entry,
+                                     # a wall-clock hint: after a step back the event is new, never negative in age
+                                     max(0.0, round(now - oldest, 3)) if oldest else None, held))
+        totals = {state: 0 for state in STATES}
         if routing_key is None:
             totals.update(self.store.totals())
         else:
-            for entry in keys:
-                for state in totals:
-                    totals[state] += entry[state]
-        damaged = [os.path.join(self.store.state_dir, name) for name in self.store.corrupt_files()]
-        warnings = [f"the queue database was found damaged and moved aside to {path}; "
-                    f"events in it were not delivered" for path in damaged]
-        return {"keys": keys, "keys_total": keys_total, "keys_omitted": max(0, keys_total - len(keys)),
-                "totals": totals, "last_delivery": self.last_delivery(),
-                "throttled_keys": self.held_keys(), "warnings": warnings, "damaged_files": damaged,
-                "heartbeats": self.heartbeats.counts() if self.heartbeats is not None else {},
-                "daemon": {"pid": os.getpid(), "version": __version__, "uptime": round(now - self.started, 3),
-                           "tracked_keys": len(self.scheduler.keys)}}
+            totals = sum_totals(keys)
+        damaged = tuple(os.path.join(self.store.state_dir, name) for name in self.store.corrupt_files())
+        warnings = tuple(f"the queue database was found damaged and moved aside to {path}; "
+                         f"events in it were not delivered" for path in damaged)
+        return QueueStatus(tuple(keys), keys_total, totals, self.last_delivery(), self.held_keys(), warnings, damaged,
+                           self.heartbeats.counts() if self.heartbeats is not None else {},
+                           DaemonInfo(os.getpid(), __version__, round(now - self.started, 3),
+                                      len(self.scheduler.keys)))
 
     def op_list(self, message: Message, peer: Peer) -> Message:
         state = _state(message.get("state"))
@@ -260,20 +256,15 @@ class Handlers:
         rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES,
                                                  sender_uid=sender_uid)
-        for row in rows:
-            row["routing_key"] = row["routing_key"].reveal() if peer.admin else str(row["routing_key"])
-            if not peer.admin:
-                row["dedup_key"] = mask(row["dedup_key"])  # a dedup key is all it takes to resolve an incident
-                del row["sender_uid"]  # who pages about what is the admins' to know
-        reply: Message = {"ok": True, "events": rows, "redacted": not peer.admin}
+        reply: Message = {"ok": True, "events": [row.shown(reveal=peer.admin).to_wire() for row in rows],
+                          "redacted": not peer.admin}
         if truncated:
             reply["truncated"] = True
         return reply
 
     def op_show(self, message: Message, peer: Peer) -> Message:
         event = self.store.show(_event_id(message))
-        event["routing_key"] = event["routing_key"].reveal()  # show is for admins
-        return {"ok": True, "event": event}
+        return {"ok": True, "event": event.shown(reveal=True).to_wire()}  # show is for admins
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
         routing_key = self._key_filter(message, peer)

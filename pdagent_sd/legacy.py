@@ -24,8 +24,10 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Tuple
 
+from pdagent_sd.statustypes import State
+
 DEFAULT_OUTQUEUE = "/var/lib/pdagent/outqueue"
-SUBDIRS = (("pdq", "pending"), ("err", "failed"))
+SUBDIRS = (("pdq", State.PENDING.value), ("err", State.FAILED.value))
 IMPORTED = "imported"  # where imported pdq/ files go: the old daemon reads only pdq/
 MAX_FILE_BYTES = 512 * 1024  # the Events API's own limit on a body
 MAX_NESTING = 100  # as events.MAX_DEPTH: deeper objects and lists are refused before json parses them

@@ -8,11 +8,10 @@ merged, because a duplicated series would make the collector reject the whole fi
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from pdagent_sd.protocol import STATUS_MAX_KEYS
-
-STATES = ("pending", "delivered", "failed", "superseded")
+from pdagent_sd.statustypes import STATES, KeyStatus, QueueStatus
 
 
 def _label(value: str) -> str:
@@ -36,23 +35,23 @@ class _Document:
         return "\n".join(self.lines + ["# EOF"]) + "\n"
 
 
-def _merge_masked(keys: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def _merge_masked(keys: Iterable[KeyStatus]) -> Dict[str, Dict[str, Any]]:
     """Per masked key: summed counts, the oldest age, and whether any of the keys is held."""
     merged: Dict[str, Dict[str, Any]] = {}
     for key in keys:
-        entry = merged.setdefault(key["routing_key"], {**{state: 0 for state in STATES},
-                                                       "oldest_pending_age": None, "held": False})
+        entry = merged.setdefault(key.routing_key, {**{state: 0 for state in STATES},
+                                                    "oldest_pending_age": None, "held": False})
         for state in STATES:
-            entry[state] += key.get(state, 0)  # an agent older than coalescing has no superseded count
-        age = key.get("oldest_pending_age")
+            entry[state] += key.count(state)
+        age = key.oldest_pending_age
         if age is not None and (entry["oldest_pending_age"] is None or age > entry["oldest_pending_age"]):
             entry["oldest_pending_age"] = age
-        entry["held"] = entry["held"] or bool(key.get("throttled_until") or key.get("backoff_until"))
+        entry["held"] = entry["held"] or key.held
     return merged
 
 
-def render(status: Dict[str, Any]) -> str:
-    keys = _merge_masked(status["keys"])
+def render(status: QueueStatus) -> str:
+    keys = _merge_masked(status.keys)
     labels = {key: f'routing_key="{_label(key)}"' for key in keys}
     doc = _Document()
     doc.family("pdagent_up", "1 when the agent answered; 0 (written by pd-queue metrics -o) when it did not.",
@@ -66,24 +65,24 @@ def render(status: Dict[str, Any]) -> str:
     doc.family("pdagent_key_held", "1 while a routing key (masked) is throttled or backing off.",
                [f"pdagent_key_held{{{labels[key]}}} {int(entry['held'])}" for key, entry in keys.items()])
     totals = {state: sum(entry[state] for entry in keys.values()) for state in STATES}
-    totals.update(status.get("totals") or {})
+    totals.update(status.totals)
     doc.family("pdagent_queue_events", "Events in the queue by state, all routing keys together.",
                [f'pdagent_queue_events{{state="{state}"}} {totals[state]}' for state in STATES])
     doc.family("pdagent_routing_keys", "Routing keys with events in the queue; the per-key series above cover at "
                f"most {STATUS_MAX_KEYS} of them, those with the most pending, then failed, events.",
-               [f"pdagent_routing_keys {int(status.get('keys_total') or len(keys))}"])
+               [f"pdagent_routing_keys {int(status.keys_total or len(keys))}"])
     doc.family("pdagent_throttled_keys", "Routing keys throttled or backing off now.",
-               [f"pdagent_throttled_keys {int(status.get('throttled_keys') or 0)}"])
-    last: Optional[float] = status.get("last_delivery")
+               [f"pdagent_throttled_keys {int(status.throttled_keys or 0)}"])
+    last: Optional[float] = status.last_delivery
     doc.family("pdagent_last_delivery_timestamp_seconds", "When an event was last delivered (Unix time).",
                [f"pdagent_last_delivery_timestamp_seconds {_number(last)}"] if last else [])
-    beats = status.get("heartbeats") or {}
+    beats = status.heartbeats
     doc.family("pdagent_heartbeats", "Heartbeats (pd-heartbeat) by state: ok, late (overdue, within the grace), "
                "paged (missed; incident open), paused.",
                [f'pdagent_heartbeats{{state="{state}"}} {int(beats.get(state, 0))}'
                 for state in ("ok", "late", "paged", "paused")])
     doc.family("pdagent_damaged_queue_files", "Damaged queue databases moved aside and not delivered from.",
-               [f"pdagent_damaged_queue_files {len(status.get('damaged_files') or [])}"])
+               [f"pdagent_damaged_queue_files {len(status.damaged_files)}"])
     return doc.text()
 
 

@@ -1,14 +1,16 @@
-"""The queue's plain value types: an event's states, a queued event as the scheduler reads it, who sends an
-event and the quotas and usage that bound it, an event to import from the old agent, an event coalesced away.
+"""The queue's plain value types: a queued event as the scheduler reads it, who sends an event and the quotas
+and usage that bound it, an event to import from the old agent, an event coalesced away. An event's states
+(`State`) live in statustypes.py, which pd-queue imports without the event model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from typing import Optional, Tuple
 
-from pdagent_sd.events import Event
-from pdagent_sd.keys import RoutingKey
+from pdagent_sd.events import Action, Api, Event
+from pdagent_sd.keys import RoutingKey, mask
+from pdagent_sd.statustypes import Attempt, ListedEvent, State
 
 # sender_uid of events queued before it was recorded, and of the daemon's own.
 UNKNOWN_SENDER = -1
@@ -19,22 +21,12 @@ UNKNOWN_SENDER = -1
 TRUSTED_PARTY = -1
 
 
-class State(str, Enum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"  # made redundant by a later event of its incident before it was sent
-
-
-STATE_NAMES = frozenset(state.value for state in State)
-
-
 @dataclass(frozen=True)
 class QueuedEvent:
     id: int
     routing_key: RoutingKey
-    api: str
-    action: str
+    api: Api  # read from its row once (store._queued), not parsed again on every attempt
+    action: Action
     dedup_key: str
     body: str
     attempts: int
@@ -42,6 +34,39 @@ class QueuedEvent:
     created: float
     sender_uid: int = UNKNOWN_SENDER
     party: int = TRUSTED_PARTY
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """An event as the store reads it for `list` and `show`, its columns as stored (a damaged row is listed,
+    not refused): `body` is None when it was not read, `attempts_log` None outside `show`. The reply carries
+    its `shown()` form (statustypes.ListedEvent)."""
+
+    id: int
+    routing_key: RoutingKey
+    api: str
+    action: str
+    dedup_key: str
+    state: str
+    created: float
+    updated: float
+    attempts: int
+    next_attempt: float
+    last_status: Optional[int]
+    last_error: Optional[str]
+    superseded_by: Optional[int]
+    sender_uid: int
+    body: Optional[str] = None
+    attempts_log: Optional[Tuple[Attempt, ...]] = None
+
+    def shown(self, reveal: bool) -> ListedEvent:
+        """The event as the asker sees it. Unrevealed (anyone may list): the routing key and the dedup key
+        masked, since a dedup key is all it takes to resolve an incident, and no sender: who pages about what
+        is the admins' to know."""
+        return ListedEvent(self.id, self.routing_key.reveal() if reveal else str(self.routing_key), self.api,
+                           self.action, self.dedup_key if reveal else mask(self.dedup_key), self.state, self.created,
+                           self.updated, self.attempts, self.next_attempt, self.last_status, self.last_error,
+                           self.superseded_by, self.sender_uid if reveal else None, self.body, self.attempts_log)
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,10 @@ from pdagent_sd.commit import Commit
 from pdagent_sd.config import Config
 from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
-from pdagent_sd.events import Api
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import RoutingKey
-from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent, State
+from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent
+from pdagent_sd.statustypes import NOT_HELD, Held, State
 from pdagent_sd.store import UNKNOWN_OUTCOME, Store
 
 logger = logging.getLogger(__name__)
@@ -489,7 +489,7 @@ class Scheduler:
             self.stats.in_flight += 1
         sent_at = self.clock()
         try:
-            result = deliverer.attempt(Api(event.api), event.body)
+            result = deliverer.attempt(event.api, event.body)
         finally:
             with self.cond:
                 self.stats.in_flight -= 1
@@ -498,9 +498,9 @@ class Scheduler:
         if result.unknown:
             self._note_unknown(state, event, sent_at)
         fields = dict(event_id=event.id, dedup_key=event.dedup_key, routing_key=event.routing_key,
-                      action=event.action, api=event.api, attempt=attempt, http_status=result.http_status)
+                      action=event.action.value, api=event.api.value, attempt=attempt, http_status=result.http_status)
         if result.outcome is Outcome.DELIVERED:
-            commit = self.store.record_attempt(event.id, State.DELIVERED, "delivered", result.http_status, "",
+            commit = self.store.record_attempt(event.id, State.DELIVERED, State.DELIVERED.value, result.http_status, "",
                                                sender_uid=event.sender_uid)
             if not self.store.writes_failing:
                 # Not while the queue cannot record results: the event goes again, and the storage backoff must
@@ -510,11 +510,11 @@ class Scheduler:
             with self.cond:
                 self.stats.delivered += 1
                 self.stats.last_delivery = self.wall_clock()
-            report(Kind.DELIVERED, f"delivered event {event.id} ({event.api} {event.action})", **fields)
+            report(Kind.DELIVERED, f"delivered event {event.id} ({event.api.value} {event.action.value})", **fields)
             return None, commit
         if result.outcome is Outcome.FAILED or self._out_of_attempts(attempt):
-            commit = self.store.record_attempt(event.id, State.FAILED, "failed", result.http_status, result.error,
-                                               sender_uid=event.sender_uid)
+            commit = self.store.record_attempt(event.id, State.FAILED, State.FAILED.value, result.http_status,
+                                               result.error, sender_uid=event.sender_uid)
             report(Kind.FAILED, f"event {event.id} failed: {result.error}", error=result.error, **fields)
             return None, commit
         return self._defer(state, event, result, fields)
@@ -553,17 +553,17 @@ class Scheduler:
             return [state.routing_key for state in self.keys.values() if state.place != "idle"
                     and (state.throttled_until > now or state.backoff_until > now)]
 
-    def key_status(self, routing_key: RoutingKey) -> Dict[str, Optional[float]]:
+    def key_status(self, routing_key: RoutingKey) -> Held:
         """Wall-clock times until which a key is throttled or backing off (None when it is not)."""
         with self.cond:
             state = self.keys.get(routing_key)
             if state is None:
-                return {"throttled_until": None, "backoff_until": None}
+                return NOT_HELD
             now, wall = self.clock(), self.wall_clock()
-            return {
-                "throttled_until": wall + state.throttled_until - now if state.throttled_until > now else None,
-                "backoff_until": wall + state.backoff_until - now if state.backoff_until > now else None,
-            }
+            return Held(
+                throttled_until=wall + state.throttled_until - now if state.throttled_until > now else None,
+                backoff_until=wall + state.backoff_until - now if state.backoff_until > now else None,
+            )
 
 
 def _wait_all(commits: List[Commit]) -> None:

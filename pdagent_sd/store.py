@@ -13,27 +13,28 @@ import queue
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, Union, cast
 
 from pdagent_sd import marker, schema
 from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import NotFound, PdagentError, QueueFull, StorageError
-from pdagent_sd.events import Action, Event
+from pdagent_sd.events import Action, Api, Event
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queuetypes import (
     INTERNAL,
-    STATE_NAMES,
     TRUSTED_PARTY,
     UNKNOWN_SENDER,
+    EventRow,
     LegacyEntry,
     QueuedEvent,
     Quotas,
     Sender,
-    State,
     Superseded,
     Usage,
 )
+from pdagent_sd.statustypes import STATES, Attempt, KeyCounts, State
 
 # The value types (queuetypes.py), Commit (commit.py) and the DDL (schema.py) have modules of their own; the types
 # and Commit are still importable from here, where the tests and benchmarks import them.
@@ -774,7 +775,7 @@ class Store:
 
     @_read_op
     def key_counts(self, limit: int, routing_key: Optional[RoutingKey] = None
-                   ) -> Tuple[Dict[RoutingKey, Dict[str, Any]], int]:
+                   ) -> Tuple[Dict[RoutingKey, KeyCounts], int]:
         """Counts per state and the oldest pending event's creation time for at most `limit` routing keys (or
         just `routing_key`), from one snapshot, and how many routing keys the queue holds in all.
 
@@ -782,7 +783,7 @@ class Store:
         that a local user filled with a million made-up keys must not cost the daemon a million entries
         (and the reply a million lines) each time someone asks."""
         conn = self.reader()
-        keys: Dict[RoutingKey, Dict[str, Any]] = {}
+        keys: Dict[RoutingKey, KeyCounts] = {}
         conn.execute("BEGIN")  # one read transaction: every query sees the same commit
         try:
             if routing_key is not None:
@@ -802,21 +803,21 @@ class Store:
                             chosen.append(key)
                 total = int(conn.execute("SELECT COUNT(DISTINCT routing_key) FROM events").fetchone()[0])
             for key in chosen:
-                entry: Dict[str, Any] = {"pending": 0, "delivered": 0, "failed": 0, "superseded": 0,
-                                         "oldest_pending": None}
+                counts: Dict[str, int] = {}
                 for state, count in conn.execute(
                         "SELECT state, COUNT(*) FROM events WHERE routing_key = ? GROUP BY state", (key,)):
-                    if state in STATE_NAMES:  # a damaged page SQLite has not noticed yet: no row of ours is else
-                        entry[state] = count
-                if not any(entry[state] for state in STATE_NAMES):
+                    if state in STATES:  # a damaged page SQLite has not noticed yet: no row of ours is else
+                        counts[state] = count
+                if not any(counts.values()):
                     continue
-                if entry["pending"]:  # index seeks (three per party), not a scan of the key's pending rows
+                oldest_pending: Optional[float] = None
+                if counts.get(State.PENDING.value):  # index seeks (three per party), not a scan of its pending rows
                     oldest = _oldest_ids(conn, State.PENDING.value, key, 1)
                     row = conn.execute("SELECT created FROM events WHERE id = ?", oldest).fetchone() if oldest \
                         else None
                     created = row[0] if row else None
-                    entry["oldest_pending"] = created if isinstance(created, (int, float)) else None
-                keys[RoutingKey(key)] = entry
+                    oldest_pending = created if isinstance(created, (int, float)) else None
+                keys[RoutingKey(key)] = KeyCounts(**counts, oldest_pending=oldest_pending)
         finally:
             conn.execute("COMMIT")
         return keys, total
@@ -837,7 +838,7 @@ class Store:
 
     @_read_op
     def list_events(self, state: Optional[State], routing_key: Optional[RoutingKey],
-                    limit: int) -> List[Dict[str, Any]]:
+                    limit: int) -> List[EventRow]:
         conn = self.reader()
         rows = conn.execute(*_select_in_order(conn, ", ".join(ROW_FIELDS), routing_key, state, limit))
         return [_row(ROW_FIELDS, row) for row in rows]
@@ -845,19 +846,19 @@ class Store:
     @_read_op
     def list_page(self, state: Optional[State], routing_key: Optional[RoutingKey], limit: int, *,
                   bodies: bool = True, max_bytes: int = 0,
-                  sender_uid: Optional[int] = None) -> Tuple[List[Dict[str, Any]], bool]:
+                  sender_uid: Optional[int] = None) -> Tuple[List[EventRow], bool]:
         """Rows in id order (of one sender's events only, if sender_uid is given), with their bodies only if
         `bodies`; stops early once the bodies reach `max_bytes` (0 = no cap). Returns the rows and whether it
         stopped early."""
         fields = ROW_FIELDS if bodies else ROW_FIELDS[:-1]
-        rows: List[Dict[str, Any]] = []
+        rows: List[EventRow] = []
         size = 0
         conn = self.reader()
         for row in conn.execute(*_select_in_order(conn, ", ".join(fields), routing_key, state, limit,
                                                   sender_uid)):
             entry = _row(fields, row)
             if bodies and max_bytes:
-                size += len(entry["body"]) if isinstance(entry["body"], str) else 0
+                size += len(entry.body) if isinstance(entry.body, str) else 0
                 if size > max_bytes and rows:
                     return rows, True
             rows.append(entry)
@@ -872,36 +873,33 @@ class Store:
                                                         params)]
 
     @_read_op
-    def show(self, event_id: int) -> Dict[str, Any]:
+    def show(self, event_id: int) -> EventRow:
         """One event whole, with every attempt made to deliver it."""
         where, params = _selector(event_id, None, None)
         rows = self._rows(where, params, 1)
         if not rows:
             raise NotFound(f"no event with id {event_id}")
-        event = rows[0]
-        event["attempts_log"] = [
-            {"at": at, "outcome": outcome, "http_status": status, "error": error}
-            for at, outcome, status, error in self.reader().execute(
+        return replace(rows[0], attempts_log=tuple(
+            Attempt(at, outcome, status, error) for at, outcome, status, error in self.reader().execute(
                 "SELECT at, outcome, http_status, error FROM attempts WHERE event_id = ? ORDER BY rowid",
-                (event_id,))]
-        return event
+                (event_id,))))
 
-    def _rows(self, where: str, params: List[Any], limit: int) -> List[Dict[str, Any]]:
+    def _rows(self, where: str, params: List[Any], limit: int) -> List[EventRow]:
         rows = self.reader().execute(
             f"SELECT {', '.join(ROW_FIELDS)} FROM events WHERE {where} ORDER BY id LIMIT ?", params + [limit])
         return [_row(ROW_FIELDS, row) for row in rows]
 
 
 def _queued(row: Sequence[Any]) -> QueuedEvent:
-    return QueuedEvent(row[0], RoutingKey(row[1]), *row[2:])
+    return QueuedEvent(row[0], RoutingKey(row[1]), Api(row[2]), Action(row[3]), *row[4:])
 
 
-def _row(fields: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
+def _row(fields: Sequence[str], row: Sequence[Any]) -> EventRow:
     """A list or show row: its routing key a RoutingKey (the reply reveals it to admins only), the rest as
     stored."""
     entry = dict(zip(fields, row))
     entry["routing_key"] = RoutingKey(str(entry["routing_key"]))
-    return entry
+    return EventRow(**entry)
 
 
 QUEUED_FIELDS = "id, routing_key, api, action, dedup_key, body, attempts, next_attempt, created, sender_uid, party"

@@ -95,7 +95,7 @@ def enqueue(store: Store, action: str, dedup_key: str, summary: str = "s", api: 
 
 
 def states(store: Store) -> Dict[int, Tuple[str, Optional[int]]]:
-    return {row["id"]: (row["state"], row["superseded_by"]) for row in store.list_events(None, None, 1000)}
+    return {row.id: (row.state, row.superseded_by) for row in store.list_events(None, None, 1000)}
 
 
 def test_updates_collapse_and_a_resolve_leaves_first_trigger_and_itself(store: Store) -> None:
@@ -108,7 +108,7 @@ def test_updates_collapse_and_a_resolve_leaves_first_trigger_and_itself(store: S
     assert store.pending_count == 2
     assert [(note.id, note.by, note.action) for note in store.notes] == [  # type: ignore[attr-defined]
         (ids[1], ids[2], T), (ids[2], ids[3], T), (ids[3], ids[4], T), (ids[4], resolve, T)]
-    assert store.key_counts(10)[0][RoutingKey(KEY)]["superseded"] == 4
+    assert store.key_counts(10)[0][RoutingKey(KEY)].superseded == 4
 
 
 def test_incidents_of_other_dedup_keys_and_change_events_are_left_alone(store: Store) -> None:
@@ -458,7 +458,7 @@ def test_pagerduty_ends_in_the_state_of_sending_everything(steps: List[Tuple[str
             store.close()
     assert pagerduty.end_state() == reference.end_state()
     assert pagerduty.change_events == reference.change_events  # never coalesced, in order
-    assert {row["state"] for row in rows} <= {"delivered", "superseded"}
+    assert {row.state for row in rows} <= {"delivered", "superseded"}
     for dedup_key, received in pagerduty.received.items():
         sequence = iter(arrived[dedup_key])
         assert all(action in sequence for action in received), (arrived[dedup_key], received)  # a subsequence

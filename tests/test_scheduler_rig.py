@@ -155,7 +155,7 @@ def test_token_bucket_refills_while_idle_and_the_status_shows_the_throttle(make_
         rig.send(KEY_A, dedup_key=f"a{number}")
     rig.step()
     assert len(rig.deliverer.sent) == 2
-    throttle = rig.scheduler.key_status(RoutingKey(KEY_A))["throttled_until"]
+    throttle = rig.scheduler.key_status(RoutingKey(KEY_A)).throttled_until
     assert throttle == pytest.approx(rig.clock.wall() + 0.5)
     rig.run()
     assert len(rig.deliverer.sent) == 3
@@ -276,8 +276,8 @@ def test_coalescing_never_crosses_senders(make_rig) -> None:  # type: ignore[no-
     rig.send(KEY_A, dedup_key=dedup, summary="nobody's info", sender_uid=NOBODY)
     root = rig.send(KEY_A, dedup_key=dedup, summary="nginx.service failed")
     later = rig.send(KEY_A, dedup_key=dedup, summary="nobody's second", sender_uid=NOBODY)
-    rows = {row["id"]: row for row in rig.store.list_events(None, KEY_A, 100)}
-    assert rows[root]["state"] == "pending" and rows[root]["superseded_by"] is None
+    rows = {row.id: row for row in rig.store.list_events(None, KEY_A, 100)}
+    assert rows[root].state == "pending" and rows[root].superseded_by is None
     assert rig.store.reader().execute("SELECT priority FROM events WHERE id = ?", (root,)).fetchone()[0] == 2
     rig.send(KEY_A, dedup_key=dedup, summary="root's update")  # root's own update supersedes nothing of nobody's
     assert rig.store.reader().execute("SELECT state FROM events WHERE id = ?", (later,)).fetchone()[0] == "pending"

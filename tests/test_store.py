@@ -116,7 +116,7 @@ def test_retention_purges_in_chunks_and_keeps_the_rest(tmp_path) -> None:  # typ
         now[0] += 2 * 86400
         assert store.purge_expired(86400, 7 * 86400).result() == len(ids) - 1
         assert store.commits - commits == 3  # one transaction per chunk: the writer is never held long
-        assert [row["id"] for row in store.list_events(None, None, 10)] == [ids[-1]]  # failed: kept 7 days
+        assert [row.id for row in store.list_events(None, None, 10)] == [ids[-1]]  # failed: kept 7 days
     finally:
         store.close()
 

@@ -177,7 +177,7 @@ def test_status_shows_the_backoff_on_the_wall_clock_of_now(make_rig) -> None:  #
     rig.send(KEY_A, T, "inc")
     rig.step()
     rig.clock.step_wall(-DAY)
-    assert rig.scheduler.key_status(RoutingKey(KEY_A))["backoff_until"] == pytest.approx(rig.clock.wall() + 2.0)
+    assert rig.scheduler.key_status(RoutingKey(KEY_A)).backoff_until == pytest.approx(rig.clock.wall() + 2.0)
 
 
 # --- retention reads stored times the same way ----------------------------------------------------------

@@ -21,10 +21,12 @@ from pdagent_sd.errors import AgentUnreachable, Forbidden, NotFound, StorageErro
 from pdagent_sd.legacy import DEFAULT_OUTQUEUE
 from pdagent_sd.protocol import DROP_BATCH, Message, request
 from pdagent_sd.safetext import safe, safe_json
+from pdagent_sd.statustypes import KeyStatus, ListedEvent, QueueStatus, State
 
 PROGRAM = "pd-queue"
 DECLINED = 1  # the operator answered no at a confirmation prompt
-STATES = ("pending", "failed", "delivered", "superseded")
+STATES = tuple(state.value for state in (State.PENDING, State.FAILED, State.DELIVERED, State.SUPERSEDED))
+TABLE_STATES = (State.PENDING, State.DELIVERED, State.FAILED)  # the seed's status table's columns
 ADMIN_ADVICE = "use sudo, or join group pdagent (sudo usermod -aG pdagent $USER, then log in again)"
 
 DESCRIPTION = "Access the local queue of the PagerDuty agent."
@@ -107,18 +109,20 @@ def _columns(rows: List[List[str]], right: Tuple[int, ...] = ()) -> List[str]:
 
 def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optional[float] = None) -> List[str]:
     """The seed's table (and a Total row), then one line per key that is waiting, then the last delivery."""
-    now = time.time() if now is None else now
-    keys = reply["keys"]
+    return _format_status(QueueStatus.from_wire(reply), wanted_key, time.time() if now is None else now)
+
+
+def _format_status(status: QueueStatus, wanted_key: Optional[str], now: float) -> List[str]:
+    keys = status.keys
     if not keys and wanted_key:
-        keys = [{"routing_key": wanted_key, "pending": 0, "delivered": 0, "failed": 0,
-                 "oldest_pending_age": None, "throttled_until": None, "backoff_until": None}]
+        keys = (KeyStatus(wanted_key),)
     lines = [TABLE_HEADER]
     for key in keys:
-        lines.append(f"{safe(key['routing_key']):<35} {key['pending']:>9} {key['delivered']:>9} {key['failed']:>9}")
-    omitted = reply.get("keys_omitted") or 0
+        lines.append(f"{safe(key.routing_key):<35} {key.pending:>9} {key.delivered:>9} {key.failed:>9}")
+    omitted = status.keys_omitted
     if len(keys) != 1 or omitted:
-        totals = reply["totals"]
-        lines.append(f"{'Total':<35} {totals['pending']:>9} {totals['delivered']:>9} {totals['failed']:>9}")
+        totals = status.totals
+        lines.append(f"{'Total':<35} " + " ".join(f"{totals[state.value]:>9}" for state in TABLE_STATES))
     if omitted:
         lines.append(f"(and {omitted} more routing key(s), fewer events each; -k KEY shows any one)")
     details = [line for key in keys for line in _key_details(key, now)]
@@ -126,9 +130,9 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
         lines.append("")
         lines.extend(details)
     lines.append("")
-    last = reply.get("last_delivery")
+    last = status.last_delivery
     lines.append(f"Last delivery: {_when(last, now) if last else 'none on record'}")
-    beats = reply.get("heartbeats") or {}
+    beats = status.heartbeats
     if any(beats.values()):
         lines.append("Heartbeats: " + ", ".join(f"{beats.get(state, 0)} {state}"
                                                 for state in ("ok", "late", "paged", "paused"))
@@ -136,18 +140,18 @@ def format_status(reply: Message, wanted_key: Optional[str] = None, now: Optiona
     return lines
 
 
-def _key_details(key: Dict[str, Any], now: float) -> List[str]:
+def _key_details(key: KeyStatus, now: float) -> List[str]:
     """Why a key's events are still waiting: how old the oldest is, and any throttle or backoff."""
     parts = []
-    if key.get("oldest_pending_age") is not None:
-        parts.append(f"oldest pending {_age(key['oldest_pending_age'])} old")
-    if key.get("throttled_until"):
-        parts.append(f"throttled until {_when(key['throttled_until'], now)}")
-    if key.get("backoff_until"):
-        parts.append(f"backing off until {_when(key['backoff_until'], now)}")
-    if key.get("superseded"):
-        parts.append(f"{key['superseded']} superseded (coalesced, not sent: list --state superseded)")
-    return [f"{safe(key['routing_key'])}: {'; '.join(parts)}"] if parts else []
+    if key.oldest_pending_age is not None:
+        parts.append(f"oldest pending {_age(key.oldest_pending_age)} old")
+    if key.throttled_until:
+        parts.append(f"throttled until {_when(key.throttled_until, now)}")
+    if key.backoff_until:
+        parts.append(f"backing off until {_when(key.backoff_until, now)}")
+    if key.superseded:
+        parts.append(f"{key.superseded} superseded (coalesced, not sent: list --state superseded)")
+    return [f"{safe(key.routing_key)}: {'; '.join(parts)}"] if parts else []
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -155,13 +159,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.key:
         message["routing_key"] = args.key
     reply = _ask(args, message)
-    if args.json:
+    status = QueueStatus.from_wire(reply)
+    if args.json:  # the reply as it came: a newer agent's fields too
         _print_json({name: value for name, value in reply.items() if name != "ok"})
     else:
-        print("\n".join(format_status(reply, args.key)))
-    for warning in reply.get("warnings") or []:
+        print("\n".join(_format_status(status, args.key, time.time())))
+    for warning in status.warnings:
         _note(f"warning: {warning}")
-    if reply.get("redacted") and not args.json and reply["keys"]:
+    if reply.get("redacted") and not args.json and status.keys:
         _note(f"routing keys are masked; to see them whole, {ADMIN_ADVICE}")
     return exitcodes.OK
 
@@ -188,10 +193,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
 # --- list, show ----------------------------------------------------------------------------------------------------
 
 
-def _summary(row: Dict[str, Any]) -> str:
+def _summary(row: ListedEvent) -> str:
     """The event's one-line description, read from its body (absent when the daemon redacted it)."""
     try:
-        body = json.loads(row.get("body") or "{}")
+        body = json.loads(row.body or "{}")
     except ValueError:
         return ""
     payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
@@ -207,13 +212,13 @@ def _shorten(text: str, width: int = 60) -> str:
 def format_list(rows: List[Dict[str, Any]], now: Optional[float] = None) -> List[str]:
     now = time.time() if now is None else now
     table = [["ID", "STATE", "ROUTING KEY", "EVENT", "TRIES", "QUEUED", "HTTP", "SENDER", "DEDUP KEY", "DETAIL"]]
-    for row in rows:
-        detail = f"error: {row['last_error']}" if row["state"] == "failed" and row.get("last_error") \
-            else f"superseded by {row['superseded_by']}" if row.get("superseded_by") else _summary(row)
-        table.append([str(row["id"]), row["state"], safe(row["routing_key"]), safe(f"{row['api']} {row['action']}"),
-                      str(row["attempts"]), f"{_age(now - row['created'])} ago",
-                      str(row["last_status"] or "-"), _sender(row.get("sender_uid")),
-                      _shorten(row["dedup_key"], 40), _shorten(detail)])
+    for row in map(ListedEvent.from_wire, rows):
+        detail = f"error: {row.last_error}" if row.state == State.FAILED.value and row.last_error \
+            else f"superseded by {row.superseded_by}" if row.superseded_by else _summary(row)
+        table.append([str(row.id), row.state, safe(row.routing_key), safe(f"{row.api} {row.action}"),
+                      str(row.attempts), f"{_age(now - row.created)} ago",
+                      str(row.last_status or "-"), _sender(row.sender_uid),
+                      _shorten(row.dedup_key, 40), _shorten(detail)])
     return _columns(table, right=(0, 4))
 
 
@@ -269,38 +274,39 @@ def cmd_list(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def format_event(event: Dict[str, Any], now: Optional[float] = None) -> List[str]:
+def format_event(wire: Dict[str, Any], now: Optional[float] = None) -> List[str]:
     now = time.time() if now is None else now
+    event = ListedEvent.from_wire(wire)
     # Every value through safe(): a newline in a dedup key must not forge a "Last answer:" line below.
     lines = [
-        safe(f"Event {event['id']}: {event['api']} {event['action']}, {event['state']}"),
-        f"  Routing key:   {safe(event['routing_key'])}",
-        f"  Dedup key:     {safe(event['dedup_key'])}",
-        f"  Queued:        {_when(event['created'], now)}",
-        f"  Updated:       {_when(event['updated'], now)}",
-        f"  Attempts:      {event['attempts']}",
+        safe(f"Event {event.id}: {event.api} {event.action}, {event.state}"),
+        f"  Routing key:   {safe(event.routing_key)}",
+        f"  Dedup key:     {safe(event.dedup_key)}",
+        f"  Queued:        {_when(event.created, now)}",
+        f"  Updated:       {_when(event.updated, now)}",
+        f"  Attempts:      {event.attempts}",
     ]
-    lines.append(f"  Sender:        {_sender_line(event.get('sender_uid'))}")
-    if event.get("superseded_by"):
-        lines.append(f"  Superseded by: event {event['superseded_by']} (of the same incident; this one is not sent)")
+    lines.append(f"  Sender:        {_sender_line(event.sender_uid)}")
+    if event.superseded_by:
+        lines.append(f"  Superseded by: event {event.superseded_by} (of the same incident; this one is not sent)")
     # A wall-clock hint, read as the daemon reads it: meaningless once the clock has stepped back before the
     # deferral was recorded (the daemon's backoff runs on the monotonic clock; docs/design-notes.md)
-    if event["state"] == "pending" and event.get("next_attempt", 0) > now >= event.get("updated", 0):
-        lines.append(f"  Next attempt:  {_when(event['next_attempt'], now)}")
-    if event.get("last_status") is not None or event.get("last_error"):
-        lines.append(f"  Last answer:   {_answer(event.get('last_status'), event.get('last_error'))}")
-    log = event.get("attempts_log") or []
+    if event.state == State.PENDING.value and event.next_attempt > now >= event.updated:
+        lines.append(f"  Next attempt:  {_when(event.next_attempt, now)}")
+    if event.last_status is not None or event.last_error:
+        lines.append(f"  Last answer:   {_answer(event.last_status, event.last_error)}")
+    log = event.attempts_log or ()
     lines.append("")
     lines.append("Attempts:" if log else "Attempts: none yet")
     for attempt in log:
-        lines.append(f"  {_clock(attempt['at'])}  {safe(attempt['outcome']):<9}  "
-                     f"{_answer(attempt.get('http_status'), attempt.get('error'))}")
+        lines.append(f"  {_clock(attempt.at)}  {safe(attempt.outcome):<9}  "
+                     f"{_answer(attempt.http_status, attempt.error)}")
     lines.append("")
     lines.append("Body:")
     try:
-        body = safe_json(json.loads(event["body"]))
-    except (KeyError, ValueError):
-        body = safe(event.get("body", ""))
+        body = safe_json(json.loads(event.body)) if event.body is not None else ""
+    except ValueError:
+        body = safe(event.body)
     lines.extend("  " + line for line in body.splitlines())
     return lines
 
@@ -357,12 +363,13 @@ def cmd_drop(args: argparse.Namespace) -> int:
         message: Message = {"op": "drop", "id": args.id}
         if not _interactive() or args.yes:
             return _dropped(_ask(args, message)["count"])
-        event = _ask(args, {"op": "show", "id": args.id})["event"]  # refuses a non-admin before any question
+        # refuses a non-admin before any question
+        event = ListedEvent.from_wire(_ask(args, {"op": "show", "id": args.id})["event"])
         if not _confirm(_drop_one_question(event)):
             print("Nothing dropped.")
             return DECLINED
         # the state it was shown in: an event delivered or retried while the prompt waited is not dropped
-        return _dropped(_ask(args, {**message, "state": event["state"]})["count"], 1)
+        return _dropped(_ask(args, {**message, "state": event.state})["count"], 1)
     if not args.state:
         raise UsageError("drop -k KEY or --sender UID needs --state (pending, failed, delivered or superseded)")
     message = {"op": "drop", "state": args.state}
@@ -394,10 +401,10 @@ def _dropped(count: int, shown: int = 0) -> int:
     return exitcodes.OK
 
 
-def _drop_one_question(event: Dict[str, Any]) -> str:
+def _drop_one_question(event: ListedEvent) -> str:
     summary = _summary(event)
     described = f" \"{_shorten(summary)}\"" if summary else ""
-    return safe(f"Drop event {event['id']} ({event['api']} {event['action']}, {event['state']})") + described + "?"
+    return safe(f"Drop event {event.id} ({event.api} {event.action}, {event.state})") + described + "?"
 
 
 def _drop_many_question(args: argparse.Namespace, count: int) -> str:
@@ -640,8 +647,8 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
         raise NotFound(f"{args.dir} is not a directory: there is no old agent's outqueue to import",
                        hint="give the old agent's outqueue directory (it holds pdq/ and err/)")
     events, unusable = scan(args.dir)
-    counts: Dict[str, Any] = {"imported": {"pending": 0, "failed": 0}, "already_imported": 0, "invalid": [],
-                              "refused": []}
+    counts: Dict[str, Any] = {"imported": {State.PENDING.value: 0, State.FAILED.value: 0}, "already_imported": 0,
+                              "invalid": [], "refused": []}
     subdir_of = {event.name: event.subdir for event in events}
     state_of = {event.name: event.state for event in events}
     owners: Dict[int, int] = {}
@@ -673,9 +680,9 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     moved, not_moved = (0, []) if args.dry_run else retire(args.dir, taken)
     verb = "would import" if args.dry_run else "imported"
     imported = counts["imported"]
+    pending, failed = imported[State.PENDING.value], imported[State.FAILED.value]
     print(f"{args.dir}: {len(events) + len(unusable)} file(s) in pdq/ and err/")
-    print(f"{verb}: {imported['pending'] + imported['failed']} ({imported['pending']} pending from pdq/, "
-          f"{imported['failed']} failed from err/)")
+    print(f"{verb}: {pending + failed} ({pending} pending from pdq/, {failed} failed from err/)")
     if owners:
         print("  by owner (the quota each is charged to): " + ", ".join(
             f"{_owner_name(uid)} {count}" for uid, count in sorted(owners.items())))
@@ -689,7 +696,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     print(f"unreadable or malformed files: {len(unusable)}")
     for problem in unusable:
         print(f"  {_shown(problem.path)}: {problem.reason}")
-    if imported["failed"] and not args.dry_run:
+    if failed and not args.dry_run:
         print("Failed events stay failed: `pd-queue retry -a` sends them again.")
     if args.dry_run:
         print("Nothing was changed.")
