@@ -11,19 +11,19 @@ python-systemd's reader, imported only when they are wanted.
 
 from __future__ import annotations
 
-import configparser
 import enum
 import os
 import re
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from pdagent_sd.errors import InvalidEvent, PdagentError
 from pdagent_sd.limits import MAX_SUMMARY, fit
 
-SECTION = "UnitAlerts"
+if TYPE_CHECKING:
+    from pdagent_sd.config import UnitAlertSettings
+
 PROPERTIES = ("Id", "Description", "LoadState", "ActiveState", "SubState", "Result", "Type", "ExecMainCode",
               "ExecMainStatus", "NRestarts", "InvocationID", "InactiveEnterTimestamp", "ActiveEnterTimestamp",
               "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic", "TriggeredBy", "Job", "ExecMainPID")
@@ -33,7 +33,6 @@ DETAIL_PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "I
 # systemd's rules for a unit name (unit_name_is_valid): at most 255 characters of these, a known suffix.
 UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,246}\.(service|socket|target|device|mount|automount|swap|timer|"
                        r"path|slice|scope)", re.ASCII)
-KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 ID128 = re.compile(r"[0-9a-f]{32}", re.ASCII)  # an invocation or boot ID, as systemd prints it
 # The agent's own units never page through the agent: a failing pager must not start itself in a loop. Named one
 # by one (the units the package ships, tests/test_unit_alert.py checks the list against units/): a prefix took
@@ -55,73 +54,6 @@ class UnitError(PdagentError):
     """The unit cannot be looked at (a bad name, systemctl failed); the message says which and why."""
 
     code = "invalid_event"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The [UnitAlerts] section of agent.conf."""
-
-    key: str = "systemd"
-    service_severity: str = "critical"
-    timer_severity: str = "error"
-    rate_limit_sec: float = 300.0
-    journal_lines: int = 50
-    stay_up_sec: float = 10.0
-    recovery_timeout_sec: float = 3600.0
-
-
-SEVERITIES = ("critical", "error", "warning", "info")
-
-
-def load_settings(path: Optional[str] = None) -> Tuple[Settings, List[str]]:
-    """[UnitAlerts] from agent.conf and agent.conf.d/*.conf; a bad value keeps its default and is reported
-    (an alert about a failed unit must not be lost to a typo in the agent's configuration)."""
-    from pdagent_sd.config import DEFAULT_CONFIG, config_files, parse_count, parse_duration
-
-    main = path or os.environ.get("PDAGENT_CONFIG") or DEFAULT_CONFIG
-    defaults = Settings()
-    values: Dict[str, Any] = {}
-    warnings: List[str] = []
-    parsers = {
-        "key": _key_name, "service_severity": _severity, "timer_severity": _severity,
-        "rate_limit_sec": parse_duration, "journal_lines": parse_count, "stay_up_sec": parse_duration,
-        "recovery_timeout_sec": parse_duration,
-    }
-    for filename in config_files(main):
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(filename, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
-            warnings.append(f"{filename}: cannot read, unit alert defaults used: {exc}")
-            continue
-        if not parser.has_section(SECTION):
-            continue
-        for name, raw in parser.items(SECTION):
-            parse = parsers.get(name)
-            if parse is None:
-                warnings.append(f"{filename} [{SECTION}]: ignoring unknown key {name}")
-                continue
-            try:
-                values[name] = parse(raw)
-            except ValueError as exc:
-                warnings.append(f"{filename} [{SECTION}]: bad value {raw!r} for {name} ({exc}); "
-                                f"using {getattr(defaults, name)!r}")
-    return Settings(**values), warnings
-
-
-def _key_name(text: str) -> str:
-    name = text.strip().lstrip("@")
-    if not KEY_NAME.fullmatch(name):
-        raise ValueError("expected the name of a key in [Keys]: letters, digits, '_', '.', '-'")
-    return name
-
-
-def _severity(text: str) -> str:
-    value = text.strip().lower()
-    if value not in SEVERITIES:
-        raise ValueError(f"expected one of {', '.join(SEVERITIES)}")
-    return value
 
 
 def check_unit_name(unit: str) -> str:
@@ -363,7 +295,7 @@ def dedup_key(host: str, unit: str) -> str:
     return f"systemd/{host}/{unit}"
 
 
-def routing_key(settings: Settings) -> str:
+def routing_key(settings: UnitAlertSettings) -> str:
     """The key by name (`@name`): the daemon resolves it from [Keys] in agent.conf, so no command line of a
     unit, and no unit name, ever carries a routing key."""
     return "@" + settings.key
@@ -418,7 +350,7 @@ def unit_details(properties: Dict[str, str], journal_lines: List[str], journal_e
     return details
 
 
-def failure_event(properties: Dict[str, str], host: str, settings: Settings, journal_lines: List[str],
+def failure_event(properties: Dict[str, str], host: str, settings: UnitAlertSettings, journal_lines: List[str],
                   journal_error: str) -> Dict[str, Any]:
     """The Events API v2 trigger for a failed unit. The source is left to the agent, which sets its FQDN."""
     unit = properties.get("Id", "")
@@ -440,7 +372,7 @@ def failure_event(properties: Dict[str, str], host: str, settings: Settings, jou
     }
 
 
-def resolve_event(unit: str, host: str, settings: Settings) -> Dict[str, Any]:
+def resolve_event(unit: str, host: str, settings: UnitAlertSettings) -> Dict[str, Any]:
     return {"routing_key": routing_key(settings), "event_action": "resolve", "dedup_key": dedup_key(host, unit)}
 
 

@@ -220,6 +220,8 @@ def test_every_setting_is_documented() -> None:
         text = docs.read()
     for setting in config.SETTINGS:
         assert f"`{setting.name}`" in text, setting.name
+    for section in (config.SECTION, config.UNIT_ALERTS):
+        assert config.render_markdown(section) in text, f"regenerate the [{section}] table from config.render_markdown"
 
 
 def test_shipped_config_file_matches_the_settings_table() -> None:

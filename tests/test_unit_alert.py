@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pdagent_sd import unitalert
+from pdagent_sd import config, unitalert
+from pdagent_sd.config import UnitAlertSettings as Settings
 from pdagent_sd.events import validate
-from pdagent_sd.unitalert import Settings
 
 from agentproc import ROOT, base_env
 
@@ -244,11 +244,11 @@ def test_settings_from_agent_conf_bad_values_keep_their_defaults(tmp_path: Path)
     (tmp_path / "agent.conf.d").mkdir()
     (tmp_path / "agent.conf.d" / "50-x.conf").write_text(
         "[UnitAlerts]\nrate_limit_sec = 10min\ntimer_severity = loud\njournal_lines = -1\nbogus = 1\n")
-    settings, warnings = unitalert.load_settings(str(main))
+    settings, warnings = config.load_unit_alerts(str(main))
     assert settings == Settings(key="ops", service_severity="error", rate_limit_sec=600.0)
     assert len(warnings) == 3 and any("timer_severity" in w for w in warnings) and any("bogus" in w for w in warnings)
     main.write_text("[UnitAlerts]\nkey = ops key with spaces\n")
-    settings, warnings = unitalert.load_settings(str(main))
+    settings, warnings = config.load_unit_alerts(str(main))
     assert settings.key == "systemd" and "key" in warnings[0]
 
 
@@ -385,3 +385,18 @@ def test_the_boot_id_given_by_the_unit_wins_over_procs(monkeypatch: pytest.Monke
     assert unitalert.boot_id() == "0123456789abcdef0123456789abcdef"
     monkeypatch.setenv(unitalert.BOOT_ID_VARIABLE, "%b not expanded")
     assert unitalert.boot_id() == procs
+
+
+def test_check_config_stops_at_a_bad_unit_alert_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """[UnitAlerts] rows are config's table, but pd-unit-alert keeps a default for a bad value: only
+    `pdagentd --check-config` refuses it (78), naming the file and the key."""
+    from pdagent_sd import daemon, exitcodes
+
+    main = tmp_path / "agent.conf"
+    main.write_text("[UnitAlerts]\njournal_lines = many\nbogus = 1\n")
+    assert daemon.check_config(str(main), {}) == exitcodes.CONFIG
+    err = capsys.readouterr().err
+    assert f"{main} [UnitAlerts]: bad value 'many' for journal_lines" in err and "unknown key bogus" in err
+    main.write_text("[UnitAlerts]\njournal_lines = 7\nbogus = 1\n")
+    assert daemon.check_config(str(main), {}) == exitcodes.OK
+    assert config.load_unit_alerts(str(main))[0] == Settings(journal_lines=7)

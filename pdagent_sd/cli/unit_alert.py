@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from pdagent_sd import exitcodes, unitalert
+from pdagent_sd import config, exitcodes, unitalert
 from pdagent_sd.cli.common import run
 from pdagent_sd.errors import PdagentError
 
@@ -118,7 +118,7 @@ def _send(event: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def failed(unit: str) -> int:
-    settings, warnings = unitalert.load_settings()
+    settings, warnings = config.load_unit_alerts()
     for warning in warnings:
         say(warning)
     host = socket.gethostname()
@@ -192,7 +192,7 @@ def _restarted(signum: int, frame: Any) -> None:
 
 
 def recovered(unit: str) -> int:
-    settings, warnings = unitalert.load_settings()
+    settings, warnings = config.load_unit_alerts()
     for warning in warnings:
         say(warning)
     host = socket.gethostname()
