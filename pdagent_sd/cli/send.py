@@ -157,7 +157,7 @@ def usage_problem(args: Args) -> Optional[str]:
 def attach_unit(api: str, event: Dict[str, Any], unit: str) -> None:
     """The unit's state and journal tail as the detail "systemd_unit". Imported here, only for --unit: the
     journal reader must not weigh on every other alert."""
-    from pdagent_sd.unitalert import describe_unit
+    from pdagent_sd.unit_events import describe_unit
 
     described = describe_unit(unit)
     if api == "v1":
