@@ -11,7 +11,8 @@ import os
 import sys
 
 from pdagent_sd.cli.args import Args, Command, Option, usage_error
-from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event, text_args
+from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
+from pdagent_sd.cmdline import text_args
 from pdagent_sd.limits import MAX_SUMMARY, fit
 
 ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
