@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/pdagent/agent.conf"
 SECTION = "Agent"
-# Sections that other parts of the agent read from the same files (unitalert.py: [UnitAlerts]).
-OTHER_SECTIONS = ("UnitAlerts",)
+# The alerts about failed units (pd-unit-alert): their settings are rows of the same table, but the daemon ignores
+# them, and a bad value there keeps its default (a typo must not cost a page); `pdagentd --check-config` reports it.
+UNIT_ALERTS = "UnitAlerts"
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d|w)?\s*$")
 UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
                 "d": 86400.0, "w": 604800.0}
@@ -93,12 +94,33 @@ def parse_url(text: str) -> str:
     return url
 
 
+KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+
+
+def parse_key_name(text: str) -> str:
+    name = text.strip().lstrip("@")
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError("expected the name of a key in [Keys]: letters, digits, '_', '.', '-'")
+    return name
+
+
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
+def parse_severity(text: str) -> str:
+    value = text.strip().lower()
+    if value not in SEVERITIES:
+        raise ValueError(f"expected one of {', '.join(SEVERITIES)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
     parse: Callable[[str], Any]
     default: Any
     help: str
+    section: str = SECTION
 
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -159,8 +181,22 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("heartbeat_max_per_user", parse_count, 20,
             "Heartbeats (pd-heartbeat) one user outside the trusted ones may have; past it a new one is refused "
             "with queue_full (exit 75). 0 = no limit."),
+    Setting("key", parse_key_name, "systemd", "The [Keys] name unit alerts go to.", UNIT_ALERTS),
+    Setting("service_severity", parse_severity, "critical", "Severity of an alert about a failed service.",
+            UNIT_ALERTS),
+    Setting("timer_severity", parse_severity, "error", "Severity of an alert about a service started by a .timer.",
+            UNIT_ALERTS),
+    Setting("rate_limit_sec", parse_duration, 300.0,
+            "At most one trigger per unit in this time while its incident is open.", UNIT_ALERTS),
+    Setting("journal_lines", parse_count, 50, "Journal lines of the failed run in the event.", UNIT_ALERTS),
+    Setting("stay_up_sec", parse_duration, 10.0,
+            "How long a restarted service must stay up to count as recovered.", UNIT_ALERTS),
+    Setting("recovery_timeout_sec", parse_duration, 3600.0,
+            "How long a new start is watched before giving up (the incident stays open).", UNIT_ALERTS),
 )
-SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
+AGENT_SETTINGS = tuple(setting for setting in SETTINGS if setting.section == SECTION)
+SETTINGS_BY_NAME = {setting.name: setting for setting in AGENT_SETTINGS}
+UNIT_ALERT_SETTINGS = {setting.name: setting for setting in SETTINGS if setting.section == UNIT_ALERTS}
 
 
 @dataclass(frozen=True)
@@ -198,6 +234,19 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class UnitAlertSettings:
+    """The [UnitAlerts] section of agent.conf (read by pd-unit-alert, not by the daemon)."""
+
+    key: str = UNIT_ALERT_SETTINGS["key"].default
+    service_severity: str = UNIT_ALERT_SETTINGS["service_severity"].default
+    timer_severity: str = UNIT_ALERT_SETTINGS["timer_severity"].default
+    rate_limit_sec: float = UNIT_ALERT_SETTINGS["rate_limit_sec"].default
+    journal_lines: int = UNIT_ALERT_SETTINGS["journal_lines"].default
+    stay_up_sec: float = UNIT_ALERT_SETTINGS["stay_up_sec"].default
+    recovery_timeout_sec: float = UNIT_ALERT_SETTINGS["recovery_timeout_sec"].default
+
+
 def config_files(main: str) -> List[str]:
     files = [main] if os.path.exists(main) else []
     return files + sorted(glob.glob(os.path.join(main + ".d", "*.conf")))
@@ -214,7 +263,7 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
     """Build the Config from defaults, the files and the environment; raise ConfigError naming file and key."""
     env = os.environ if environ is None else environ
     main = path or env.get("PDAGENT_CONFIG") or DEFAULT_CONFIG
-    values: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+    values: Dict[str, Any] = {setting.name: setting.default for setting in AGENT_SETTINGS}
     named: Dict[str, str] = {}
     sources: Dict[str, str] = {}
     grants: Dict[str, keys_module.Grant] = {}
@@ -231,7 +280,7 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
         for word in grant.unknown:
             logger.warning("%s: @%s grants %s, which does not exist on this system; it grants nothing",
                            sources[name], name, word)
-    for setting in SETTINGS:
+    for setting in AGENT_SETTINGS:
         raw = env.get("PDAGENT_" + setting.name.upper())
         if raw is not None:
             values[setting.name] = _parse(setting, raw, "environment PDAGENT_" + setting.name.upper())
@@ -288,7 +337,7 @@ def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, Tuple[str, keys
             for name, raw in parser.items(section):
                 named[name] = keys_module.check_entry(name, raw, f"{filename} [{keys_module.SECTION}]")
             continue
-        if section in OTHER_SECTIONS:
+        if section == UNIT_ALERTS:
             continue
         if section != SECTION:
             logger.warning("%s: ignoring unknown section [%s]", filename, section)
@@ -305,12 +354,53 @@ def _read_file(filename: str) -> Tuple[Dict[str, Any], Dict[str, Tuple[str, keys
     return values, named
 
 
-def render_markdown() -> str:
-    """The reference table for docs/configuration.md, so the docs cannot drift from the code."""
+def load_unit_alerts(path: Optional[str] = None) -> Tuple[UnitAlertSettings, List[str]]:
+    """[UnitAlerts] from agent.conf and agent.conf.d/*.conf; a bad value keeps its default and is reported
+    (an alert about a failed unit must not be lost to a typo in the agent's configuration)."""
+    main = path or os.environ.get("PDAGENT_CONFIG") or DEFAULT_CONFIG
+    values: Dict[str, Any] = {}
+    warnings: List[str] = []
+    for filename in config_files(main):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(filename, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+            warnings.append(f"{filename}: cannot read, unit alert defaults used: {exc}")
+            continue
+        if not parser.has_section(UNIT_ALERTS):
+            continue
+        for name, raw in parser.items(UNIT_ALERTS):
+            setting = UNIT_ALERT_SETTINGS.get(name)
+            if setting is None:
+                warnings.append(f"{filename} [{UNIT_ALERTS}]: ignoring unknown key {name}")
+                continue
+            try:
+                values[name] = setting.parse(raw)
+            except ValueError as exc:
+                warnings.append(f"{filename} [{UNIT_ALERTS}]: bad value {raw!r} for {name} ({exc}); "
+                                f"using {setting.default!r}")
+    return UnitAlertSettings(**values), warnings
+
+
+def render_markdown(section: str = SECTION) -> str:
+    """The reference table of one section for docs/configuration.md, so the docs cannot drift from the code."""
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for setting in SETTINGS:
+        if setting.section != section:
+            continue
         lines.append(f"| `{setting.name}` | `{setting.default}` | {setting.help} |")
     return "\n".join(lines) + "\n"
+
+
+def shown_default(setting: Setting) -> str:
+    """A setting's default as it is written in agent.conf."""
+    default = setting.default
+    if isinstance(default, bool):
+        return "yes" if default else "no"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
 
 
 def render_ini() -> str:
@@ -319,15 +409,13 @@ def render_ini() -> str:
              "# Drop-ins in /etc/pdagent/agent.conf.d/*.conf are read after this file, in name order;",
              "# PDAGENT_<KEY> environment variables (e.g. in a unit drop-in) override both.",
              "# Durations take s, min, h, d suffixes. See docs/configuration.md.", "", f"[{SECTION}]"]
-    for setting in SETTINGS:
-        default = setting.default
-        if isinstance(default, bool):
-            shown = "yes" if default else "no"
-        elif isinstance(default, float) and default.is_integer():
-            shown = str(int(default))
-        else:
-            shown = str(default)
-        lines += ["", f"# {setting.help}", f"#{setting.name} = {shown}"]
+    for setting in AGENT_SETTINGS:
+        lines += ["", f"# {setting.help}", f"#{setting.name} = {shown_default(setting)}"]
+    lines += ["", "# Alerts about failed systemd units (pd-unit-alert; docs/systemd-alerts.md). The daemon ignores",
+              "# this section; a bad value keeps its default there, and `pdagentd --check-config` reports it.",
+              f"#[{UNIT_ALERTS}]"]
+    for setting in UNIT_ALERT_SETTINGS.values():
+        lines += ["", f"# {setting.help}", f"#{setting.name} = {shown_default(setting)}"]
     lines += ["", "# Named routing keys: `pd-send -k @ops` sends the key named ops, so no key is on a command line",
               "# that other users can read. Keep keys in a file only root and group pdagent can read (this one",
               "# is 0640 root:pdagent), or in systemd credentials key.NAME. See docs/security.md.",

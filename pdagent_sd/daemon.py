@@ -346,7 +346,7 @@ def wait_for_good_config(sock: socket.socket, error: ConfigError, load: Callable
     the files are read again whenever one changes. Once they are good it goes on as if just started, with the
     same socket: nothing to restart. The queue is not opened meanwhile, so it stays exactly as it was."""
     notifier = Notifier()
-    defaults = {setting.name: setting.default for setting in config_module.SETTINGS}
+    defaults = {setting.name: setting.default for setting in config_module.AGENT_SETTINGS}
     server = ConnectionServer(sock, Misconfigured(error), max_connections=defaults["max_connections"],
                               timeout=defaults["client_timeout_sec"],
                               first_line_timeout=defaults["first_line_timeout_sec"],
@@ -413,15 +413,13 @@ def check_config(path: Optional[str], environ: Dict[str, str]) -> int:
     """`pdagentd --check-config`: read the files as a start would; 0 if they are good, 78 (EX_CONFIG) naming the
     file, the key and why if not. [UnitAlerts] is checked too: pd-unit-alert keeps a default for a bad value
     there, but a check before a reload should still say so."""
-    from pdagent_sd import unitalert
-
     try:
         config = config_module.load(path, environ)
     except ConfigError as error:
         print(f"pdagentd: {error.message}", file=sys.stderr)
         return exitcodes.CONFIG
     main_file = path or environ.get("PDAGENT_CONFIG") or config_module.DEFAULT_CONFIG
-    _, warnings = unitalert.load_settings(main_file)
+    _, warnings = config_module.load_unit_alerts(main_file)
     bad = [warning for warning in warnings if "unknown key" not in warning]
     for warning in warnings:
         print(f"pdagentd: {warning}", file=sys.stderr)
@@ -489,7 +487,7 @@ def settings_help() -> str:
              "in the environment overrides both. Routing keys by name in [Keys]; unit alerts in [UnitAlerts].",
              "Every key explained: /usr/share/doc/pdagent-sd/docs/configuration.md and the commented",
              "/etc/pdagent/agent.conf. A bad value: `pdagentd --check-config` names the file and the key.", ""]
-    for setting in config_module.SETTINGS:
+    for setting in config_module.AGENT_SETTINGS:
         default = setting.default
         if isinstance(default, bool):
             shown = "yes" if default else "no"

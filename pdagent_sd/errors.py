@@ -78,12 +78,6 @@ class ConfigError(PdagentError):
     code = "config_error"
 
 
-class DeliveryError(PdagentError):
-    """A transport failure while talking to the Events API (connection, timeout, TLS)."""
-
-    code = "delivery_error"
-
-
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (InvalidEvent, BadRequest, Forbidden, QueueFull, Busy, StorageError, NotFound, AgentUnreachable,

@@ -67,10 +67,10 @@ class Event:
     routing_key: RoutingKey
     action: Action
     dedup_key: str
-    text: str = ""  # the body as it is queued and POSTed, compact JSON
+    text: str  # the body as it is queued and POSTed, compact JSON: encoded once, by validate()
 
     def encoded(self) -> str:
-        return self.text or json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
+        return self.text
 
 
 Identity = Tuple[str, Action, str]  # routing key, action, dedup key: what the queue indexes an event by

@@ -24,7 +24,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import pytest
 
-from pdagent_sd.config import SETTINGS, Config
+from pdagent_sd.config import AGENT_SETTINGS, Config
 from pdagent_sd.delivery import Outcome, Result, classify
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
@@ -180,7 +180,7 @@ class ScriptedDeliverer:
 
 
 def make_config(**settings: object) -> Config:
-    values = {setting.name: setting.default for setting in SETTINGS}
+    values = {setting.name: setting.default for setting in AGENT_SETTINGS}
     values["events_url"] = "http://127.0.0.1:9"  # never used: the deliverer is scripted
     values.update(settings)
     return Config(**values)  # type: ignore[arg-type]

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdagent_sd.cli import send
-from pdagent_sd.cli.common import UsageError, redact, run, text_args
+from pdagent_sd.cli.common import UsageError, redact, run
+from pdagent_sd.cmdline import text_args
 from pdagent_sd.integrations import nagios, sensu, zabbix
 from pdagent_sd.integrations.common import parse_args
 from pdagent_sd.keys import mask

@@ -220,6 +220,8 @@ def test_every_setting_is_documented() -> None:
         text = docs.read()
     for setting in config.SETTINGS:
         assert f"`{setting.name}`" in text, setting.name
+    for section in (config.SECTION, config.UNIT_ALERTS):
+        assert config.render_markdown(section) in text, f"regenerate the [{section}] table from config.render_markdown"
 
 
 def test_shipped_config_file_matches_the_settings_table() -> None:
@@ -229,3 +231,19 @@ def test_shipped_config_file_matches_the_settings_table() -> None:
 
     with open(os.path.join(ROOT, "packaging", "agent.conf"), encoding="utf-8") as shipped:
         assert shipped.read() == config.render_ini(), "regenerate packaging/agent.conf from config.render_ini()"
+
+
+def test_every_module_is_in_the_design_notes_map() -> None:
+    """docs/design-notes.md says which module owns what, in one table: a module added or renamed goes there too."""
+    import os
+
+    from agentproc import ROOT
+
+    with open(os.path.join(ROOT, "docs", "design-notes.md"), encoding="utf-8") as notes:
+        text = notes.read()
+    package = os.path.join(ROOT, "pdagent_sd")
+    modules = [os.path.relpath(os.path.join(folder, name), package)
+               for folder in (package, os.path.join(package, "cli"), os.path.join(package, "integrations"))
+               for name in sorted(os.listdir(folder)) if name.endswith(".py") and name != "__init__.py"]
+    missing = [module for module in modules if f"| `{module}` |" not in text]
+    assert modules and not missing, f"add to the module map in docs/design-notes.md: {missing}"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pdagent_sd import unitalert
+from pdagent_sd import config, journal_tail, unit_events, unit_state, unit_verdicts
+from pdagent_sd.config import UnitAlertSettings as Settings
 from pdagent_sd.events import validate
-from pdagent_sd.unitalert import Settings
 
 from agentproc import ROOT, base_env
 
@@ -87,9 +87,9 @@ GOLDEN = {
 
 
 def recorded_event() -> dict:
-    properties = unitalert.parse_properties(RECORDED_SHOW)
-    lines = [unitalert.format_entry(entry) for entry in reversed(RECORDED_JOURNAL)]
-    return unitalert.failure_event(properties, "db1.example.org", Settings(), lines, "")
+    properties = unit_state.parse_properties(RECORDED_SHOW)
+    lines = [journal_tail.format_entry(entry) for entry in reversed(RECORDED_JOURNAL)]
+    return unit_events.failure_event(properties, "db1.example.org", Settings(), lines, "")
 
 
 def test_golden_event_from_a_recorded_unit_state() -> None:
@@ -113,51 +113,51 @@ FORGED = {  # what a local user can send: any field without a leading underscore
 
 
 @pytest.mark.parametrize("entry, claim", [
-    (RECORDED_JOURNAL[0], unitalert.Claim.OURS),  # PID 1 about the run
-    (RECORDED_JOURNAL[1], unitalert.Claim.OURS),  # the run's own process
-    ({**FORGED}, unitalert.Claim.NOT_OURS),
+    (RECORDED_JOURNAL[0], journal_tail.Claim.OURS),  # PID 1 about the run
+    (RECORDED_JOURNAL[1], journal_tail.Claim.OURS),  # the run's own process
+    ({**FORGED}, journal_tail.Claim.NOT_OURS),
     # a stream whose writer exited before journald read its cgroup: the unit name is the writer's own header
-    ({**FORGED, "_SYSTEMD_UNIT": "backup.service"}, unitalert.Claim.NOT_OURS),
-    ({**FORGED, "_SYSTEMD_UNIT": "backup.service", "INVOCATION_ID": "0" * 32}, unitalert.Claim.NOT_OURS),
-    ({**FORGED, "_PID": 1, "INVOCATION_ID": "0" * 32}, unitalert.Claim.NOT_OURS),  # PID 1, another run
-    ({"_PID": 1, "UNIT": "backup.service", "MESSAGE": "Starting"}, unitalert.Claim.IF_RECENT),
-    ({"_PID": 4242, "MESSAGE": "last words"}, unitalert.Claim.IF_RECENT),  # the main PID, no unit (issue 2913)
-    ({"_PID": 4242, "_SYSTEMD_UNIT": "backup.service", "MESSAGE": "w"}, unitalert.Claim.IF_RECENT),
-    ({"_PID": 4242, "_SYSTEMD_UNIT": "other.service", "MESSAGE": "w"}, unitalert.Claim.NOT_OURS),
-    ({"_PID": 4242, "_SYSTEMD_INVOCATION_ID": "0" * 32, "MESSAGE": "w"}, unitalert.Claim.NOT_OURS),
+    ({**FORGED, "_SYSTEMD_UNIT": "backup.service"}, journal_tail.Claim.NOT_OURS),
+    ({**FORGED, "_SYSTEMD_UNIT": "backup.service", "INVOCATION_ID": "0" * 32}, journal_tail.Claim.NOT_OURS),
+    ({**FORGED, "_PID": 1, "INVOCATION_ID": "0" * 32}, journal_tail.Claim.NOT_OURS),  # PID 1, another run
+    ({"_PID": 1, "UNIT": "backup.service", "MESSAGE": "Starting"}, journal_tail.Claim.IF_RECENT),
+    ({"_PID": 4242, "MESSAGE": "last words"}, journal_tail.Claim.IF_RECENT),  # the main PID, no unit (issue 2913)
+    ({"_PID": 4242, "_SYSTEMD_UNIT": "backup.service", "MESSAGE": "w"}, journal_tail.Claim.IF_RECENT),
+    ({"_PID": 4242, "_SYSTEMD_UNIT": "other.service", "MESSAGE": "w"}, journal_tail.Claim.NOT_OURS),
+    ({"_PID": 4242, "_SYSTEMD_INVOCATION_ID": "0" * 32, "MESSAGE": "w"}, journal_tail.Claim.NOT_OURS),
 ])
-def test_only_trusted_fields_tie_a_journal_entry_to_the_failed_run(entry: dict, claim: unitalert.Claim) -> None:
-    assert unitalert._claim(entry, INVOCATION, "backup.service", 4242) == claim
+def test_only_trusted_fields_tie_a_journal_entry_to_the_failed_run(entry: dict, claim: journal_tail.Claim) -> None:
+    assert journal_tail._claim(entry, INVOCATION, "backup.service", 4242) == claim
 
 
 def test_the_identifier_shown_is_the_process_name_not_the_one_the_sender_chose() -> None:
-    line = unitalert.format_entry(FORGED)
+    line = journal_tail.format_entry(FORGED)
     assert "python3[4711]: backup.service: planned" in line and "systemd" not in line.split(":")[0]
 
 
 def test_a_service_is_critical_a_signal_is_named_and_severities_are_configurable() -> None:
-    properties = unitalert.parse_properties(RECORDED_SHOW.replace("TriggeredBy=backup.timer", "TriggeredBy=")
+    properties = unit_state.parse_properties(RECORDED_SHOW.replace("TriggeredBy=backup.timer", "TriggeredBy=")
                                             .replace("ExecMainCode=1", "ExecMainCode=2")
                                             .replace("ExecMainStatus=2", "ExecMainStatus=9")
                                             .replace("Result=exit-code", "Result=signal"))
-    event = unitalert.failure_event(properties, "db1", Settings(), [], "")
+    event = unit_events.failure_event(properties, "db1", Settings(), [], "")
     assert event["payload"]["severity"] == "critical"
     assert event["payload"]["summary"] == "backup.service failed on db1: signal (SIGKILL)"
     assert event["payload"]["class"] == "systemd unit"
-    event = unitalert.failure_event(properties, "db1", Settings(service_severity="warning", key="ops"), [], "")
+    event = unit_events.failure_event(properties, "db1", Settings(service_severity="warning", key="ops"), [], "")
     assert event["payload"]["severity"] == "warning" and event["routing_key"] == "@ops"
 
 
 def test_missing_journal_lines_are_explained_and_everything_stays_within_the_limits() -> None:
-    properties = unitalert.parse_properties(RECORDED_SHOW)
-    event = unitalert.failure_event(properties, "db1", Settings(), [], "the journal cannot be read: EACCES")
+    properties = unit_state.parse_properties(RECORDED_SHOW)
+    event = unit_events.failure_event(properties, "db1", Settings(), [], "the journal cannot be read: EACCES")
     details = event["payload"]["custom_details"]
     assert "journal" not in details and details["journal_missing"] == "the journal cannot be read: EACCES"
     huge = {"MESSAGE": "x" * 100000, "SYSLOG_IDENTIFIER": "spam", "_PID": 7}
-    line = unitalert.format_entry(huge)
-    assert len(line) == unitalert.MAX_JOURNAL_LINE and line.endswith("…")
+    line = journal_tail.format_entry(huge)
+    assert len(line) == journal_tail.MAX_JOURNAL_LINE and line.endswith("…")
     properties["Description"] = "d" * 5000
-    body = unitalert.failure_event(properties, "db1", Settings(), [line] * 50, "")
+    body = unit_events.failure_event(properties, "db1", Settings(), [line] * 50, "")
     body["routing_key"] = "c0ffee0123456789abcdef0123456789"
     validate("v2", body, default_source="db1")  # under 512 KB, every text field within its limit
 
@@ -168,7 +168,7 @@ def test_recovery_verdicts() -> None:
     second = 1_000_000
 
     def verdict(now: int = 100 * second, **properties: str) -> str:
-        return unitalert.recovery_verdict(properties, failed, 10.0, now)
+        return unit_verdicts.recovery_verdict(properties, failed, 10.0, now)
 
     assert verdict(InvocationID=failed, ActiveState="failed") == "not-started"
     assert verdict(InvocationID=failed, ActiveState="activating") == "wait"
@@ -189,21 +189,21 @@ def test_recovery_verdicts() -> None:
 @pytest.mark.parametrize("name", ["", "../../etc/passwd", "a/b.service", "foo", "foo.service\n", ".service",
                                   "x" * 300 + ".service", "foo..service", "-k KEY.service"])
 def test_hostile_unit_names_are_refused(name: str) -> None:
-    with pytest.raises(unitalert.UnitError):
-        unitalert.check_unit_name(name)
+    with pytest.raises(unit_state.UnitError):
+        unit_state.check_unit_name(name)
 
 
 @pytest.mark.parametrize("name", ["backup.service", "systemd-fsck@dev-disk-by\\x2duuid-1.service",
                                   "getty@tty1.service", "foo.timer"])
 def test_real_unit_names_are_accepted(name: str) -> None:
-    assert unitalert.check_unit_name(name) == name
+    assert unit_state.check_unit_name(name) == name
 
 
 def test_the_agents_own_units_are_recognised() -> None:
     own = ("pdagent.service", "pdagent-retry.service", "pdagent-unit-failed@backup.service.service",
            "pdagent-unit-ok@x.service.service")
-    assert all(unitalert.is_own_unit(unit) for unit in own)
-    assert not any(unitalert.is_own_unit(unit) for unit in ("backup.service", "pdagentfoo.service",
+    assert all(unit_verdicts.is_own_unit(unit) for unit in own)
+    assert not any(unit_verdicts.is_own_unit(unit) for unit in ("backup.service", "pdagentfoo.service",
                                                              "pdagent-metrics.service", "pdagent-metrics.timer"))
 
 
@@ -211,7 +211,7 @@ def test_the_own_units_list_is_every_unit_the_package_ships() -> None:
     shipped = {path.name for path in Path(ROOT, "units").iterdir()
                if path.suffix in (".service", ".socket", ".timer", ".path")}
     shipped.add("pdagent-heartbeat.timer")  # transient: made by pdagent-heartbeat-arm.service (heartbeat_timer.py)
-    listed = set(unitalert.OWN_UNITS) | {f"{prefix}.service" for prefix in unitalert.OWN_TEMPLATES}
+    listed = set(unit_verdicts.OWN_UNITS) | {f"{prefix}.service" for prefix in unit_verdicts.OWN_TEMPLATES}
     assert listed == shipped
 
 
@@ -235,7 +235,7 @@ RESTARTED = {"ActiveState": "activating", "SubState": "auto-restart", "Result": 
     ({"ActiveState": "inactive", "SubState": "dead", "Result": "exit-code", "InvocationID": ""}, "a" * 32, "page"),
 ])
 def test_failure_verdicts(properties: dict, monitored: str, verdict: str) -> None:
-    assert unitalert.failure_verdict(properties, monitored) == verdict
+    assert unit_verdicts.failure_verdict(properties, monitored) == verdict
 
 
 def test_settings_from_agent_conf_bad_values_keep_their_defaults(tmp_path: Path) -> None:
@@ -244,11 +244,11 @@ def test_settings_from_agent_conf_bad_values_keep_their_defaults(tmp_path: Path)
     (tmp_path / "agent.conf.d").mkdir()
     (tmp_path / "agent.conf.d" / "50-x.conf").write_text(
         "[UnitAlerts]\nrate_limit_sec = 10min\ntimer_severity = loud\njournal_lines = -1\nbogus = 1\n")
-    settings, warnings = unitalert.load_settings(str(main))
+    settings, warnings = config.load_unit_alerts(str(main))
     assert settings == Settings(key="ops", service_severity="error", rate_limit_sec=600.0)
     assert len(warnings) == 3 and any("timer_severity" in w for w in warnings) and any("bogus" in w for w in warnings)
     main.write_text("[UnitAlerts]\nkey = ops key with spaces\n")
-    settings, warnings = unitalert.load_settings(str(main))
+    settings, warnings = config.load_unit_alerts(str(main))
     assert settings.key == "systemd" and "key" in warnings[0]
 
 
@@ -293,11 +293,11 @@ def test_recovery_verdicts_across_a_reboot() -> None:
     second = 1_000_000
 
     def verdict(now: int = 100 * second, **properties: str) -> str:
-        return unitalert.recovery_verdict(properties, failed, 10.0, now, same_boot=False)
+        return unit_verdicts.recovery_verdict(properties, failed, 10.0, now, same_boot=False)
 
-    never_ran = unitalert.parse_properties(REARM_SHOW["never run"])
-    assert unitalert.recovery_verdict(never_ran, failed, 10.0, 100 * second, same_boot=False) == "not-started"
-    assert unitalert.recovery_verdict(never_ran, failed, 10.0, 100 * second, same_boot=True) == "recovered"
+    never_ran = unit_state.parse_properties(REARM_SHOW["never run"])
+    assert unit_verdicts.recovery_verdict(never_ran, failed, 10.0, 100 * second, same_boot=False) == "not-started"
+    assert unit_verdicts.recovery_verdict(never_ran, failed, 10.0, 100 * second, same_boot=True) == "recovered"
     assert verdict(InvocationID="", ActiveState="inactive", Result="success") == "not-started"
     assert verdict(InvocationID=new, ActiveState="inactive", Result="success") == "recovered"
     assert verdict(InvocationID=new, ActiveState="failed", Result="exit-code") == "failed"
@@ -327,7 +327,7 @@ REARM_GOLDEN = {"never run": "wait", "start job queued by the boot": "watch", "s
 
 @pytest.mark.parametrize("case", sorted(REARM_SHOW))
 def test_rearm_decisions(case: str) -> None:
-    assert unitalert.rearm_decision(unitalert.parse_properties(REARM_SHOW[case])) == REARM_GOLDEN[case]
+    assert unit_verdicts.rearm_decision(unit_state.parse_properties(REARM_SHOW[case])) == REARM_GOLDEN[case]
 
 
 def test_rearm_lists_only_plain_files_named_like_units_and_not_the_agents_own(tmp_path: Path) -> None:
@@ -346,7 +346,7 @@ def test_rearm_drop_in_is_written_once_and_never_through_a_symlink(tmp_path: Pat
     from pdagent_sd.cli.unit_alert import write_drop_in
 
     assert write_drop_in(str(tmp_path), "backup.service") is True
-    drop_in = tmp_path / "backup.service.d" / unitalert.REARM_DROP_IN_NAME
+    drop_in = tmp_path / "backup.service.d" / unit_verdicts.REARM_DROP_IN_NAME
     assert "Wants=pdagent-unit-ok@%n.service" in drop_in.read_text().splitlines()
     assert write_drop_in(str(tmp_path), "backup.service") is False, "unchanged: no second reload"
     elsewhere = tmp_path / "elsewhere"
@@ -358,7 +358,7 @@ def test_rearm_drop_in_is_written_once_and_never_through_a_symlink(tmp_path: Pat
     (tmp_path / "file.service.d").write_text("")
     with pytest.raises(OSError):
         write_drop_in(str(tmp_path), "file.service")
-    with pytest.raises(unitalert.UnitError):
+    with pytest.raises(unit_state.UnitError):
         write_drop_in(str(tmp_path), "../x.service")
 
 
@@ -370,18 +370,33 @@ def test_pd_unit_alert_rearm_without_incidents_touches_nothing() -> None:
 
 
 def test_main_pid_is_read_from_exec_main_pid_and_is_0_when_unknown() -> None:
-    assert unitalert.main_pid({"ExecMainPID": "4242"}) == 4242
-    assert unitalert.main_pid({"ExecMainPID": "0"}) == 0
-    assert unitalert.main_pid({"ExecMainPID": "-1"}) == 0 and unitalert.main_pid({}) == 0
-    assert "ExecMainPID" in unitalert.PROPERTIES
+    assert unit_state.main_pid({"ExecMainPID": "4242"}) == 4242
+    assert unit_state.main_pid({"ExecMainPID": "0"}) == 0
+    assert unit_state.main_pid({"ExecMainPID": "-1"}) == 0 and unit_state.main_pid({}) == 0
+    assert "ExecMainPID" in unit_state.PROPERTIES
 
 
 def test_the_boot_id_given_by_the_unit_wins_over_procs(monkeypatch: pytest.MonkeyPatch) -> None:
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
         procs = handle.read().strip().replace("-", "")
-    monkeypatch.delenv(unitalert.BOOT_ID_VARIABLE, raising=False)
-    assert unitalert.boot_id() == procs
-    monkeypatch.setenv(unitalert.BOOT_ID_VARIABLE, "0123456789abcdef0123456789abcdef")  # what %b gives
-    assert unitalert.boot_id() == "0123456789abcdef0123456789abcdef"
-    monkeypatch.setenv(unitalert.BOOT_ID_VARIABLE, "%b not expanded")
-    assert unitalert.boot_id() == procs
+    monkeypatch.delenv(unit_state.BOOT_ID_VARIABLE, raising=False)
+    assert unit_state.boot_id() == procs
+    monkeypatch.setenv(unit_state.BOOT_ID_VARIABLE, "0123456789abcdef0123456789abcdef")  # what %b gives
+    assert unit_state.boot_id() == "0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv(unit_state.BOOT_ID_VARIABLE, "%b not expanded")
+    assert unit_state.boot_id() == procs
+
+
+def test_check_config_stops_at_a_bad_unit_alert_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """[UnitAlerts] rows are config's table, but pd-unit-alert keeps a default for a bad value: only
+    `pdagentd --check-config` refuses it (78), naming the file and the key."""
+    from pdagent_sd import daemon, exitcodes
+
+    main = tmp_path / "agent.conf"
+    main.write_text("[UnitAlerts]\njournal_lines = many\nbogus = 1\n")
+    assert daemon.check_config(str(main), {}) == exitcodes.CONFIG
+    err = capsys.readouterr().err
+    assert f"{main} [UnitAlerts]: bad value 'many' for journal_lines" in err and "unknown key bogus" in err
+    main.write_text("[UnitAlerts]\njournal_lines = 7\nbogus = 1\n")
+    assert daemon.check_config(str(main), {}) == exitcodes.OK
+    assert config.load_unit_alerts(str(main))[0] == Settings(journal_lines=7)

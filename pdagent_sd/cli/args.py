@@ -6,18 +6,20 @@ Command lines the old agent accepted keep their meaning. Its parser was argparse
 takes is taken here too: `-i=KEY`, `-iKEY`, `--incident-key=KEY`, clustered flags (`-qk KEY`), and unique
 prefixes of long options. Options added since share prefixes with old ones (`--d`: `--description` or
 `--debug`); a prefix that was unique among the old tool's options still means that option
-(`expand_legacy_prefixes`), so a command line that worked before does not turn into a usage error.
+(`cmdline.legacy_argv`), so a command line that worked before does not turn into a usage error.
 """
 
 from __future__ import annotations
 
 import sys
 
+from pdagent_sd.cmdline import legacy_argv
+
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple, Type
+    from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Type
 
 
 class Option:
@@ -46,44 +48,6 @@ class Args:
 
     def __getattr__(self, name: str) -> Any:  # only reached for a name no option defines
         raise AttributeError(name)
-
-
-def legacy_argv(argv: List[str], takes_value: Dict[str, bool], legacy: Tuple[str, ...]) -> List[str]:
-    """argv rewritten so that argparse, knowing every option of ours (takes_value: each option string, and
-    whether it takes a value), reads it as the old tool's argparse read it, knowing only the old option
-    strings (legacy):
-
-    - a long option abbreviated to a prefix that was unique among the old names is written out in full,
-      although newer options share the prefix (`--d`: `--description`, not also `--debug`);
-    - a value with a space that the old parser took as a value but ours would take for an option, because it
-      begins with a newer option (`-k "-q w"` where -q is new), is joined to its option (`-k=-q w`).
-
-    argparse tells options from values by the text alone (a word that reads as an option is never a value), so
-    neither rewrite can turn another word into an option or back. Nothing after a bare "--" is touched."""
-    expanded: List[str] = []
-    for index, arg in enumerate(argv):
-        if arg == "--":
-            return expanded + argv[index:]
-        if arg.startswith("--") and len(arg) > 2:
-            name, sep, value = arg.partition("=")
-            if len(name) > 2 and name not in takes_value:
-                matches = [flag for flag in legacy if flag.startswith(name) and flag.startswith("--")]
-                if len(matches) == 1:
-                    arg = matches[0] + sep + value
-        if (" " in arg and len(arg) > 1 and arg[0] == "-" and expanded and takes_value.get(expanded[-1])
-                and _reads_as_option(arg, takes_value) and not _reads_as_option(arg, legacy)):
-            expanded[-1] = f"{expanded[-1]}={arg}"
-            continue
-        expanded.append(arg)
-    return expanded
-
-
-def _reads_as_option(arg: str, flags: Iterable[str]) -> bool:
-    """Whether argparse knowing these option strings reads arg, a dash-led word with a space, as an option."""
-    if arg[1] == "-":
-        name = arg.partition("=")[0]
-        return any(flag.startswith(name) for flag in flags)
-    return arg[:2] in flags
 
 
 class Command:

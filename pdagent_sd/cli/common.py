@@ -9,6 +9,7 @@ import os
 import sys
 
 from pdagent_sd import exitcodes
+from pdagent_sd.cmdline import text_args
 from pdagent_sd.errors import PdagentError
 
 TYPE_CHECKING = False
@@ -45,22 +46,6 @@ def run(program: str, body: Callable[[List[str]], int], argv: Optional[List[str]
         print(f"{program}: internal error: {type(error).__name__}: {redact(str(error))} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return exitcodes.SOFTWARE
-
-
-def text_args(args: List[str]) -> List[str]:
-    """Arguments as valid Unicode. Bytes that are not UTF-8 (plugin output in Latin-1, say) reach Python as
-    lone surrogates, which cannot be sent; each becomes U+FFFD instead of costing the page."""
-    cleaned = []
-    for arg in args:
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            try:
-                arg = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            except UnicodeEncodeError:  # a surrogate no byte decodes to: only a caller in Python can pass one
-                arg = "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in arg)
-        cleaned.append(arg)
-    return cleaned
 
 
 def redact(text: str, limit: int = 300) -> str:

@@ -11,7 +11,8 @@ import sys
 
 from pdagent_sd import exitcodes, timespan
 from pdagent_sd.cli.args import Command, Option, usage_error
-from pdagent_sd.cli.common import run, text_args
+from pdagent_sd.cli.common import run
+from pdagent_sd.cmdline import text_args
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -486,6 +486,11 @@ def _positive(value: str) -> int:
     return number
 
 
+def key_option(where: argparse._ActionsContainer, help_text: str) -> None:
+    """-k/--service-key/--routing-key, as the old pd-queue spelled it: a key or a name (@ops)."""
+    where.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY", help=help_text)
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given after the subcommand it overrides, absent it leaves the top-level value alone.
@@ -509,8 +514,7 @@ def parser() -> argparse.ArgumentParser:
                 "Print out status of local event queue: per service key, the events pending, delivered "
                 "(Success) and failed (In Error), then why pending events wait (age, throttle, backoff). "
                 "Open to every local user; routing keys are masked unless you are root or in group pdagent.")
-    s.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
-                   help="print status of events in given Service API Key")
+    key_option(s, "print status of events in given Service API Key")
     s.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     s.set_defaults(func=cmd_status)
 
@@ -518,8 +522,7 @@ def parser() -> argparse.ArgumentParser:
                 "Set up 'dead' (failed) PagerDuty events for retry. Retried events keep their place in "
                 "their key's order. Needs root or group pdagent.")
     which = r.add_mutually_exclusive_group(required=True)
-    which.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
-                       help="retry events in given Service API Key (not to be used with -a)")
+    key_option(which, "retry events in given Service API Key (not to be used with -a)")
     which.add_argument("-a", "--all-keys", action="store_true",
                        help="retry events in all Service API Keys (not to be used with -k)")
     r.set_defaults(func=cmd_retry)
@@ -528,8 +531,7 @@ def parser() -> argparse.ArgumentParser:
                  "List queued events, oldest first. Open to every local user, but routing keys are masked "
                  "and payloads hidden unless you are root or in group pdagent.")
     ls.add_argument("--state", choices=STATES, help="only events in this state (default: all)")
-    ls.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
-                    help="only events for this routing key")
+    key_option(ls, "only events for this routing key")
     ls.add_argument("--sender", type=sender_uid, metavar="UID",
                     help="only events queued by this uid or user name (-1: no recorded sender, e.g. imported); "
                          "another user's only for root and group pdagent")
@@ -554,8 +556,7 @@ def parser() -> argparse.ArgumentParser:
                 "Dropped events are gone for good; `pd-queue retry` is the way to send failed events again. "
                 "`pd-queue list --sender UID` shows what one sender queued; SENDER in `pd-queue list`.")
     d.add_argument("id", type=int, nargs="?", metavar="ID", help="event id")
-    d.add_argument("-k", "--service-key", "--routing-key", dest="key", metavar="SERVICE_KEY",
-                   help="drop this routing key's events (with --state)")
+    key_option(d, "drop this routing key's events (with --state)")
     d.add_argument("--sender", type=sender_uid, metavar="UID",
                    help="drop only events queued by this uid or user name (with --state; -1: no recorded "
                         "sender, e.g. imported)")

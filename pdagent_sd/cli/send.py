@@ -11,7 +11,8 @@ import os
 import sys
 
 from pdagent_sd.cli.args import Args, Command, Option, usage_error
-from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event, text_args
+from pdagent_sd.cli.common import UsageError, parse_pairs, run, send_event
+from pdagent_sd.cmdline import text_args
 from pdagent_sd.limits import MAX_SUMMARY, fit
 
 ROUTING_KEY_ENV = "PDAGENT_ROUTING_KEY"
@@ -157,7 +158,7 @@ def usage_problem(args: Args) -> Optional[str]:
 def attach_unit(api: str, event: Dict[str, Any], unit: str) -> None:
     """The unit's state and journal tail as the detail "systemd_unit". Imported here, only for --unit: the
     journal reader must not weigh on every other alert."""
-    from pdagent_sd.unitalert import describe_unit
+    from pdagent_sd.unit_events import describe_unit
 
     described = describe_unit(unit)
     if api == "v1":

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from pdagent_sd import exitcodes, unitalert
+from pdagent_sd import config, exitcodes, journal_tail, unit_events, unit_state, unit_verdicts
 from pdagent_sd.cli.common import run
 from pdagent_sd.errors import PdagentError
 
@@ -83,7 +83,7 @@ class OpenIncidents:
         os.close(self._lock_fd)
 
     def _path(self, unit: str) -> str:
-        return os.path.join(self.directory, unitalert.check_unit_name(unit))
+        return os.path.join(self.directory, unit_state.check_unit_name(unit))
 
     def get(self, unit: str) -> Optional[Dict[str, Any]]:
         try:
@@ -118,7 +118,7 @@ def _send(event: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def failed(unit: str) -> int:
-    settings, warnings = unitalert.load_settings()
+    settings, warnings = config.load_unit_alerts()
     for warning in warnings:
         say(warning)
     host = socket.gethostname()
@@ -130,21 +130,21 @@ def failed(unit: str) -> int:
             age = time.time() - float(record.get("triggered_at", 0) or 0)
             if 0 <= age < settings.rate_limit_sec:
                 say(f"{unit} failed again {age:.0f}s after its last page; its incident "
-                    f"{unitalert.dedup_key(host, unit)} is still open, so no new trigger "
+                    f"{unit_events.dedup_key(host, unit)} is still open, so no new trigger "
                     f"(rate_limit_sec={settings.rate_limit_sec:g})")
                 return exitcodes.OK
-        properties = unitalert.read_properties(unit)
+        properties = unit_state.read_properties(unit)
         properties.setdefault("Id", unit)
         invocation = properties.get("InvocationID") or monitored
         properties["InvocationID"] = invocation
-        lines, why = unitalert.read_journal(invocation, settings.journal_lines, unit,
-                                            unitalert.start_usec(properties), unitalert.main_pid(properties))
+        lines, why = journal_tail.read_journal(invocation, settings.journal_lines, unit,
+                                            unit_state.start_usec(properties), unit_state.main_pid(properties))
         if why:
             say(f"the page goes out without journal lines: {why}")
-        event = unitalert.failure_event(properties, host, settings, lines, why)
+        event = unit_events.failure_event(properties, host, settings, lines, why)
         reply = _send(event)
         incidents.put(unit, {"dedup_key": reply.get("dedup_key", event["dedup_key"]), "triggered_at": time.time(),
-                             "invocation": invocation, "boot_id": unitalert.boot_id()})
+                             "invocation": invocation, "boot_id": unit_state.boot_id()})
     say(f"paged: {event['payload']['summary']} (dedup key {event['dedup_key']}, "
         f"{len(lines)} journal lines, key @{settings.key})")
     return exitcodes.OK
@@ -170,8 +170,8 @@ def should_page(unit: str) -> int:
     deadline = time.monotonic() + RESTART_WATCH_SEC
     try:
         while True:
-            properties = unitalert.read_properties(unit)
-            verdict = unitalert.failure_verdict(properties, monitored)
+            properties = unit_state.read_properties(unit)
+            verdict = unit_verdicts.failure_verdict(properties, monitored)
             if verdict == "page":
                 return exitcodes.OK
             if verdict == "running-again" or time.monotonic() > deadline:
@@ -192,7 +192,7 @@ def _restarted(signum: int, frame: Any) -> None:
 
 
 def recovered(unit: str) -> int:
-    settings, warnings = unitalert.load_settings()
+    settings, warnings = config.load_unit_alerts()
     for warning in warnings:
         say(warning)
     host = socket.gethostname()
@@ -205,14 +205,14 @@ def recovered(unit: str) -> int:
     failed_invocation = str(record.get("invocation", ""))
     # A record without a boot ID was written before boot IDs were kept: taken as an earlier boot's, which asks
     # for more evidence, never less.
-    boot = unitalert.boot_id()
+    boot = unit_state.boot_id()
     same_boot = bool(boot) and record.get("boot_id") == boot
     started = time.monotonic()
     deadline = started + settings.recovery_timeout_sec
     while True:
-        properties = unitalert.read_properties(unit)
-        verdict = unitalert.recovery_verdict(properties, failed_invocation, settings.stay_up_sec,
-                                             unitalert.monotonic_usec(), same_boot)
+        properties = unit_state.read_properties(unit)
+        verdict = unit_verdicts.recovery_verdict(properties, failed_invocation, settings.stay_up_sec,
+                                             unit_state.monotonic_usec(), same_boot)
         if verdict == "recovered":
             break
         if verdict == "failed":
@@ -230,7 +230,7 @@ def recovered(unit: str) -> int:
         if incidents.get(unit) != record:
             say(f"{unit}: its incident changed while it was watched; leaving it to the newer page")
             return exitcodes.OK
-        event = unitalert.resolve_event(unit, host, settings)
+        event = unit_events.resolve_event(unit, host, settings)
         if record.get("dedup_key"):
             event["dedup_key"] = record["dedup_key"]
         _send(event)
@@ -251,10 +251,10 @@ def open_incident_units(directory: str) -> List[str]:
         return units
     for entry in entries:
         try:
-            unitalert.check_unit_name(entry.name)
+            unit_state.check_unit_name(entry.name)
         except PdagentError:
             continue
-        if entry.is_file(follow_symlinks=False) and not unitalert.is_own_unit(entry.name):
+        if entry.is_file(follow_symlinks=False) and not unit_verdicts.is_own_unit(entry.name):
             units.append(entry.name)
     return sorted(units)
 
@@ -262,7 +262,7 @@ def open_incident_units(directory: str) -> List[str]:
 def write_drop_in(runtime_dir: str, unit: str) -> bool:
     """RUNTIME_DIR/UNIT.d/pdagent-rearm.conf, written without following a symlink at either level (an existing
     UNIT.d that is not a directory is an error). True if it was written, False if it was already there."""
-    unitalert.check_unit_name(unit)
+    unit_state.check_unit_name(unit)
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     top = os.open(runtime_dir, flags)
     try:
@@ -274,8 +274,8 @@ def write_drop_in(runtime_dir: str, unit: str) -> bool:
     finally:
         os.close(top)
     try:
-        name = unitalert.REARM_DROP_IN_NAME
-        content = unitalert.REARM_DROP_IN.encode()
+        name = unit_verdicts.REARM_DROP_IN_NAME
+        content = unit_verdicts.REARM_DROP_IN.encode()
         try:
             existing = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
         except FileNotFoundError:
@@ -314,25 +314,25 @@ def rearm(runtime_dir: str = RUNTIME_UNIT_DIR) -> int:
             written = write_drop_in(runtime_dir, unit) or written
         except OSError as error:
             # A symlink or a file where UNIT.d should be: not followed, not replaced, and said.
-            say(f"{unit}: cannot write {runtime_dir}/{unit}.d/{unitalert.REARM_DROP_IN_NAME}: {error}")
+            say(f"{unit}: cannot write {runtime_dir}/{unit}.d/{unit_verdicts.REARM_DROP_IN_NAME}: {error}")
     if written:
         # One reload for all. A start job queued before it (the boot's own transaction) does not get the new
         # Wants=, which is why the units are looked at again below.
-        unitalert.systemctl("daemon-reload", timeout=unitalert.SYSTEMCTL_TIMEOUT_SEC * 4)
+        unit_state.systemctl("daemon-reload", timeout=unit_state.SYSTEMCTL_TIMEOUT_SEC * 4)
     watch: List[str] = []
     for unit in units:
         try:
-            properties = unitalert.read_properties(unit)
+            properties = unit_state.read_properties(unit)
         except PdagentError as error:
             say(f"{unit}: {error.message}; its next start is still watched")
             continue
-        decision = unitalert.rearm_decision(properties)
+        decision = unit_verdicts.rearm_decision(properties)
         if decision == "watch":
             watch.append(unit)
         elif decision == "failed":
             say(f"{unit} has failed in this boot: its incident is left to pdagent-unit-failed@{unit}.service")
     if watch:
-        unitalert.systemctl("start", "--no-block", "--", *[f"pdagent-unit-ok@{unit}.service" for unit in watch])
+        unit_state.systemctl("start", "--no-block", "--", *[f"pdagent-unit-ok@{unit}.service" for unit in watch])
     say(f"{len(units)} open incident(s): watching {len(watch)} unit(s) that ran or are starting in this boot "
         f"({' '.join(watch) or 'none'}); the others at their next start")
     return exitcodes.OK
@@ -349,11 +349,11 @@ def _main(argv: List[str]) -> int:
         return exitcodes.USAGE
     action, unit = argv
     try:
-        unitalert.check_unit_name(unit)
+        unit_state.check_unit_name(unit)
     except PdagentError as error:
         say(error.message)
         return exitcodes.USAGE
-    if unitalert.is_own_unit(unit):
+    if unit_verdicts.is_own_unit(unit):
         # The agent's own units carry drop-ins that reset OnFailure=; this is the second line of defence, so that
         # a failure of the pager can never page through the pager in a loop.
         say(f"{unit} is one of the agent's own units: not paging about it through the agent itself")

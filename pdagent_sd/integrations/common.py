@@ -13,8 +13,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from pdagent_sd.cli.args import legacy_argv
-from pdagent_sd.cli.common import text_args
+from pdagent_sd.cmdline import legacy_argv, text_args
 from pdagent_sd.events import MAX_DEDUP_KEY, Action, Severity
 from pdagent_sd.limits import fit
 
