@@ -204,7 +204,7 @@ def test_the_agents_own_units_are_recognised() -> None:
            "pdagent-unit-ok@x.service.service")
     assert all(unit_verdicts.is_own_unit(unit) for unit in own)
     assert not any(unit_verdicts.is_own_unit(unit) for unit in ("backup.service", "pdagentfoo.service",
-                                                             "pdagent-metrics.service", "pdagent-metrics.timer"))
+                                                                 "pdagent-backup.service", "pdagent-backup.timer"))
 
 
 def test_the_own_units_list_is_every_unit_the_package_ships() -> None:
