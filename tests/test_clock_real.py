@@ -14,6 +14,7 @@ import pytest
 from agentproc import KEY_A, KEY_B, action, send_many, trigger
 from pdmodel import Alert, Incident, fifo, from_standin
 from standin import StandIn
+from tiers import missing
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +27,7 @@ def jumping_clock(tmp_path) -> Tuple[str, Dict[str, str]]:  # type: ignore[no-un
     daemon read it: libfaketime re-reads the file on every call (FAKETIME_NO_CACHE) and leaves the monotonic
     clock alone (FAKETIME_DONT_FAKE_MONOTONIC), as an NTP step or `date -s` would."""
     if not os.path.exists(LIBFAKETIME):
-        if os.environ.get("CI"):
-            pytest.fail(f"{LIBFAKETIME} missing: .ci/install-deps.sh installs Debian's faketime")
-        pytest.skip("libfaketime is not installed (Debian package faketime)")
+        missing(f"{LIBFAKETIME} is missing: .ci/install-deps.sh installs Debian's faketime")
     offset = str(tmp_path / "faketime.rc")
     with open(offset, "w") as handle:
         handle.write("+0\n")

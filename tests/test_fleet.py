@@ -27,6 +27,7 @@ import pytest
 
 from agentproc import KEY_A, Agent
 from standin import StandIn
+from tiers import missing
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "packaging" / "prometheus"
 RULES = RULES_DIR / "pdagent.rules.yml"
@@ -147,7 +148,7 @@ class _MetricsWriter(threading.Thread):
 @pytest.fixture
 def two_hosts(tmp_path: Path) -> Iterator[Dict[str, Any]]:
     if PROMETHEUS is None or NODE_EXPORTER is None:
-        pytest.skip("prometheus or prometheus-node-exporter is missing (apt-get install prometheus "
+        missing("prometheus or prometheus-node-exporter is missing (apt-get install prometheus "
                     "prometheus-node-exporter)")
     started: List[Any] = []
     hosts: Dict[str, Any] = {}

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 from agentproc import KEY_A, KEY_B, ROOT, Agent
+from tiers import missing
 
 pytestmark = pytest.mark.integration
 
@@ -124,10 +125,10 @@ def as_nobody(standin) -> Iterator[Callable[..., subprocess.CompletedProcess]]: 
     """pd-heartbeat as uid 65534 against a daemon it can reach (see test_pd_queue.py's outsider): Debian's
     python3 with a world-readable copy of the package."""
     if os.geteuid() != 0:
-        pytest.skip("running a client as another uid needs root")
+        missing("running a client as another uid needs root")
     python = "/usr/bin/python3"
     if not os.access(python, os.X_OK):
-        pytest.skip("Debian's /usr/bin/python3 is needed to run the client as another user")
+        missing("Debian's /usr/bin/python3 is needed to run the client as another user")
     workdir = tempfile.mkdtemp(prefix="pdagent-heartbeat.")
     agent = None
     try:

@@ -14,6 +14,7 @@ import pytest
 
 from agentproc import KEY_A, KEY_B
 from legacyagent import event_text, file_name, make_outqueue, put
+from tiers import missing
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +125,7 @@ NOBODY = 65534
 def shared_outqueue():  # type: ignore[no-untyped-def]
     """An old outqueue other users can reach, as /var/lib/pdagent/outqueue is: pdq/ writable by anyone."""
     if os.geteuid() != 0:
-        pytest.skip("planting files as another uid needs root")
+        missing("planting files as another uid needs root")
     root = tempfile.mkdtemp(prefix="pdagent-oldqueue.")
     os.chmod(root, 0o755)
     try:

@@ -33,6 +33,7 @@ from signedrepo import build_repo, serve
 from signedrepo import signing_key as make_key
 
 from standin import StandIn
+from tiers import missing
 
 ANSIBLE_DIR = REPO / "packaging" / "ansible"
 BIN = Path(sys.executable).parent
@@ -50,9 +51,9 @@ def _free_port() -> int:
 def ansible_skip(package_skip: None) -> None:
     for tool in ("ansible-playbook", "ansible-vault", "ansible-lint"):
         if not (BIN / tool).exists():
-            pytest.skip(f"{tool} is missing in the test venv (pip install -e '.[fleet]')")
+            missing(f"{tool} is missing in the test venv (pip install -e '.[fleet]')")
     if shutil.which("ssh") is None:
-        pytest.skip("ssh is missing (apt-get install openssh-client)")
+        missing("ssh is missing (apt-get install openssh-client)")
 
 
 class Fleet:
@@ -226,7 +227,7 @@ def test_check_diff_shows_the_one_file_a_changed_variable_would_change(fleet: Fl
 
 def test_ansible_lint_passes() -> None:
     if not (BIN / "ansible-lint").exists():
-        pytest.skip("ansible-lint is missing in the test venv (pip install -e '.[fleet]')")
+        missing("ansible-lint is missing in the test venv (pip install -e '.[fleet]')")
     started = time.monotonic()
     done = subprocess.run([str(BIN / "ansible-lint"), "--offline", "site.yml"], cwd=ANSIBLE_DIR,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,

@@ -24,6 +24,7 @@ from signedrepo import Served, build_repo, serve
 from signedrepo import signing_key as make_key
 
 from standin import StandIn
+from tiers import missing
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +184,9 @@ def _dnf(tmp: Path, baseurl: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def rpmrepo(repos: Path) -> Path:
     if shutil.which("dnf") is None:
-        pytest.skip("dnf is missing (apt-get install dnf)")
+        missing("dnf is missing (apt-get install dnf)")
     if not (repos / "rpmrepo").is_dir():
-        pytest.skip("this host did not build the RPM (build-rpm.sh's tools), so there is no dnf repository")
+        missing("this host did not build the RPM (build-rpm.sh's tools), so there is no dnf repository")
     return repos / "rpmrepo"
 
 
