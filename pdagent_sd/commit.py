@@ -6,8 +6,7 @@ import _thread
 import logging
 from typing import Any, Callable, List, Optional
 
-# The logger's name is the store's, as when Commit lived there: journal records keep their LOGGER field.
-logger = logging.getLogger("pdagent_sd.store")
+logger = logging.getLogger(__name__)
 
 
 class Commit:

@@ -36,9 +36,6 @@ from pdagent_sd.queuetypes import (
 )
 from pdagent_sd.statustypes import STATES, Attempt, KeyCounts, State
 
-# The value types (queuetypes.py), Commit (commit.py) and the DDL (schema.py) have modules of their own; the types
-# and Commit are still importable from here, where the tests and benchmarks import them.
-
 logger = logging.getLogger(__name__)
 
 # The one place a routing key is revealed to be stored (and looked up): SQLite binds a RoutingKey by its value.

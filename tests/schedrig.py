@@ -29,8 +29,10 @@ from pdagent_sd.delivery import Outcome, Result, classify
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
 from pdagent_sd.keys import RoutingKey
+from pdagent_sd.queuetypes import INTERNAL, Sender
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import INTERNAL, Sender, State, Store
+from pdagent_sd.statustypes import State
+from pdagent_sd.store import Store
 
 from pdmodel import PagerDuty, replay
 

@@ -21,8 +21,10 @@ from pdagent_sd.delivery import Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.events import Api, validate
 from pdagent_sd.keys import RoutingKey
+from pdagent_sd.queuetypes import Superseded
 from pdagent_sd.scheduler import THROTTLE_BACKOFF_MAX_SEC, KeyState, Scheduler, TokenBucket
-from pdagent_sd.store import State, Store, Superseded
+from pdagent_sd.statustypes import State
+from pdagent_sd.store import Store
 
 from pdmodel import PagerDuty
 

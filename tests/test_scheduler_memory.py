@@ -17,8 +17,9 @@ import pytest
 from pdagent_sd import config as config_module
 from pdagent_sd.events import validate
 from pdagent_sd.keys import RoutingKey
+from pdagent_sd.queuetypes import Sender
 from pdagent_sd.scheduler import Scheduler
-from pdagent_sd.store import Sender, Store
+from pdagent_sd.store import Store
 
 from agentproc import ROOT, trigger
 from waiting import wait_until

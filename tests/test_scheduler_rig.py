@@ -221,7 +221,7 @@ def flood(rig, count: int, sender_uid: int = NOBODY, key: str = KEY_A) -> None: 
     """`count` triggers of distinct incidents from one untrusted sender, committed together, then its wake."""
     from pdagent_sd.events import validate
     from pdagent_sd.keys import RoutingKey
-    from pdagent_sd.store import Sender
+    from pdagent_sd.queuetypes import Sender
 
     commits = [rig.store.enqueue_async(validate("v2", {
         "routing_key": key, "event_action": "trigger", "dedup_key": f"junk-{sender_uid}-{number}",

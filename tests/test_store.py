@@ -9,9 +9,11 @@ import time
 import pytest
 
 from pdagent_sd import marker
+from pdagent_sd.commit import Commit
 from pdagent_sd.errors import QueueFull, StorageError
 from pdagent_sd.events import validate
-from pdagent_sd.store import PURGE_CHUNK, Commit, State, Store
+from pdagent_sd.statustypes import State
+from pdagent_sd.store import PURGE_CHUNK, Store
 
 pytestmark = pytest.mark.unit
 

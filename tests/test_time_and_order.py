@@ -158,7 +158,7 @@ def test_a_remembered_backoff_is_read_as_a_hint(make_rig) -> None:  # type: igno
     rig.send(KEY_A, T, "inc")
     event_id = rig.store.oldest_pending(KEY_A, 1)[0].id
     now = rig.clock.wall()
-    from pdagent_sd.store import State
+    from pdagent_sd.statustypes import State
     rig.store.record_attempt(event_id, State.PENDING, "deferred", 503, "", next_attempt=now + 40).result()
     assert rig.store.retry_remaining(KEY_A, now) == pytest.approx(40)
     assert rig.store.retry_remaining(KEY_A, now + 10) == pytest.approx(30)
