@@ -297,7 +297,7 @@ class Daemon:
         if not self.notifier.enabled:
             return
         try:
-            totals = self.store.totals()
+            totals = self.store.reads.totals()
             last = self.handlers.last_delivery()
             held = self.handlers.held_keys()
         except Exception:  # noqa: BLE001 - a status line is not worth the daemon

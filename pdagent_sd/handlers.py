@@ -167,7 +167,7 @@ class Handlers:
     def held_keys(self) -> int:
         """Keys with pending events that are throttled or backing off now: the scheduler's, less those whose
         events were dropped while they waited (an index seek each; only keys held in memory are asked about)."""
-        return sum(1 for key in self.scheduler.held_keys() if self.store.has_pending(key))
+        return sum(1 for key in self.scheduler.held_keys() if self.store.reads.has_pending(key))
 
     def last_delivery(self) -> Optional[float]:
         """When an event was last delivered: this run's latest from the scheduler, else the latest on record
@@ -175,7 +175,7 @@ class Handlers:
         if self.scheduler.stats.last_delivery is not None:
             return self.scheduler.stats.last_delivery
         if self._last_delivery_on_record is None:
-            self._last_delivery_on_record = [self.store.last_delivery()]
+            self._last_delivery_on_record = [self.store.reads.last_delivery()]
         return self._last_delivery_on_record[0]
 
     def dispatch(self, message: Message, peer: Peer) -> Union[Message, Later]:
@@ -222,7 +222,7 @@ class Handlers:
 
     def status(self, routing_key: Optional[RoutingKey], reveal: bool) -> QueueStatus:
         now = time.time()
-        counts, keys_total = self.store.key_counts(STATUS_MAX_KEYS, routing_key)
+        counts, keys_total = self.store.reads.key_counts(STATUS_MAX_KEYS, routing_key)
         keys = []
         for key, entry in sorted(counts.items(), key=lambda item: item[0]):
             # a key's backoff outlives its last pending event (dropped, say): only keys that wait count as held
@@ -233,7 +233,7 @@ class Handlers:
                                      max(0.0, round(now - oldest, 3)) if oldest else None, held))
         totals = {state: 0 for state in STATES}
         if routing_key is None:
-            totals.update(self.store.totals())
+            totals.update(self.store.reads.totals())
         else:
             totals = sum_totals(keys)
         damaged = tuple(os.path.join(self.store.state_dir, name) for name in self.store.corrupt_files())
@@ -253,7 +253,7 @@ class Handlers:
         if sender_uid is not None and sender_uid != peer.uid and not peer.admin:
             raise Forbidden("listing another user's events is only for root, the agent's user and group pdagent; "
                             "anyone may list their own (--sender with their own uid)")
-        rows, truncated = self.store.list_page(state, self._key_filter(message, peer), limit,
+        rows, truncated = self.store.reads.list_page(state, self._key_filter(message, peer), limit,
                                                  bodies=peer.admin, max_bytes=MAX_LIST_BODY_BYTES,
                                                  sender_uid=sender_uid)
         reply: Message = {"ok": True, "events": [row.shown(reveal=peer.admin).to_wire() for row in rows],
@@ -263,7 +263,7 @@ class Handlers:
         return reply
 
     def op_show(self, message: Message, peer: Peer) -> Message:
-        event = self.store.show(_event_id(message))
+        event = self.store.reads.show(_event_id(message))
         return {"ok": True, "event": event.shown(reveal=True).to_wire()}  # show is for admins
 
     def op_retry(self, message: Message, peer: Peer) -> Message:
@@ -297,7 +297,7 @@ class Handlers:
         if message.get("dry_run") is True:
             if ids is not None:
                 raise BadRequest("a dry run of drop takes a state with a routing_key and/or a sender_uid, no ids")
-            found = self.store.matching_ids(routing_key, state, sender_uid)
+            found = self.store.reads.matching_ids(routing_key, state, sender_uid)
             return {"ok": True, "count": len(found), "ids": found}
         count = self.store.drop(routing_key=routing_key, state=state, event_ids=ids, sender_uid=sender_uid)
         if count:
@@ -336,7 +336,7 @@ class Handlers:
             entries.append(LegacyEntry(name, event, state, float(queued_at), note, self.sender_for(owner)))
             results.append({"name": name, "result": "imported"})
         if message.get("dry_run") is True:
-            already = set(self.store.imported_before([entry.name for entry in entries]))
+            already = set(self.store.reads.imported_before([entry.name for entry in entries]))
             ids: List[Union[int, str, None]] = [None if entry.name in already else 0 for entry in entries]
         else:
             ids = self.store.import_legacy(entries) if entries else []

@@ -40,9 +40,10 @@ from pdagent_sd.delivery import Deliverer, Outcome, Result
 from pdagent_sd.errors import StorageError
 from pdagent_sd.journal import Kind, report
 from pdagent_sd.keys import RoutingKey
+from pdagent_sd.queue_reads import UNKNOWN_OUTCOME
 from pdagent_sd.queuetypes import TRUSTED_PARTY, UNKNOWN_SENDER, QueuedEvent
 from pdagent_sd.statustypes import NOT_HELD, Held, State
-from pdagent_sd.store import UNKNOWN_OUTCOME, Store
+from pdagent_sd.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class Scheduler:
 
     def flush(self) -> int:
         """Look at every key with pending events now (backoffs and throttles still hold); return how many."""
-        keys = self.store.pending_keys()
+        keys = self.store.reads.pending_keys()
         with self.cond:
             for key, sender_uid in keys:
                 self._wake_locked(key, sender_uid)
@@ -417,14 +418,14 @@ class Scheduler:
     def _next_events(self, state: KeyState, limit: int) -> List[QueuedEvent]:
         """The events of this turn: those of the party whose turn it is (the trusted senders first, else the
         next sender uid in turn), in that party's order."""
-        party = self.store.next_party(state.routing_key, state.last_party)
+        party = self.store.reads.next_party(state.routing_key, state.last_party)
         if party is None:
             return []
         if party != TRUSTED_PARTY:
             state.last_party = party
         if self.config.coalesce:
-            return self.store.next_pending(state.routing_key, limit, party)
-        return self.store.oldest_pending(state.routing_key, limit, party)
+            return self.store.reads.next_pending(state.routing_key, limit, party)
+        return self.store.reads.oldest_pending(state.routing_key, limit, party)
 
     def _landing_wait(self, state: KeyState, event: QueuedEvent) -> float:
         """How long `event` must wait for an earlier attempt of its incident whose outcome is unknown: until
@@ -457,7 +458,7 @@ class Scheduler:
         state.resumed = True
         recent = None
         if self.unknown_at_start is None:  # workers may race here: the first answer read is the one kept
-            recent = self.store.recent_unknown(self.wall_clock(), landing_window(self.config))
+            recent = self.store.reads.recent_unknown(self.wall_clock(), landing_window(self.config))
         now = self.clock()
         with self.cond:
             if self.unknown_at_start is None:
@@ -466,7 +467,7 @@ class Scheduler:
                 if routing_key == state.routing_key:  # an attempt before the restart may still land
                     state.landing[dedup_key] = (event_id, now + left)
                     del self.unknown_at_start[(routing_key, dedup_key)]
-        remaining = self.store.retry_remaining(state.routing_key, self.wall_clock())
+        remaining = self.store.reads.retry_remaining(state.routing_key, self.wall_clock())
         # A wall-clock time is a hint: whatever the clock did since it was written (stepped back an hour, a day),
         # a remembered backoff is never longer than the longest one the scheduler gives.
         remaining = min(remaining, self.config.backoff_max_sec)

@@ -272,7 +272,7 @@ class Rig:
     def states(self, routing_key: Optional[str] = None) -> Dict[str, str]:
         """dedup_key → state of every event still in the queue."""
         return {row.dedup_key: row.state
-                for row in self.store.list_events(None, routing_key, 1_000_000)}
+                for row in self.store.reads.list_events(None, routing_key, 1_000_000)}
 
     def pending(self) -> int:
         return len([state for state in self.states().values() if state == State.PENDING.value])

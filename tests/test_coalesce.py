@@ -97,20 +97,20 @@ def enqueue(store: Store, action: str, dedup_key: str, summary: str = "s", api: 
 
 
 def states(store: Store) -> Dict[int, Tuple[str, Optional[int]]]:
-    return {row.id: (row.state, row.superseded_by) for row in store.list_events(None, None, 1000)}
+    return {row.id: (row.state, row.superseded_by) for row in store.reads.list_events(None, None, 1000)}
 
 
 def test_updates_collapse_and_a_resolve_leaves_first_trigger_and_itself(store: Store) -> None:
     ids = [enqueue(store, T, "db", f"u{i}") for i in range(5)]
     assert states(store)[ids[1]] == ("superseded", ids[2])  # each update superseded by the next
-    assert [event.id for event in store.oldest_pending(KEY, 10)] == [ids[0], ids[4]]
+    assert [event.id for event in store.reads.oldest_pending(KEY, 10)] == [ids[0], ids[4]]
     resolve = enqueue(store, R, "db")
-    assert [event.id for event in store.oldest_pending(KEY, 10)] == [ids[0], resolve]
+    assert [event.id for event in store.reads.oldest_pending(KEY, 10)] == [ids[0], resolve]
     assert states(store)[ids[4]] == ("superseded", resolve)
     assert store.pending_count == 2
     assert [(note.id, note.by, note.action) for note in store.notes] == [  # type: ignore[attr-defined]
         (ids[1], ids[2], T), (ids[2], ids[3], T), (ids[3], ids[4], T), (ids[4], resolve, T)]
-    assert store.key_counts(10)[0][RoutingKey(KEY)].superseded == 4
+    assert store.reads.key_counts(10)[0][RoutingKey(KEY)].superseded == 4
 
 
 def test_incidents_of_other_dedup_keys_and_change_events_are_left_alone(store: Store) -> None:
@@ -170,7 +170,7 @@ def test_coalescing_off_keeps_every_event(tmp_path: Any) -> None:
     queue.open()
     try:
         ids = [enqueue(queue, action, "db") for action in (T, T, A, R)]
-        assert [event.id for event in queue.oldest_pending(KEY, 10)] == ids
+        assert [event.id for event in queue.reads.oldest_pending(KEY, 10)] == ids
     finally:
         queue.close()
 
@@ -278,7 +278,7 @@ def run_turns(scheduler: Scheduler, deliverer: ScriptedDeliverer, clock: FakeClo
     """Serve the key turn after turn, moving the fake clock over every wait, until nothing is pending."""
     state = scheduler._key(KEY)
     turns = 0
-    while scheduler.store.oldest_pending(KEY, 1) and turns < limit:
+    while scheduler.store.reads.oldest_pending(KEY, 1) and turns < limit:
         delay = scheduler._serve_key(state, deliverer)  # type: ignore[arg-type]
         clock.now += delay if delay else 0.0
         turns += 1
@@ -455,7 +455,7 @@ def test_pagerduty_ends_in_the_state_of_sending_everything(steps: List[Tuple[str
                 clock.now += scheduler._serve_key(state, deliverer) or 0.0  # type: ignore[arg-type]
             deliverer.answers, deliverer.in_flight = [], None
             run_turns(scheduler, deliverer, clock)
-            rows = store.list_events(None, None, 10000)
+            rows = store.reads.list_events(None, None, 10000)
         finally:
             store.close()
     assert pagerduty.end_state() == reference.end_state()

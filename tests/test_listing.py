@@ -25,11 +25,11 @@ def test_a_page_without_bodies_and_one_cut_at_its_byte_cap(tmp_path: Any) -> Non
     try:
         for index in range(10):
             store.enqueue(validate("v2", trigger(KEY_A, "x" * 900 + str(index))))
-        rows, truncated = store.list_page(None, None, 100, bodies=False)
+        rows, truncated = store.reads.list_page(None, None, 100, bodies=False)
         assert len(rows) == 10 and not truncated and all(row.body is None for row in rows)
-        rows, truncated = store.list_page(None, None, 100, bodies=True, max_bytes=3500)
+        rows, truncated = store.reads.list_page(None, None, 100, bodies=True, max_bytes=3500)
         assert truncated and 1 <= len(rows) < 10 and sum(len(row.body or "") for row in rows) <= 3500
-        rows, truncated = store.list_page(None, None, 100, bodies=True, max_bytes=10)
+        rows, truncated = store.reads.list_page(None, None, 100, bodies=True, max_bytes=10)
         assert truncated and len(rows) == 1  # one row always comes, however large
     finally:
         store.close()

@@ -276,7 +276,7 @@ def test_coalescing_never_crosses_senders(make_rig) -> None:  # type: ignore[no-
     rig.send(KEY_A, dedup_key=dedup, summary="nobody's info", sender_uid=NOBODY)
     root = rig.send(KEY_A, dedup_key=dedup, summary="nginx.service failed")
     later = rig.send(KEY_A, dedup_key=dedup, summary="nobody's second", sender_uid=NOBODY)
-    rows = {row.id: row for row in rig.store.list_events(None, KEY_A, 100)}
+    rows = {row.id: row for row in rig.store.reads.list_events(None, KEY_A, 100)}
     assert rows[root].state == "pending" and rows[root].superseded_by is None
     assert rig.store.reader().execute("SELECT priority FROM events WHERE id = ?", (root,)).fetchone()[0] == 2
     rig.send(KEY_A, dedup_key=dedup, summary="root's update")  # root's own update supersedes nothing of nobody's

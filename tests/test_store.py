@@ -60,11 +60,11 @@ def test_marker_follows_pending_count(store) -> None:  # type: ignore[no-untyped
 
 def test_head_is_fifo_and_retry_keeps_the_place(store) -> None:  # type: ignore[no-untyped-def]
     first, second = store.enqueue(event("one")), store.enqueue(event("two"))
-    assert store.oldest_pending(KEY, 1)[0].id == first
+    assert store.reads.oldest_pending(KEY, 1)[0].id == first
     store.record_attempt(first, State.FAILED, "failed", 400, "bad").result()
-    assert store.oldest_pending(KEY, 1)[0].id == second
+    assert store.reads.oldest_pending(KEY, 1)[0].id == second
     assert store.retry_failed(KEY) == 1
-    assert store.oldest_pending(KEY, 1)[0].id == first
+    assert store.reads.oldest_pending(KEY, 1)[0].id == first
     assert store.pending_count == 2
 
 
@@ -118,7 +118,7 @@ def test_retention_purges_in_chunks_and_keeps_the_rest(tmp_path) -> None:  # typ
         now[0] += 2 * 86400
         assert store.purge_expired(86400, 7 * 86400).result() == len(ids) - 1
         assert store.commits - commits == 3  # one transaction per chunk: the writer is never held long
-        assert [row.id for row in store.list_events(None, None, 10)] == [ids[-1]]  # failed: kept 7 days
+        assert [row.id for row in store.reads.list_events(None, None, 10)] == [ids[-1]]  # failed: kept 7 days
     finally:
         store.close()
 
@@ -139,10 +139,10 @@ def test_an_event_is_settled_only_behind_its_keys_earlier_pending_events(store) 
     stays pending too: both are sent again, in order, and a resolve is never followed by its trigger."""
     first, second = store.enqueue(event("trigger")), store.enqueue(event("resolve"))
     store.record_attempt(second, State.DELIVERED, "delivered", 202, "").result()
-    assert [e.id for e in store.oldest_pending(KEY, 10)] == [first, second]
+    assert [e.id for e in store.reads.oldest_pending(KEY, 10)] == [first, second]
     store.record_attempt(first, State.DELIVERED, "delivered", 202, "").result()
     store.record_attempt(second, State.DELIVERED, "delivered", 202, "").result()
-    assert store.oldest_pending(KEY, 10) == [] and store.pending_count == 0
+    assert store.reads.oldest_pending(KEY, 10) == [] and store.pending_count == 0
 
 
 def test_a_commit_wakes_every_waiter_and_calls_back_once_in_order() -> None:
@@ -226,7 +226,7 @@ def test_check_pending_makes_events_deferred_before_the_boot_due(tmp_path) -> No
     before_boot = time.time()
     assert marker.check_pending(state_dir)
     store.open()
-    retry_times = {row.id: row.next_attempt for row in store.oldest_pending(KEY, 10)}
+    retry_times = {row.id: row.next_attempt for row in store.reads.oldest_pending(KEY, 10)}
     store.close()
     assert before_boot <= retry_times[deferred] <= time.time()
     assert retry_times[waiting] == 0 and retry_times[due] == 1.0  # already due: left as they were

@@ -156,15 +156,15 @@ def test_a_remembered_backoff_is_read_as_a_hint(make_rig) -> None:  # type: igno
     backoff_max_sec, whatever the clock reads at start."""
     rig = make_rig(backoff_max_sec=60.0)
     rig.send(KEY_A, T, "inc")
-    event_id = rig.store.oldest_pending(KEY_A, 1)[0].id
+    event_id = rig.store.reads.oldest_pending(KEY_A, 1)[0].id
     now = rig.clock.wall()
     from pdagent_sd.statustypes import State
     rig.store.record_attempt(event_id, State.PENDING, "deferred", 503, "", next_attempt=now + 40).result()
-    assert rig.store.retry_remaining(KEY_A, now) == pytest.approx(40)
-    assert rig.store.retry_remaining(KEY_A, now + 10) == pytest.approx(30)
-    assert rig.store.retry_remaining(KEY_A, now - DAY) == 0  # stepped back past the deferral: void
-    assert rig.store.retry_remaining(KEY_A, now + DAY) == 0  # forward: due
-    assert rig.store.retry_remaining(KEY_B, now) == 0
+    assert rig.store.reads.retry_remaining(KEY_A, now) == pytest.approx(40)
+    assert rig.store.reads.retry_remaining(KEY_A, now + 10) == pytest.approx(30)
+    assert rig.store.reads.retry_remaining(KEY_A, now - DAY) == 0  # stepped back past the deferral: void
+    assert rig.store.reads.retry_remaining(KEY_A, now + DAY) == 0  # forward: due
+    assert rig.store.reads.retry_remaining(KEY_B, now) == 0
     rig.store.record_attempt(event_id, State.PENDING, "deferred", 503, "", next_attempt=now + DAY).result()
     rig.restart()  # a stamp from a confused clock: capped at backoff_max_sec
     rig.run()
@@ -195,7 +195,7 @@ def test_retention_never_purges_a_resolve_before_its_trigger_after_a_step_back(m
     rig.run()
     rig.clock.advance(7 * DAY + HOUR)  # the resolve is older than keep_delivered by the clock, the trigger not
     rig.store.purge_expired(7 * DAY, 30 * DAY).result()
-    assert rig.states() == {"inc": "delivered"} and len(rig.store.list_events(None, None, 10)) == 2
+    assert rig.states() == {"inc": "delivered"} and len(rig.store.reads.list_events(None, None, 10)) == 2
     rig.deliverer.script(KEY_A, server_error(503))
     rig.send(KEY_A, T, "inc", summary="second")
     rig.step()  # deferred; the resolve arrives meanwhile and must not supersede a new incident's trigger
