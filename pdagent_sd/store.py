@@ -28,8 +28,8 @@ from pdagent_sd.queuetypes import (
     Quotas,
     Sender,
     Superseded,
-    Usage,
 )
+from pdagent_sd.quotas import SenderQuotas
 from pdagent_sd.statustypes import State
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,6 @@ MAX_BATCH = 512
 FUTURE_SLACK_SEC = 60.0  # a stored time this far ahead of the clock was written by a clock that ran ahead
 PURGE_CHUNK = 500  # expired events deleted per transaction: some 10 ms of the writer's time
 SUPERSEDED_MEMORY_SEC = 900.0  # how long the writer remembers an id it superseded, for claim()
-# Rows that count toward a sender's event quota: what it has in the queue that is not settled as delivered.
-HELD_STATES = "('pending', 'failed')"
-# Per sender uid: events held, bytes of bodies stored. Each row is measured before the GROUP BY: measured after
-# it, every body went through SQLite's sorter whole, which took 250 ms of the daemon's start on a queue of
-# 100,000 events (80 ms this way). LIMIT -1 keeps SQLite from folding the subquery back into the GROUP BY.
-USAGE_BY_SENDER = (f"SELECT sender_uid, SUM(held), SUM(size) FROM (SELECT sender_uid, state IN {HELD_STATES} AS held, "
-                   "LENGTH(CAST(body AS BLOB)) AS size FROM events WHERE {where} LIMIT -1) GROUP BY sender_uid")
 
 
 # What SQLite says of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB. Anything else (full,
@@ -92,10 +85,7 @@ class Store:
         self.marker = os.path.join(state_dir, PENDING_MARKER)
         self.quotas = quotas or Quotas(max_pending=max_pending)
         self.max_pending = self.quotas.max_pending
-        # Per sender uid, kept in memory (counted once at open, then changed by each write): a quota check
-        # must not cost a query per event. Only the writer thread changes it; _undo reverts a failed batch.
-        self.usage: Dict[int, Usage] = {}
-        self._undo: List[Tuple[int, int, int]] = []
+        self.senders = SenderQuotas(self.quotas)  # each sender's usage, charged by the writes
         self.clock = clock
         self.on_corrupt = on_corrupt
         self.on_marker_error = on_marker_error
@@ -142,10 +132,7 @@ class Store:
             conn = self._connect_checked()
         try:
             self.pending_count = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
-            self.usage = {}
-            for uid, held, size in conn.execute(USAGE_BY_SENDER.format(where="1")):
-                usage = self.usage[int(uid)] = Usage()
-                usage.events, usage.bytes = int(held or 0), int(size or 0)
+            self.senders.count(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StorageError(f"cannot read the queue at {self.path}: {exc}",
@@ -273,7 +260,7 @@ class Store:
         outcomes: List[Tuple[Commit, Any, Optional[BaseException]]] = []
         pending_delta = 0
         self._batch_superseded = []
-        self._undo = []
+        self.senders.begin()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
@@ -290,8 +277,7 @@ class Store:
             self.writes_failing = False
         except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure, or every write hangs
             self.pending_count -= pending_delta
-            for uid, events, size in self._undo:
-                self._charge(uid, -events, -size, undo=False)
+            self.senders.undo()
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
@@ -346,45 +332,6 @@ class Store:
 
     # --- write operations ------------------------------------------------------------------------------
 
-    def _charge(self, uid: int, events: int, size: int, undo: bool = True) -> None:
-        """Change a sender's usage (writer thread only); undone if the batch's transaction fails."""
-        usage = self.usage.get(uid)
-        if usage is None:
-            usage = self.usage[uid] = Usage()
-        usage.events += events
-        usage.bytes += size
-        if undo:
-            self._undo.append((uid, events, size))
-
-    def _check_room(self, sender: Sender, size: int) -> None:
-        """Refuse an event the queue has no room for: past max_pending_events for everyone, past the part not
-        reserved for trusted senders, or past the sender's own quotas."""
-        quotas = self.quotas
-        if self.pending_count >= quotas.max_pending:
-            raise QueueFull(f"the queue already holds {self.pending_count} pending events "
-                            f"(max_pending_events = {quotas.max_pending})",
-                            hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
-        if sender.trusted:
-            return
-        if self.pending_count >= quotas.max_pending - quotas.reserved_pending:
-            raise QueueFull(f"the queue already holds {self.pending_count} pending events; the last "
-                            f"{quotas.reserved_pending} places are for trusted senders (max_pending_events = "
-                            f"{quotas.max_pending}, reserved_pending_events = {quotas.reserved_pending})",
-                            hint="the agent cannot reach PagerDuty fast enough; check `pd-queue status`")
-        usage = self.usage.get(sender.uid)
-        if usage is None:
-            return
-        if quotas.sender_events and usage.events >= quotas.sender_events:
-            raise QueueFull(f"uid {sender.uid} already has {usage.events} pending or failed events in the queue "
-                            f"(sender_max_events = {quotas.sender_events})",
-                            hint="wait for them to be delivered, or ask an admin (`pd-queue status`); "
-                                 "trusted_groups in agent.conf lifts the quota for a monitoring system")
-        if quotas.sender_bytes and usage.bytes + size > quotas.sender_bytes:
-            raise QueueFull(f"uid {sender.uid} already has {usage.bytes} bytes of events stored in the queue "
-                            f"(sender_max_bytes = {quotas.sender_bytes})",
-                            hint="failed and delivered events count until they expire (keep_failed, "
-                                 "keep_delivered); trusted_groups in agent.conf lifts the quota")
-
     def enqueue(self, event: Event, sender: Sender = INTERNAL) -> int:
         """Commit one event as pending; return its id once it is on disk. Refused when the queue is full."""
         return int(self.enqueue_async(event, sender).result())
@@ -401,7 +348,7 @@ class Store:
         size = len(body.encode())
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
-            self._check_room(sender, size)
+            self.senders.check_room(sender, size, self.pending_count)
             decision, waiting = self._coalesce(conn, event, sender.party) if self.coalesce else (NOT_COALESCED, {})
             cursor = conn.execute(
                 "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, priority, "
@@ -409,13 +356,13 @@ class Store:
                 (event.routing_key, event.api.value, event.action.value, event.dedup_key, body,
                  now, now, int(decision.priority), sender.uid, sender.party))
             event_id = int(cursor.lastrowid or 0)
-            self._charge(sender.uid, 1, size)
+            self.senders.charge(sender.uid, 1, size)
             if decision.superseded:
                 marks = ",".join("?" * len(decision.superseded))
                 for uid, count in conn.execute(  # settled: off their senders' event quota, as if delivered
                         f"SELECT sender_uid, COUNT(*) FROM events WHERE state = 'pending' AND id IN ({marks}) "
                         "GROUP BY sender_uid", list(decision.superseded)).fetchall():
-                    self._charge(int(uid), -int(count), 0)
+                    self.senders.charge(int(uid), -int(count), 0)
                 conn.executemany("UPDATE events SET state = 'superseded', superseded_by = ?, updated = ? "
                                  "WHERE id = ? AND state = 'pending'",
                                  [(event_id, now, old) for old in decision.superseded])
@@ -503,7 +450,7 @@ class Store:
             conn.execute("INSERT INTO attempts (event_id, at, outcome, http_status, error) VALUES (?, ?, ?, ?, ?)",
                          (event_id, now, outcome, http_status, error or None))
             if state is State.DELIVERED:
-                self._charge(sender_uid, -1, 0)  # a failed event still counts toward its sender's quota
+                self.senders.charge(sender_uid, -1, 0)  # a failed event still counts toward its sender's quota
             return None, 0 if state is State.PENDING else -1
 
         return self.submit(op)
@@ -529,7 +476,7 @@ class Store:
                 try:
                     if entry.state is State.PENDING and self.pending_count + pending >= self.quotas.max_pending:
                         raise QueueFull(f"the queue holds max_pending_events = {self.quotas.max_pending}")
-                    self._check_room(entry.sender, size)
+                    self.senders.check_room(entry.sender, size, self.pending_count)
                 except QueueFull as error:
                     outcome[entry.name] = error.message
                     continue
@@ -540,7 +487,7 @@ class Store:
                      entry.state.value, entry.queued_at, now, entry.note or None, entry.sender.uid,
                      entry.sender.party))
                 outcome[entry.name] = int(cursor.lastrowid or 0)
-                self._charge(entry.sender.uid, 1, size)
+                self.senders.charge(entry.sender.uid, 1, size)
                 pending += entry.state is State.PENDING
                 conn.execute("INSERT INTO legacy_imports (name, event_id, imported) VALUES (?, ?, ?)",
                              (entry.name, outcome[entry.name], now))
@@ -574,7 +521,7 @@ class Store:
             where, params = selector(event_id, routing_key, state, sender_uid, event_ids)
             pending = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = 'pending' AND {where}",
                                    params).fetchone()[0]
-            self._uncharge_rows(conn, where, params)
+            self.senders.uncharge_rows(conn, where, params)
             conn.execute(f"DELETE FROM attempts WHERE event_id IN (SELECT id FROM events WHERE {where})", params)
             count = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
             return count, -pending
@@ -607,7 +554,7 @@ class Store:
                 ids += conn.execute(PURGE_SELECT, (state.value, now - keep, now - keep,
                                                    PURGE_CHUNK - len(ids))).fetchall()
             if ids:
-                self._uncharge_rows(conn, f"id IN ({','.join(str(row[0]) for row in ids)})", [])
+                self.senders.uncharge_rows(conn, f"id IN ({','.join(str(row[0]) for row in ids)})", [])
             conn.executemany("DELETE FROM attempts WHERE event_id = ?", ids)
             conn.executemany("DELETE FROM events WHERE id = ?", ids)
             return len(ids), 0
@@ -627,10 +574,6 @@ class Store:
         self.submit(op).add_done_callback(chunk_done)
         return done
 
-    def _uncharge_rows(self, conn: sqlite3.Connection, where: str, params: List[Any]) -> None:
-        """Take the rows about to be deleted off their senders' usage."""
-        for uid, held, size in conn.execute(USAGE_BY_SENDER.format(where=where), params):
-            self._charge(int(uid), -int(held or 0), -int(size or 0))
 
 
 NOT_COALESCED = Decision((), Priority.OTHER)
