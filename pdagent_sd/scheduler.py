@@ -391,7 +391,7 @@ class Scheduler:
                     commits[-1].exception()  # no sending ahead of the commits while they fail: wait for it
                 if any(commit.done() and commit.exception() is not None for commit in commits):
                     break  # a result could not be recorded: every event sent now would have to go again
-                if not self.store.claim(event.id):
+                if not self.store.claims.claim(event.id):
                     passed_over.add(event.dedup_key)  # superseded since it was read: not sent, and nothing
                     continue  # after it in its incident goes this turn
                 claimed.append(event.id)
@@ -403,7 +403,7 @@ class Scheduler:
             try:
                 _wait_all(commits)
             finally:
-                self.store.release(claimed)
+                self.store.claims.release(claimed)
         if held is not None and not claimed:
             with self.cond:
                 state.held_for_landing = True  # until then, a new event wakes the key (_wake_locked)

@@ -5,20 +5,20 @@ ceiling, and nothing is acknowledged before it is on disk.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 from pdagent_sd import marker, schema
-from pdagent_sd.coalesce import Decision, Priority, Waiting, decide
+from pdagent_sd.coalesce import Priority
+from pdagent_sd.coalescing import NOT_COALESCED, Claims
 from pdagent_sd.commit import Commit
 from pdagent_sd.errors import PdagentError, QueueFull, StorageError
-from pdagent_sd.events import Action, Event
+from pdagent_sd.events import Event
 from pdagent_sd.keys import RoutingKey
 from pdagent_sd.queue_reads import QueueReads, imported_names, selector
 from pdagent_sd.queuetypes import (
@@ -42,7 +42,6 @@ PENDING_MARKER = marker.MARKER_NAME
 MAX_BATCH = 512
 FUTURE_SLACK_SEC = 60.0  # a stored time this far ahead of the clock was written by a clock that ran ahead
 PURGE_CHUNK = 500  # expired events deleted per transaction: some 10 ms of the writer's time
-SUPERSEDED_MEMORY_SEC = 900.0  # how long the writer remembers an id it superseded, for claim()
 
 
 # What SQLite says of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB. Anything else (full,
@@ -92,13 +91,7 @@ class Store:
         self.marker_error: Optional[str] = None  # why the marker could not be created, while that lasts
         self.coalesce = coalesce
         self.on_superseded = on_superseded
-        self.monotonic = monotonic
-        # Events being sent (claimed by a delivery worker) are never superseded, and an event superseded is
-        # never sent: both sides decide under this lock (see claim()).
-        self._claim_lock = threading.Lock()
-        self._claimed: Set[int] = set()
-        self._superseded_ids: Set[int] = set()  # committed or in the open transaction, for SUPERSEDED_MEMORY_SEC
-        self._superseded_order: Deque[Tuple[float, int]] = collections.deque()  # (when, id), oldest first
+        self.claims = Claims(monotonic)  # which events are being sent, which were superseded: the claim lock
         self._batch_superseded: List[Superseded] = []  # in the open transaction
         self.pending_count = 0
         self.commits = 0  # transactions committed: fewer than writes when group commit works
@@ -282,9 +275,7 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            with self._claim_lock:  # still pending after all: they may be sent
-                for note in self._batch_superseded:
-                    self._superseded_ids.discard(note.id)
+            self.claims.forget(note.id for note in self._batch_superseded)  # still pending after all: may be sent
             self._batch_superseded = []
             logger.error("queue write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
             self._noticed(exc)
@@ -349,7 +340,8 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> Tuple[int, int]:
             self.senders.check_room(sender, size, self.pending_count)
-            decision, waiting = self._coalesce(conn, event, sender.party) if self.coalesce else (NOT_COALESCED, {})
+            decision, waiting = (self.claims.coalesce(conn, event, sender.party) if self.coalesce
+                                 else (NOT_COALESCED, {}))
             cursor = conn.execute(
                 "INSERT INTO events (routing_key, api, action, dedup_key, body, state, created, updated, priority, "
                 "sender_uid, party) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
@@ -372,53 +364,6 @@ class Store:
             return event_id, 1 - len(decision.superseded)
 
         return op
-
-    def _coalesce(self, conn: sqlite3.Connection, event: Event,
-                  party: int) -> Tuple[Decision, Dict[int, Tuple[str, str]]]:
-        """What the new event makes redundant among its incident's pending events of its own party
-        (coalesce.decide), and those events' (action, api). Coalescing never crosses senders: another user's
-        event is never superseded by this one, and whether this is the first trigger of the incident is judged
-        from its party's events alone (issue 18). Reads only the party's rows of the incident, through
-        events_by_party_incident: no scan of the queue per enqueue. The ids it supersedes are marked under the
-        claim lock, so no worker starts sending one of them."""
-        if event.action is Action.CHANGE:
-            return NOT_COALESCED, {}
-        key = (event.routing_key, event.dedup_key, party)
-        # One statement rather than two: each execute() is a few microseconds of the writer's time per event.
-        rows: List[Tuple[int, str, str]] = []
-        incident_open = False
-        for event_id, action, api, pending in conn.execute(COALESCE_READ, key + key):
-            if pending:
-                rows.append((event_id, action, api))
-            else:
-                incident_open = action == Action.TRIGGER.value
-        rows.sort()  # in id order, which the rules read them in
-        with self._claim_lock:
-            decision = decide([Waiting(row[0], row[1], row[0] in self._claimed) for row in rows], incident_open,
-                              event.action.value)
-            if decision.superseded:
-                stamp = self.monotonic()
-                order = self._superseded_order
-                while order and stamp - order[0][0] > SUPERSEDED_MEMORY_SEC:  # no worker still holds these
-                    self._superseded_ids.discard(order.popleft()[1])
-                for old in decision.superseded:
-                    self._superseded_ids.add(old)
-                    order.append((stamp, old))
-        return decision, {row[0]: (row[1], row[2]) for row in rows}
-
-    def claim(self, event_id: int) -> bool:
-        """A delivery worker is about to send this event: False if it was superseded (do not send it), else it
-        is never superseded until release()."""
-        with self._claim_lock:
-            if event_id in self._superseded_ids:
-                return False
-            self._claimed.add(event_id)
-            return True
-
-    def release(self, event_ids: Iterable[int]) -> None:
-        """The results of these events are settled (on disk, or failed to be): they may be superseded again."""
-        with self._claim_lock:
-            self._claimed.difference_update(event_ids)
 
     def record_attempt(self, event_id: int, state: State, outcome: str, http_status: Optional[int],
                        error: str, next_attempt: float = 0.0, sender_uid: int = UNKNOWN_SENDER) -> Commit:
@@ -576,10 +521,7 @@ class Store:
 
 
 
-NOT_COALESCED = Decision((), Priority.OTHER)
 PRIORITIES = ", ".join(str(int(priority)) for priority in Priority)  # the only values the column holds
-# An incident's pending events of one party (flag 1) and that party's last delivered trigger or resolve
-# (flag 0), through events_by_party_incident.
 # Retention, per state: rows older than the cut, except a delivered trigger or resolve while an earlier one of its
 # incident stays. Coalescing reads whether an incident is open from the last delivered trigger or resolve that is
 # left (COALESCE_READ); after the clock stepped back, a resolve can carry an older time than its trigger, and
@@ -590,10 +532,6 @@ PURGE_SELECT = (
     "WHERE earlier.routing_key = events.routing_key AND earlier.dedup_key = events.dedup_key "
     "AND earlier.state = 'delivered' AND earlier.action IN ('trigger', 'resolve') AND earlier.id < events.id "
     "AND earlier.updated >= ?)) LIMIT ?")
-COALESCE_READ = (
-    "SELECT id, action, api, 1 FROM events WHERE routing_key = ? AND dedup_key = ? AND party = ? "
-    "AND state = 'pending' UNION ALL SELECT * FROM (SELECT id, action, api, 0 FROM events WHERE routing_key = ? "
-    "AND dedup_key = ? AND party = ? AND state = 'delivered' AND action IN ('trigger', 'resolve') "
-    "ORDER BY id DESC LIMIT 1)")
+
 
 

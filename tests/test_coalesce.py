@@ -133,14 +133,14 @@ def test_v1_and_v2_of_one_incident_coalesce_together(store: Store) -> None:
 def test_a_claimed_event_is_not_superseded_and_a_superseded_one_cannot_be_claimed(store: Store) -> None:
     first = enqueue(store, T, "db")
     update = enqueue(store, T, "db")
-    assert store.claim(update)  # being sent
+    assert store.claims.claim(update)  # being sent
     later = enqueue(store, T, "db")
     assert states(store)[update] == ("pending", None)
     newest = enqueue(store, T, "db")
     assert states(store)[later] == ("superseded", newest)
-    assert not store.claim(later)
-    store.release([update])
-    assert store.claim(first)
+    assert not store.claims.claim(later)
+    store.claims.release([update])
+    assert store.claims.claim(first)
 
 
 def test_a_delivered_trigger_makes_the_next_one_an_update(store: Store) -> None:
@@ -198,7 +198,7 @@ def test_a_failed_commit_leaves_the_older_events_pending_and_claimable(store: St
     with pytest.raises(StorageError):
         later.result()
     assert states(store)[update] == ("pending", None)  # pending, never neither
-    assert store.claim(update) and store.pending_count == 2
+    assert store.claims.claim(update) and store.pending_count == 2
     assert store.notes == []  # type: ignore[attr-defined]
     del first
 
