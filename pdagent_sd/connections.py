@@ -13,15 +13,8 @@ the connection closed; after the client's end of stream, what it sent is still a
 closes. A send whose client has closed its connection completely before the line is read (it gave up waiting)
 is not committed: nobody would learn that it was, and a caller that retries would send it twice.
 
-Slots: trusted senders (root, the service's user, group pdagent, trusted_groups) may use all of
-max_connections; every other uid at most sender_max_connections, and all of them together no more than
-max_connections - reserved_connections. A connection beyond that waits in its uid's own line inside the
-daemon (accepted, not read) and is served when one of that uid's slots frees up, or answered `busy` and
-closed after client_timeout (pd-send then tries again). Waiting there rather than in the kernel's listen
-backlog is what keeps a trusted client from queueing behind thousands of another user's connections: the
-backlog is first come, first served. Past PARK_PER_SENDER waiting connections of one uid (or the file
-descriptors left), more are answered `busy` at once, and a user reconnecting faster than the daemon can turn
-it away fills the backlog again.
+Slots per uid and the line an untrusted uid's connections wait in are admission.py's; a user reconnecting
+faster than the daemon can turn it away fills the listen backlog again.
 """
 
 from __future__ import annotations
@@ -31,14 +24,14 @@ import errno
 import logging
 import math
 import os
-import resource
 import select
 import selectors
 import socket
 import time
 from typing import Any, Deque, Dict, FrozenSet, List, Optional, Tuple, Union
 
-from pdagent_sd.errors import BadRequest, Busy, PdagentError
+from pdagent_sd.admission import Admission, Admitted
+from pdagent_sd.errors import BadRequest, PdagentError
 from pdagent_sd.handlers import Dispatcher, Later, Peer, peer_of
 from pdagent_sd.protocol import MAX_LINE, Message, decode_request, encode, error_reply
 
@@ -46,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
 ACCEPTS_PER_POLL = 64  # a user reconnecting in a loop must not keep the loop from its other work
-PARK_PER_SENDER = 4096  # connections of one untrusted uid waiting for a slot inside the daemon
-FDS_KEPT_FREE = 128  # for the queue, the journal, HTTPS connections: never used by waiting connections
 HANGUP = 4  # beside selectors.EVENT_READ and EVENT_WRITE: the client closed its connection (POLLHUP, POLLERR)
 REFUSAL_LOG_SEC = 60.0  # a uid refused for room again and again: one journal record per minute
 REFUSALS_TRACKED = 10000  # uids remembered for that; past it the memory starts over
@@ -131,16 +122,9 @@ class ConnectionServer:
         self.max_connections = max_connections
         self.timeout = timeout
         self.first_line_timeout = timeout if first_line_timeout is None else first_line_timeout
-        self.untrusted_max = max(1, max_connections - reserved)  # slots for all untrusted uids together
-        self.per_sender = per_sender or max_connections
         self.trusted_gids = trusted_gids
-        self.untrusted = 0
-        self.by_uid: Dict[int, int] = {}
-        self.refused = 0  # connections answered busy: a figure for the tests
-        self.parked: Dict[int, Deque[Connection]] = {}  # per untrusted uid, connections waiting for a slot
-        self.parked_total = 0
-        self.park_max = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - max_connections - FDS_KEPT_FREE)
-        self._promote_wanted = False
+        self.admission: Admission[Connection] = Admission(max_connections=max_connections, timeout=timeout,
+                                                          reserved=reserved, per_sender=per_sender)
         self._hangup = select.poll()
         self.selector = _selector()
         self.tells_hangup = isinstance(self.selector, HangupSelector)
@@ -180,7 +164,7 @@ class ConnectionServer:
                 # No HANGUP: this client had not hung up when the selector looked, a moment before the read.
                 self._read(key.data, heard=self.tells_hangup and not mask & HANGUP)
         self._finish_done()
-        if self._promote_wanted:
+        if self.admission.promote_wanted:
             self._promote(time.monotonic())
 
     def wake(self) -> None:
@@ -193,7 +177,7 @@ class ConnectionServer:
                 pass
 
     def busy(self) -> bool:
-        return bool(self.connections or self.parked_total)
+        return bool(self.connections or self.admission.parked_total)
 
     def stop_accepting(self) -> None:
         self.accepting = False
@@ -208,10 +192,7 @@ class ConnectionServer:
     def close(self) -> None:
         for conn in list(self.connections.values()):
             self._close(conn)
-        for line in self.parked.values():
-            for conn in line:
-                conn.sock.close()
-        self.parked.clear()
+        self.admission.close()
         self.selector.close()
         os.close(self.wake_read)
         os.close(self.wake_fd)
@@ -245,91 +226,23 @@ class ConnectionServer:
                 continue
             sock.setblocking(False)
             conn = Connection(sock, peer)
-            if not peer.trusted and not self._take_slot(conn):
+            admitted = self.admission.admit(conn)
+            if admitted is Admitted.PARKED and conn.deadline < self.next_expiry:
+                self.next_expiry = conn.deadline
+            if admitted is not Admitted.SERVED:
                 continue
             self.connections[sock.fileno()] = conn
             self._set_deadline(conn, time.monotonic(), self.first_line_timeout)
             self._watch(conn)
         self._update_listening()
 
-    def _slot_free(self, uid: int) -> bool:
-        return self.by_uid.get(uid, 0) < self.per_sender and self.untrusted < self.untrusted_max
-
-    def _take_slot(self, conn: Connection) -> bool:
-        """Count an untrusted connection against its uid's slots; when none is free, make it wait in its uid's
-        line, or answer busy and close it when that line is full too."""
-        uid = conn.peer.uid
-        if self._slot_free(uid) and uid not in self.parked:
-            self.by_uid[uid] = self.by_uid.get(uid, 0) + 1
-            self.untrusted += 1
-            conn.counted = True
-            return True
-        line = self.parked.get(uid)
-        if self.parked_total < self.park_max and (line is None or len(line) < PARK_PER_SENDER):
-            if line is None:
-                line = self.parked[uid] = collections.deque()
-            conn.deadline = time.monotonic() + self.timeout
-            if conn.deadline < self.next_expiry:
-                self.next_expiry = conn.deadline
-            line.append(conn)
-            self.parked_total += 1
-            return False
-        self._refuse(conn)
-        return False
-
-    def _refuse(self, conn: Connection) -> None:
-        uid = conn.peer.uid
-        held = self.by_uid.get(uid, 0)
-        if held >= self.per_sender:
-            why = f"uid {uid} already holds {held} connections (sender_max_connections = {self.per_sender})"
-        else:
-            why = (f"{self.untrusted} connections from senders outside the trusted ones are open; the other "
-                   f"{self.max_connections - self.untrusted_max} are reserved (reserved_connections)")
-        self.refused += 1
-        try:
-            conn.sock.send(encode(error_reply(Busy(why, hint="try again in a moment"))))
-        except OSError:
-            pass
-        conn.sock.close()
-
     def _promote(self, now: float) -> None:
-        """Serve waiting connections whose uid has a free slot again, taking the uids in turn."""
-        self._promote_wanted = False
-        moved = True
-        while moved and self.parked and self.untrusted < self.untrusted_max:
-            moved = False
-            for uid in list(self.parked):
-                if not self._slot_free(uid):
-                    continue
-                line = self.parked[uid]
-                conn = line.popleft()
-                self.parked_total -= 1
-                if not line:
-                    del self.parked[uid]
-                self.by_uid[uid] = self.by_uid.get(uid, 0) + 1
-                self.untrusted += 1
-                conn.counted = True
-                self.connections[conn.sock.fileno()] = conn
-                self._set_deadline(conn, now, self.first_line_timeout)
-                self._watch(conn)
-                moved = True
-                if self.untrusted >= self.untrusted_max:
-                    break
+        """Serve the waiting connections admission lets in now that slots are free."""
+        for conn in self.admission.promote():
+            self.connections[conn.sock.fileno()] = conn
+            self._set_deadline(conn, now, self.first_line_timeout)
+            self._watch(conn)
         self._update_listening()
-
-    def _expire_parked(self, now: float) -> float:
-        """Answer busy the waiting connections that waited client_timeout; return the next such deadline."""
-        earliest = float("inf")
-        for uid in list(self.parked):
-            line = self.parked[uid]
-            while line and line[0].deadline <= now:
-                self.parked_total -= 1
-                self._refuse(line.popleft())
-            if line:
-                earliest = min(earliest, line[0].deadline)
-            else:
-                del self.parked[uid]
-        return earliest
 
     def _gave_up(self, conn: Connection) -> bool:
         """The client closed its connection completely (not only its sending side): nobody reads the reply."""
@@ -523,7 +436,7 @@ class ConnectionServer:
                 self._close(conn)
             else:
                 earliest = min(earliest, conn.deadline)
-        self.next_expiry = min(earliest, self._expire_parked(now))
+        self.next_expiry = min(earliest, self.admission.expire_parked(now))
 
     def _close(self, conn: Connection) -> None:
         fileno = conn.sock.fileno()
@@ -533,14 +446,6 @@ class ConnectionServer:
             self.selector.unregister(conn.sock)
             conn.events = 0
         del self.connections[fileno]
-        if conn.counted:
-            conn.counted = False
-            self.untrusted -= 1
-            left = self.by_uid[conn.peer.uid] - 1
-            if left:
-                self.by_uid[conn.peer.uid] = left
-            else:
-                del self.by_uid[conn.peer.uid]
-            self._promote_wanted = bool(self.parked)
+        self.admission.release(conn)
         conn.sock.close()
 
