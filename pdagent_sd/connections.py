@@ -28,20 +28,19 @@ import select
 import selectors
 import socket
 import time
-from typing import Any, Deque, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, FrozenSet, List, Optional, Tuple
 
 from pdagent_sd.admission import Admission, Admitted
-from pdagent_sd.errors import BadRequest, PdagentError
+from pdagent_sd.errors import BadRequest
 from pdagent_sd.handlers import Dispatcher, Later, Peer, peer_of
-from pdagent_sd.protocol import MAX_LINE, Message, decode_request, encode, error_reply
+from pdagent_sd.protocol import MAX_LINE, Message, encode, error_reply
+from pdagent_sd.request_pipeline import RequestPipeline
 
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
 ACCEPTS_PER_POLL = 64  # a user reconnecting in a loop must not keep the loop from its other work
 HANGUP = 4  # beside selectors.EVENT_READ and EVENT_WRITE: the client closed its connection (POLLHUP, POLLERR)
-REFUSAL_LOG_SEC = 60.0  # a uid refused for room again and again: one journal record per minute
-REFUSALS_TRACKED = 10000  # uids remembered for that; past it the memory starts over
 
 
 class HangupSelector(selectors.EpollSelector):
@@ -75,10 +74,6 @@ def _selector() -> selectors.BaseSelector:
             return selector
         selector.close()
     return selectors.DefaultSelector()
-
-
-INTERNAL_ERROR: Message = {"ok": False, "code": "internal_error",
-                           "error": "internal error in pdagentd; see its journal"}
 
 
 class Connection:
@@ -119,6 +114,7 @@ class ConnectionServer:
                  per_sender: int = 0, trusted_gids: FrozenSet[int] = frozenset()) -> None:
         self.listener = listener
         self.handlers = handlers
+        self.pipeline = RequestPipeline(handlers)
         self.max_connections = max_connections
         self.timeout = timeout
         self.first_line_timeout = timeout if first_line_timeout is None else first_line_timeout
@@ -134,7 +130,6 @@ class ConnectionServer:
         self.next_expiry = float("inf")  # no deadline is earlier than this
         self._done: Deque[Tuple[Connection, Later]] = collections.deque()
         self._wake_pending = False
-        self._refusals: Dict[int, Tuple[float, int]] = {}  # uid -> (last record, refused since)
         self.wake_read, self.wake_fd = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_fd, False)
@@ -298,22 +293,12 @@ class ConnectionServer:
         self._watch(conn)
 
     def _handle(self, conn: Connection, line: bytes) -> None:
-        answer: Union[Message, Later]
-        try:
-            message = decode_request(line)
-            # The selector's word, when the line was read just after it, spares a poll() per send: a system call
-            # that hands the GIL to the writer and waits to get it back (a tenth of the enqueue rate).
-            if message["op"] == "send" and not conn.heard and self._gave_up(conn):
-                logger.warning("not queueing an event from uid %d: its client closed the connection before "
-                               "the request was read (it gave up waiting, so it was never told)", conn.peer.uid)
-                self._close(conn)
-                return
-            answer = self.handlers.dispatch(message, conn.peer)
-        except PdagentError as error:
-            answer = error_reply(error)
-        except Exception:  # noqa: BLE001 - a bug answers this request, it must not end the daemon
-            logger.exception("internal error while handling a request")
-            answer = INTERNAL_ERROR
+        # The selector's word, when the line was read just after it, spares a poll() per send: a system call
+        # that hands the GIL to the writer and waits to get it back (a tenth of the enqueue rate).
+        answer = self.pipeline.answer(line, conn.peer, lambda: not conn.heard and self._gave_up(conn))
+        if answer is None:
+            self._close(conn)
+            return
         if isinstance(answer, Later):
             conn.busy = True
             later = answer
@@ -337,7 +322,7 @@ class ConnectionServer:
         while True:
             while self._done:
                 conn, later = self._done.popleft()
-                reply = self._outcome(later)
+                reply = self.pipeline.outcome(later)
                 conn.busy = False
                 if conn.sock.fileno() >= 0:
                     self._reply(conn, reply)
@@ -351,35 +336,8 @@ class ConnectionServer:
             if not self._done:
                 return
 
-    def _note_refusal(self, uid: int, why: str) -> None:
-        """A send refused for room (a quota, the queue bound) leaves a journal record: the first one of a uid
-        at once, then at most one per REFUSAL_LOG_SEC with how many were refused since, so that a flood of
-        refusals cannot flood the journal."""
-        now = time.monotonic()
-        last, count = self._refusals.get(uid, (float("-inf"), 0))
-        count += 1
-        if now - last < REFUSAL_LOG_SEC:
-            self._refusals[uid] = (last, count)
-            return
-        if len(self._refusals) >= REFUSALS_TRACKED:
-            self._refusals.clear()
-        self._refusals[uid] = (now, 0)
-        logger.warning("refused %d event(s) from uid %d for room%s: %s", count, uid,
-                       f" in the last {now - last:.0f}s" if count > 1 else "", why)
-
-    @staticmethod
-    def _outcome(later: Later) -> Message:
-        try:
-            return later.finish(later.future.result())
-        except PdagentError as error:
-            return error_reply(error)
-        except Exception:  # noqa: BLE001
-            logger.exception("internal error while handling a request")
-            return INTERNAL_ERROR
-
     def _reply(self, conn: Connection, reply: Message) -> None:
-        if reply.get("code") == "queue_full":
-            self._note_refusal(conn.peer.uid, str(reply.get("error", "")))
+        self.pipeline.replying(conn.peer, reply)
         conn.outbox += encode(reply)
         self._flush(conn, first=True)
 
