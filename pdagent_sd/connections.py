@@ -113,7 +113,6 @@ class ConnectionServer:
                  timeout: float, first_line_timeout: Optional[float] = None, reserved: int = 0,
                  per_sender: int = 0, trusted_gids: FrozenSet[int] = frozenset()) -> None:
         self.listener = listener
-        self.handlers = handlers
         self.pipeline = RequestPipeline(handlers)
         self.max_connections = max_connections
         self.timeout = timeout
@@ -135,6 +134,16 @@ class ConnectionServer:
         os.set_blocking(self.wake_fd, False)
         self.selector.register(self.wake_read, selectors.EVENT_READ)
         listener.setblocking(False)
+
+    @property
+    def handlers(self) -> Dispatcher:
+        """What answers the requests: the daemon swaps it while the queue cannot be opened or the settings are
+        bad, and the request pipeline must answer with the one in place now."""
+        return self.pipeline.handlers
+
+    @handlers.setter
+    def handlers(self, handlers: Dispatcher) -> None:
+        self.pipeline.handlers = handlers
 
     # --- the loop ---------------------------------------------------------------------------------------
 
