@@ -176,9 +176,16 @@ def _dnf(tmp: Path, baseurl: str, *args: str) -> subprocess.CompletedProcess:
         f"gpgkey={baseurl}/RPM-GPG-KEY-pdagent-sd\n")
     (tmp / "dnf.conf").write_text(f"[main]\nreposdir={tmp}/repos\ncachedir={tmp}/cache\nlogdir={tmp}/log\n"
                                   f"persistdir={tmp}/persist\n")
-    return subprocess.run(["dnf", "-y", "-q", "--config", str(tmp / "dnf.conf"), "--installroot", str(tmp / "root"),
-                           "--releasever", "1", "--setopt", f"reposdir={tmp}/repos", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    try:
+        return subprocess.run(["dnf", "-y", "-q", "--config", str(tmp / "dnf.conf"), "--installroot",
+                               str(tmp / "root"), "--releasever", "1", "--setopt", f"reposdir={tmp}/repos", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    finally:
+        # repo_gpgcheck has dnf import the key into keyrings of its own under the installroot, each of which
+        # starts a gpg-agent that outlives dnf: end them, as everything a test starts is ended.
+        for keyring in (tmp / "root").rglob("pubring.kbx"):
+            subprocess.run(["gpgconf", "--homedir", str(keyring.parent), "--kill", "all"], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
 
 
 @pytest.fixture(scope="module")
