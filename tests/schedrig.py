@@ -16,11 +16,13 @@ everything is fixed. HTTP answers go through `delivery.classify`, the real rules
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -291,3 +293,21 @@ class Rig:
             with pytest.raises(StorageError):
                 self.store.write(lambda conn: (None, 0))
             assert self.store.writes_failing
+
+
+@contextlib.contextmanager
+def rig_maker(directory: str, **defaults: Any) -> Iterator[Callable[..., "Rig"]]:
+    """make(**settings) -> a Rig in its own state directory under `directory`, its settings over `defaults`;
+    every rig made is closed at the end (the tests' make_rig fixtures)."""
+    rigs: List[Rig] = []
+
+    def make(**settings: Any) -> Rig:
+        rig = Rig(os.path.join(directory, f"state{len(rigs)}"), **{**defaults, **settings})
+        rigs.append(rig)
+        return rig
+
+    try:
+        yield make
+    finally:
+        for rig in rigs:
+            rig.close()

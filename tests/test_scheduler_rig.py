@@ -9,23 +9,15 @@ import pytest
 
 from pdagent_sd.keys import RoutingKey
 
-from schedrig import DELIVERED, KEY_A, KEY_B, Answer, Rig, refused, server_error, throttled, unreachable
+from schedrig import DELIVERED, KEY_A, KEY_B, Answer, refused, rig_maker, server_error, throttled, unreachable
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def make_rig(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    rigs = []
-
-    def make(**settings):  # type: ignore[no-untyped-def]
-        rig = Rig(str(tmp_path / f"state{len(rigs)}"), **settings)
-        rigs.append(rig)
-        return rig
-
-    yield make
-    for rig in rigs:
-        rig.close()
+    with rig_maker(str(tmp_path)) as make:
+        yield make
 
 
 def gaps(times):  # type: ignore[no-untyped-def]

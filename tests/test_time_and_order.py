@@ -22,7 +22,19 @@ from pdagent_sd.keys import RoutingKey
 from pdagent_sd.scheduler import landing_window
 
 from pdmodel import A, Alert, Incident, R, T, fifo
-from schedrig import DELIVERED, KEY_A, KEY_B, Answer, Rig, make_config, server_error, throttled, timed_out, unreachable
+from schedrig import (
+    DELIVERED,
+    KEY_A,
+    KEY_B,
+    Answer,
+    Rig,
+    make_config,
+    rig_maker,
+    server_error,
+    throttled,
+    timed_out,
+    unreachable,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -32,20 +44,10 @@ STEPS = [-HOUR, -DAY, HOUR, DAY]
 
 @pytest.fixture
 def make_rig(tmp_path) -> Iterator[Callable[..., Rig]]:  # type: ignore[no-untyped-def]
-    rigs: List[Rig] = []
-
-    def make(**settings: Any) -> Rig:
-        settings.setdefault("rate_limit_per_minute", 0)
-        settings.setdefault("backoff_min_sec", 1.0)
-        settings.setdefault("backoff_max_sec", 300.0)
-        settings.setdefault("rng", lambda: 1.0)  # the top of each jitter range: failures 1 waits 2 s
-        rig = Rig(str(tmp_path / f"state{len(rigs)}"), **settings)
-        rigs.append(rig)
-        return rig
-
-    yield make
-    for rig in rigs:
-        rig.close()
+    # rng 1.0: the top of each jitter range, so failures 1 waits 2 s
+    with rig_maker(str(tmp_path), rate_limit_per_minute=0, backoff_min_sec=1.0, backoff_max_sec=300.0,
+                   rng=lambda: 1.0) as make:
+        yield make
 
 
 def delivered_at(rig: Rig, dedup_key: str, action: str = T) -> float:
